@@ -1,0 +1,31 @@
+//! What generated code reaches; not public API.
+
+pub use core::future::Future;
+pub use core::num::NonZeroU32;
+pub use core::time::Duration;
+
+pub use crate::checkpoint::{BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport, OnInvalid, Strategy};
+pub use crate::event::{Event, EventType, RecordedEvent};
+pub use crate::model::{EventModel, HandlerError, HandlerOutput, Handlers};
+pub use crate::EventMeta;
+pub use serde;
+
+/// Compiles only when the `postgres` feature is on; generated for `storage = "postgres"`.
+#[cfg(feature = "postgres")]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __krescent_require_postgres {
+    () => {};
+}
+
+/// Compiles only when the `postgres` feature is on; generated for `storage = "postgres"`.
+#[cfg(not(feature = "postgres"))]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __krescent_require_postgres {
+    () => {
+        ::core::compile_error!("checkpoint storage `postgres` needs the `postgres` feature of `krescent`; enable it with `krescent = { features = [\"postgres\"] }`")
+    };
+}
+
+pub use crate::__krescent_require_postgres as require_postgres;

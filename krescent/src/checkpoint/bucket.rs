@@ -1,0 +1,301 @@
+//! The checkpoint bucket: an ordered map of named values.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use super::CheckpointError;
+
+/// A value in a [`CheckpointBucket`].
+///
+/// Primitives stay primitives, bytes stay bytes, any other serde value is kept as JSON text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BucketValue {
+    /// A string.
+    Str(String),
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer above `i64::MAX`.
+    Uint(u64),
+    /// A float; stored as text when it is not finite.
+    Float(#[serde(with = "float")] f64),
+    /// A boolean.
+    Bool(bool),
+    /// Any other serde value, as JSON.
+    Json(Box<RawValue>),
+    /// Binary data, base64 in the encoding.
+    Bytes(#[serde(with = "bytes")] Vec<u8>),
+    /// A nested bucket, written by an extension's own [`CheckpointSupport`](super::CheckpointSupport).
+    Bucket(CheckpointBucket),
+}
+
+impl PartialEq for BucketValue {
+    fn eq(&self, other: &Self) -> bool {
+        use BucketValue as V;
+        match (self, other) {
+            (V::Str(a), V::Str(b)) => a == b,
+            (V::Int(a), V::Int(b)) => a == b,
+            (V::Uint(a), V::Uint(b)) => a == b,
+            (V::Float(a), V::Float(b)) => a.to_bits() == b.to_bits(),
+            (V::Bool(a), V::Bool(b)) => a == b,
+            (V::Json(a), V::Json(b)) => a.get() == b.get(),
+            (V::Bytes(a), V::Bytes(b)) => a == b,
+            (V::Bucket(a), V::Bucket(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl BucketValue {
+    /// The kind's name, as error messages say it.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BucketValue::Str(_) => "string",
+            BucketValue::Int(_) | BucketValue::Uint(_) => "integer",
+            BucketValue::Float(_) => "float",
+            BucketValue::Bool(_) => "bool",
+            BucketValue::Json(_) => "json",
+            BucketValue::Bytes(_) => "bytes",
+            BucketValue::Bucket(_) => "bucket",
+        }
+    }
+
+    /// Serializes `value`, keeping a primitive as a primitive.
+    ///
+    /// # Errors
+    /// When serde cannot serialize the value as JSON.
+    pub fn from_serde<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        let json = serde_json::to_string(value)?;
+        Ok(match json.as_bytes().first() {
+            Some(b'"') => BucketValue::Str(serde_json::from_str(&json)?),
+            Some(b't') => BucketValue::Bool(true),
+            Some(b'f') => BucketValue::Bool(false),
+            Some(b'-' | b'0'..=b'9') => {
+                if let Ok(i) = json.parse::<i64>() {
+                    BucketValue::Int(i)
+                } else if let Ok(u) = json.parse::<u64>() {
+                    BucketValue::Uint(u)
+                } else {
+                    BucketValue::Float(serde_json::from_str(&json)?)
+                }
+            }
+            _ => BucketValue::Json(RawValue::from_string(json)?),
+        })
+    }
+
+    /// Deserializes the value as `T`.
+    ///
+    /// # Errors
+    /// When the value is bytes or a bucket, or does not deserialize as `T`.
+    pub fn to_serde<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let result = match self {
+            BucketValue::Str(s) => T::deserialize(serde::de::value::StrDeserializer::<serde_json::Error>::new(s)),
+            BucketValue::Int(i) => serde_json::from_value(serde_json::Value::from(*i)),
+            BucketValue::Uint(u) => serde_json::from_value(serde_json::Value::from(*u)),
+            BucketValue::Float(f) => serde_json::from_value(serde_json::Value::from(*f)),
+            BucketValue::Bool(b) => serde_json::from_value(serde_json::Value::Bool(*b)),
+            BucketValue::Json(raw) => serde_json::from_str(raw.get()),
+            BucketValue::Bytes(_) | BucketValue::Bucket(_) => {
+                return Err(format!("expected a serde value, found {}", self.kind()));
+            }
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+/// An ordered map of key → [`BucketValue`]: what a model writes into a checkpoint.
+///
+/// The derive fills it from the `#[checkpoint]` fields; hand-written
+/// [`CheckpointSupport`](super::CheckpointSupport) impls use [`put`](Self::put) and
+/// [`get`](Self::get).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CheckpointBucket {
+    values: BTreeMap<String, BucketValue>,
+}
+
+impl CheckpointBucket {
+    /// An empty bucket.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn insert(&mut self, key: impl Into<String>, value: BucketValue) {
+        self.values.insert(key.into(), value);
+    }
+
+    /// Serializes `value` under `key`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Serialize`] naming the key when serde fails.
+    pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), CheckpointError> {
+        let value = BucketValue::from_serde(value)
+            .map_err(|e| CheckpointError::Serialize { key: key.to_owned(), reason: e.to_string() })?;
+        self.insert(key, value);
+        Ok(())
+    }
+
+    /// Stores binary data under `key`.
+    pub fn put_bytes(&mut self, key: &str, bytes: &[u8]) {
+        self.insert(key, BucketValue::Bytes(bytes.to_vec()));
+    }
+
+    /// The value under `key`.
+    #[must_use]
+    pub fn value(&self, key: &str) -> Option<&BucketValue> {
+        self.values.get(key)
+    }
+
+    /// Deserializes the value under `key`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Missing`] or [`CheckpointError::Invalid`] naming the key.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, CheckpointError> {
+        self.require(key)?
+            .to_serde()
+            .map_err(|reason| CheckpointError::Invalid { key: key.to_owned(), reason })
+    }
+
+    /// The binary data under `key`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Missing`] or [`CheckpointError::Invalid`] naming the key.
+    pub fn get_bytes(&self, key: &str) -> Result<Vec<u8>, CheckpointError> {
+        match self.require(key)? {
+            BucketValue::Bytes(bytes) => Ok(bytes.clone()),
+            other => Err(CheckpointError::Invalid { key: key.to_owned(), reason: format!("expected bytes, found {}", other.kind()) }),
+        }
+    }
+
+    /// The nested bucket under `key`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Missing`] or [`CheckpointError::Invalid`] naming the key.
+    pub fn bucket(&self, key: &str) -> Result<&CheckpointBucket, CheckpointError> {
+        match self.require(key)? {
+            BucketValue::Bucket(bucket) => Ok(bucket),
+            other => Err(CheckpointError::Invalid { key: key.to_owned(), reason: format!("expected a bucket, found {}", other.kind()) }),
+        }
+    }
+
+    fn require(&self, key: &str) -> Result<&BucketValue, CheckpointError> {
+        self.values.get(key).ok_or_else(|| CheckpointError::Missing { key: key.to_owned() })
+    }
+
+    /// Removes and returns the value under `key`.
+    pub fn remove(&mut self, key: &str) -> Option<BucketValue> {
+        self.values.remove(key)
+    }
+
+    /// Whether `key` holds a value.
+    #[must_use]
+    pub fn contains(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// The keys and values, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &BucketValue)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The number of keys.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the bucket holds nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+mod bytes {
+    use super::{Deserialize, Deserializer, Engine, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+mod float {
+    use super::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if value.is_finite() {
+            s.serialize_f64(*value)
+        } else {
+            s.serialize_str(&value.to_string())
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Repr<'a> {
+        Number(f64),
+        Text(&'a str),
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Number(n) => Ok(n),
+            Repr::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primitives_stay_primitives() {
+        assert_eq!(BucketValue::from_serde("a").unwrap(), BucketValue::Str("a".into()));
+        assert_eq!(BucketValue::from_serde(&-3i32).unwrap(), BucketValue::Int(-3));
+        assert_eq!(BucketValue::from_serde(&u64::MAX).unwrap(), BucketValue::Uint(u64::MAX));
+        assert_eq!(BucketValue::from_serde(&1.5f64).unwrap(), BucketValue::Float(1.5));
+        assert_eq!(BucketValue::from_serde(&true).unwrap(), BucketValue::Bool(true));
+        assert_eq!(BucketValue::from_serde(&vec![1, 2]).unwrap().kind(), "json");
+        assert_eq!(BucketValue::from_serde(&None::<u8>).unwrap().kind(), "json");
+    }
+
+    #[test]
+    fn encoding_round_trips_every_kind() {
+        let mut inner = CheckpointBucket::new();
+        inner.put("n", &7u8).unwrap();
+        let mut bucket = CheckpointBucket::new();
+        bucket.put("s", "text").unwrap();
+        bucket.put("f", &f64::NAN).unwrap();
+        bucket.put("g", &f64::NEG_INFINITY).unwrap();
+        bucket.put("j", &std::collections::BTreeMap::from([("k", [1, 2])])).unwrap();
+        bucket.put_bytes("b", &[0, 255, 7]);
+        bucket.insert("nested", BucketValue::Bucket(inner));
+        let text = serde_json::to_string(&bucket).unwrap();
+        let back: CheckpointBucket = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, bucket);
+        assert_eq!(back.get_bytes("b").unwrap(), vec![0, 255, 7]);
+        assert_eq!(back.bucket("nested").unwrap().get::<u8>("n").unwrap(), 7);
+    }
+
+    #[test]
+    fn missing_and_mistyped_keys_are_named() {
+        let mut bucket = CheckpointBucket::new();
+        bucket.put("s", "text").unwrap();
+        assert!(matches!(bucket.get::<u32>("x"), Err(CheckpointError::Missing { key }) if key == "x"));
+        assert!(matches!(bucket.get::<u32>("s"), Err(CheckpointError::Invalid { key, .. }) if key == "s"));
+        assert!(matches!(bucket.get_bytes("s"), Err(CheckpointError::Invalid { key, .. }) if key == "s"));
+    }
+}

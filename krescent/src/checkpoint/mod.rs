@@ -1,0 +1,22 @@
+//! Checkpointing: buckets, the support trait, strategies, stored checkpoints and storages.
+
+mod bucket;
+mod config;
+mod error;
+pub mod storage;
+mod stored;
+mod strategy;
+mod support;
+mod version;
+pub(crate) mod writer;
+
+pub use bucket::{BucketValue, CheckpointBucket};
+pub use config::{CheckpointConfig, OnInvalid};
+pub use error::CheckpointError;
+pub use storage::{CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError};
+pub use stored::StoredCheckpoint;
+pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};
+pub(crate) use strategy::StrategyState;
+pub use strategy::{CheckpointTrigger, Strategy};
+pub use support::CheckpointSupport;
+pub use version::CheckpointVersion;

@@ -1,0 +1,170 @@
+//! Checkpoints kept as files, one per namespace, replaced atomically.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{replaces, CheckpointStorage, StorageError, StoredCheckpoint};
+
+const SUFFIX: &str = ".checkpoint.json";
+
+/// Checkpoints as files in a directory: `<namespace>.checkpoint.json`, each replaced atomically
+/// (written to a temporary file, synced, renamed over the old one, directory synced), so a crash
+/// leaves either the old or the new checkpoint, never a torn one.
+#[derive(Debug, Clone)]
+pub struct FileCheckpointStorage {
+    dir: Arc<Path>,
+    /// Serializes writers of this storage, so that the "never backwards" check and the rename are one step.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl FileCheckpointStorage {
+    /// A storage in `dir`, created if missing.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] when the directory cannot be created.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(|source| StorageError::Io { path: dir.clone(), source })?;
+        Ok(FileCheckpointStorage { dir: dir.into(), write_lock: Arc::default() })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of `namespace`: the name with every byte outside `[A-Za-z0-9._-]` percent-encoded.
+    #[must_use]
+    pub fn path_of(&self, namespace: &str) -> PathBuf {
+        let mut name = String::with_capacity(namespace.len() + SUFFIX.len());
+        for byte in namespace.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') && !(name.is_empty() && byte == b'.') {
+                name.push(char::from(byte));
+            } else {
+                name.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        name.push_str(SUFFIX);
+        self.dir.join(name)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Path) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || work(&dir)).await.map_err(|e| StorageError::Io {
+            path: self.dir.to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        })?
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io { path: path.to_path_buf(), source }
+}
+
+fn read(path: &Path) -> Result<Option<StoredCheckpoint>, StorageError> {
+    match fs::read(path) {
+        Ok(bytes) => StoredCheckpoint::decode(&bytes, &format!("file `{}`", path.display())).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".tmp-{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let mut file = fs::File::create(&temp).map_err(io_error(&temp))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error(&temp))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(io_error(path))?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+fn namespace_of(file_name: &str) -> Option<String> {
+    let encoded = file_name.strip_suffix(SUFFIX)?;
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+#[async_trait::async_trait]
+impl CheckpointStorage for FileCheckpointStorage {
+    async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
+        let path = self.path_of(namespace);
+        self.blocking(move |_| read(&path)).await
+    }
+
+    async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
+        let bytes = checkpoint.encode()?;
+        let path = self.path_of(&checkpoint.namespace);
+        let checkpoint = checkpoint.clone();
+        let _guard = self.write_lock.lock().await;
+        self.blocking(move |_| {
+            // An unreadable old checkpoint is replaced: it could never be restored anyway.
+            if read(&path).ok().flatten().is_some_and(|old| !replaces(&old, &checkpoint)) {
+                return Ok(());
+            }
+            write_atomically(&path, &bytes)
+        })
+        .await
+    }
+
+    async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
+        let path = self.path_of(namespace);
+        let _guard = self.write_lock.lock().await;
+        self.blocking(move |_| match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error(&path)(e)),
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StorageError> {
+        self.blocking(|dir| {
+            let mut namespaces = Vec::new();
+            for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+                let entry = entry.map_err(io_error(dir))?;
+                if let Some(namespace) = entry.file_name().to_str().and_then(namespace_of) {
+                    namespaces.push(namespace);
+                }
+            }
+            namespaces.sort();
+            Ok(namespaces)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_to_namespaces() {
+        let storage = FileCheckpointStorage { dir: Path::new("/x").into(), write_lock: Arc::default() };
+        for namespace in ["books.available", "a/b", "..", "ü%", ".hidden", ""] {
+            let path = storage.path_of(namespace);
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(!name.starts_with('.') || namespace.is_empty(), "{name}");
+            assert_eq!(namespace_of(name).as_deref(), Some(namespace));
+        }
+    }
+}

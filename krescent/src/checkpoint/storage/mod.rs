@@ -1,0 +1,88 @@
+//! Checkpoint storages: where checkpoints are kept.
+
+mod file;
+mod memory;
+
+use std::path::PathBuf;
+
+pub use file::FileCheckpointStorage;
+pub use memory::InMemoryCheckpointStorage;
+
+use super::StoredCheckpoint;
+
+/// Keeps one checkpoint per namespace.
+///
+/// Storages are registered under a name with [`Krescent::with_storage`](crate::Krescent::with_storage)
+/// and found by the name in a model's `#[checkpoint(storage = "...")]`. Implement it for your
+/// own backend; the contract, which the tests check for every storage of this crate:
+/// `store` replaces the namespace's checkpoint unless the stored one has the same version and a
+/// later position (a position never moves backwards except through `delete`), and `load` returns
+/// exactly what was stored (data, position, and time to the microsecond).
+#[async_trait::async_trait]
+pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
+    /// The checkpoint of `namespace`, if there is one.
+    async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError>;
+
+    /// Stores `checkpoint` under its namespace.
+    async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError>;
+
+    /// Deletes the checkpoint of `namespace`; whether there was one.
+    async fn delete(&self, namespace: &str) -> Result<bool, StorageError>;
+
+    /// The namespaces that have a checkpoint, sorted.
+    async fn list(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Deletes every checkpoint.
+    async fn clear(&self) -> Result<(), StorageError> {
+        for namespace in self.list().await? {
+            self.delete(&namespace).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `new` may replace `old`: a later or equal position, or another version.
+pub(crate) fn replaces(old: &StoredCheckpoint, new: &StoredCheckpoint) -> bool {
+    old.version != new.version || new.position >= old.position
+}
+
+/// A storage that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The file system failed.
+    #[error("checkpoint file `{}`: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored checkpoint does not decode.
+    #[error("corrupt checkpoint in {origin}: {reason}")]
+    Corrupt {
+        /// Where it is stored (a file, a table row).
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint could not be encoded.
+    #[error("cannot encode the checkpoint of `{namespace}`: {reason}")]
+    Encode {
+        /// The namespace.
+        namespace: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The database failed.
+    #[error("checkpoint database: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl StorageError {
+    /// Whether the failure is in the stored data (retrying will not help, a rebuild will).
+    #[must_use]
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StorageError::Corrupt { .. })
+    }
+}

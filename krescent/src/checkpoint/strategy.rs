@@ -1,0 +1,225 @@
+//! Checkpoint strategies: when a running model takes a checkpoint.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// When to checkpoint; written in the `#[checkpoint(strategy = "...")]` attribute and parsed
+/// at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// `fixed_events(N)`: after every N processed events.
+    FixedEvents(NonZeroU32),
+    /// `fixed_time(D)`: at the first event after D has passed since the last checkpoint.
+    FixedTime(Duration),
+    /// `always`: after every event.
+    Always,
+    /// `manual`: when the application asks through a [`CheckpointTrigger`].
+    Manual,
+    /// `on_shutdown`: only when the model stops gracefully.
+    OnShutdown,
+    /// `never`: the model never writes a checkpoint (it may still restore one).
+    Never,
+    /// `a | b`: whichever is due first.
+    Any(Vec<Strategy>),
+}
+
+impl Strategy {
+    /// Whether a graceful stop takes a final checkpoint: the event-, time- and shutdown-based
+    /// strategies do.
+    #[must_use]
+    pub fn checkpoints_on_shutdown(&self) -> bool {
+        match self {
+            Strategy::FixedEvents(_) | Strategy::FixedTime(_) | Strategy::OnShutdown => true,
+            Strategy::Always | Strategy::Manual | Strategy::Never => false,
+            Strategy::Any(all) => all.iter().any(Strategy::checkpoints_on_shutdown),
+        }
+    }
+
+    fn visit(&self, f: &mut impl FnMut(&Strategy)) {
+        match self {
+            Strategy::Any(all) => all.iter().for_each(|s| s.visit(f)),
+            leaf => f(leaf),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Strategy::FixedEvents(n) => write!(f, "fixed_events({n})"),
+            Strategy::FixedTime(d) => write!(f, "fixed_time({}ms)", d.as_millis()),
+            Strategy::Always => f.write_str("always"),
+            Strategy::Manual => f.write_str("manual"),
+            Strategy::OnShutdown => f.write_str("on_shutdown"),
+            Strategy::Never => f.write_str("never"),
+            Strategy::Any(all) => {
+                for (i, s) in all.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" | ")?;
+                    }
+                    write!(f, "{s}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Asks a running model with the `manual` strategy for a checkpoint; cheap to clone.
+///
+/// The checkpoint is taken at the next event the model processes, or at once by a streaming
+/// model that is idle.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointTrigger {
+    requested: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl CheckpointTrigger {
+    /// Requests a checkpoint.
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn take(&self) -> bool {
+        self.requested.swap(false, Ordering::AcqRel)
+    }
+
+    pub(crate) fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn requested(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// The running state of a [`Strategy`] for one model: counters, clock and trigger. Never shared
+/// between models.
+#[derive(Debug)]
+pub(crate) struct StrategyState {
+    every_events: Option<u32>,
+    every_time: Option<Duration>,
+    always: bool,
+    manual: bool,
+    on_shutdown: bool,
+    since_checkpoint: u32,
+    last_checkpoint: Instant,
+    trigger: CheckpointTrigger,
+}
+
+impl StrategyState {
+    pub(crate) fn new(strategy: &Strategy, trigger: CheckpointTrigger) -> Self {
+        let mut state = StrategyState {
+            every_events: None,
+            every_time: None,
+            always: false,
+            manual: false,
+            on_shutdown: strategy.checkpoints_on_shutdown(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            trigger,
+        };
+        strategy.visit(&mut |leaf| match leaf {
+            Strategy::FixedEvents(n) => {
+                state.every_events = Some(state.every_events.map_or(n.get(), |m| m.min(n.get())));
+            }
+            Strategy::FixedTime(d) => state.every_time = Some(state.every_time.map_or(*d, |m| m.min(*d))),
+            Strategy::Always => state.always = true,
+            Strategy::Manual => state.manual = true,
+            Strategy::OnShutdown | Strategy::Never | Strategy::Any(_) => {}
+        });
+        state
+    }
+
+    /// Counts one processed event; whether a checkpoint is now due.
+    pub(crate) fn after_event(&mut self) -> bool {
+        self.since_checkpoint = self.since_checkpoint.saturating_add(1);
+        self.always
+            || self.every_events.is_some_and(|n| self.since_checkpoint >= n)
+            || self.every_time.is_some_and(|d| self.last_checkpoint.elapsed() >= d)
+            || (self.manual && self.trigger.is_requested())
+    }
+
+    /// Whether an idle model has a checkpoint due (a manual request or elapsed time with
+    /// unsaved events).
+    pub(crate) fn due_when_idle(&self) -> bool {
+        self.since_checkpoint > 0
+            && ((self.manual && self.trigger.is_requested())
+                || self.every_time.is_some_and(|d| self.last_checkpoint.elapsed() >= d))
+    }
+
+    /// Whether a graceful stop should checkpoint the events processed since the last one.
+    pub(crate) fn due_on_shutdown(&self) -> bool {
+        self.on_shutdown && self.since_checkpoint > 0
+    }
+
+    /// Whether any processed event is not yet covered by a checkpoint.
+    pub(crate) fn has_unsaved(&self) -> bool {
+        self.since_checkpoint > 0
+    }
+
+    /// Resets counters and clock after a checkpoint was taken, whatever asked for it.
+    pub(crate) fn checkpoint_taken(&mut self) {
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.trigger.take();
+    }
+
+    pub(crate) fn trigger(&self) -> &CheckpointTrigger {
+        &self.trigger
+    }
+
+    /// How long an idle streaming model may sleep before a time-based checkpoint falls due.
+    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+        (self.since_checkpoint > 0).then_some(()).and(self.every_time).map(|d| self.last_checkpoint + d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(n: u32) -> Strategy {
+        Strategy::FixedEvents(NonZeroU32::new(n).unwrap())
+    }
+
+    #[test]
+    fn fixed_events_counts_and_resets() {
+        let mut s = StrategyState::new(&events(3), CheckpointTrigger::default());
+        assert!(!s.after_event());
+        assert!(!s.after_event());
+        assert!(s.after_event());
+        s.checkpoint_taken();
+        assert!(!s.after_event());
+    }
+
+    #[test]
+    fn any_is_due_when_the_first_part_is() {
+        let trigger = CheckpointTrigger::default();
+        let mut s = StrategyState::new(&Strategy::Any(vec![events(100), Strategy::Manual]), trigger.clone());
+        assert!(!s.after_event());
+        trigger.request();
+        assert!(s.after_event());
+        s.checkpoint_taken();
+        assert!(!s.after_event(), "the manual checkpoint also reset the event count");
+    }
+
+    #[test]
+    fn shutdown_behaviour_follows_the_strategy() {
+        assert!(events(5).checkpoints_on_shutdown());
+        assert!(Strategy::OnShutdown.checkpoints_on_shutdown());
+        assert!(!Strategy::Manual.checkpoints_on_shutdown());
+        assert!(Strategy::Any(vec![Strategy::Manual, Strategy::FixedTime(Duration::from_secs(1))]).checkpoints_on_shutdown());
+    }
+
+    #[test]
+    fn displays_as_written() {
+        let s = Strategy::Any(vec![events(25), Strategy::FixedTime(Duration::from_secs(5))]);
+        assert_eq!(s.to_string(), "fixed_events(25) | fixed_time(5000ms)");
+    }
+}

@@ -1,0 +1,77 @@
+//! The errors of running a model.
+
+use crate::checkpoint::{CheckpointError, StorageError};
+use crate::model::HandlerError;
+use crate::store::StoreError;
+use crate::Position;
+
+/// Why a model could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The model names a checkpoint storage that was never registered; no event was processed.
+    #[error("model `{model}` uses checkpoint storage `{name}`, which is not registered (registered: {})", registered.join(", "))]
+    UnknownStorage {
+        /// The model.
+        model: &'static str,
+        /// The storage name from its `#[checkpoint(storage = "...")]`.
+        name: &'static str,
+        /// The names that are registered.
+        registered: Vec<String>,
+    },
+    /// The stored checkpoint cannot be used and the model asked to fail rather than rebuild.
+    #[error("checkpoint of `{namespace}` cannot be used: {reason}")]
+    InvalidCheckpoint {
+        /// The checkpoint's namespace.
+        namespace: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A handler failed; the event and everything after it are delivered again on the next run.
+    #[error("model `{model}` failed on `{event_type}` event at position {position}")]
+    Handler {
+        /// The model.
+        model: &'static str,
+        /// The event's type name.
+        event_type: String,
+        /// The event's position.
+        position: Position,
+        /// What failed.
+        #[source]
+        source: HandlerError,
+    },
+    /// The model's state could not be written into a checkpoint bucket.
+    #[error("cannot checkpoint `{namespace}`")]
+    Checkpoint {
+        /// The checkpoint's namespace.
+        namespace: String,
+        /// What failed.
+        #[source]
+        source: CheckpointError,
+    },
+    /// The checkpoint storage failed.
+    #[error("checkpoint storage of `{namespace}` failed")]
+    Storage {
+        /// The checkpoint's namespace.
+        namespace: String,
+        /// What failed.
+        #[source]
+        source: StorageError,
+    },
+    /// The event store failed.
+    #[error("event store failed while running `{model}`")]
+    Store {
+        /// The model.
+        model: &'static str,
+        /// What failed.
+        #[source]
+        source: StoreError,
+    },
+    /// The model's task ended abnormally (it panicked or was aborted).
+    #[error("model `{model}` stopped abnormally: {reason}")]
+    Aborted {
+        /// The model.
+        model: &'static str,
+        /// What happened.
+        reason: String,
+    },
+}

@@ -1,0 +1,155 @@
+//! The entry point: a store, the registered checkpoint storages, and the ways to run a model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tracing::Instrument as _;
+
+use crate::checkpoint::{CheckpointStorage, CheckpointTrigger, InMemoryCheckpointStorage};
+use crate::model::{EventModel, Origin};
+use crate::runner::{restore, Runner, Start, BATCH};
+use crate::running::Running;
+use crate::store::EventStore;
+use crate::{Error, Position};
+
+/// A store and the checkpoint storages its models use; cheap to clone.
+///
+/// ```
+/// # use krescent::{Krescent, store::InMemoryEventStore, checkpoint::InMemoryCheckpointStorage};
+/// let krescent = Krescent::new(InMemoryEventStore::new())
+///     .with_storage("scratch", InMemoryCheckpointStorage::new());
+/// ```
+#[derive(Debug)]
+pub struct Krescent<S> {
+    store: Arc<S>,
+    storages: Arc<BTreeMap<String, Arc<dyn CheckpointStorage>>>,
+}
+
+impl<S> Clone for Krescent<S> {
+    fn clone(&self) -> Self {
+        Krescent { store: self.store.clone(), storages: self.storages.clone() }
+    }
+}
+
+/// A model that has processed every event the store held.
+#[derive(Debug)]
+pub struct CaughtUp<M> {
+    /// The model.
+    pub model: M,
+    /// How it started.
+    pub origin: Origin,
+    /// The last event it covers.
+    pub position: Position,
+    /// The events it handled in this run.
+    pub processed: u64,
+}
+
+/// A model restored from its checkpoint without reading any event.
+#[derive(Debug)]
+pub struct Restored<M> {
+    /// The model.
+    pub model: M,
+    /// How it started; [`Origin::Scratch`] when there is no checkpoint.
+    pub origin: Origin,
+    /// The last event its state covers.
+    pub position: Position,
+}
+
+impl<S: EventStore> Krescent<S> {
+    /// Runs models against `store`; the storage `"memory"` is registered already.
+    pub fn new(store: S) -> Self {
+        Self::with_shared_store(Arc::new(store))
+    }
+
+    /// Like [`new`](Self::new), for a store the application also holds.
+    #[must_use]
+    pub fn with_shared_store(store: Arc<S>) -> Self {
+        let memory: Arc<dyn CheckpointStorage> = Arc::new(InMemoryCheckpointStorage::new());
+        Krescent { store, storages: Arc::new(BTreeMap::from([("memory".to_owned(), memory)])) }
+    }
+
+    /// Registers `storage` under `name`, replacing one of the same name.
+    #[must_use]
+    pub fn with_storage(self, name: impl Into<String>, storage: impl CheckpointStorage + 'static) -> Self {
+        self.with_shared_storage(name, Arc::new(storage))
+    }
+
+    /// Registers a storage the application also holds under `name`.
+    #[must_use]
+    pub fn with_shared_storage(mut self, name: impl Into<String>, storage: Arc<dyn CheckpointStorage>) -> Self {
+        Arc::make_mut(&mut self.storages).insert(name.into(), storage);
+        self
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The storage registered under `name`.
+    #[must_use]
+    pub fn storage(&self, name: &str) -> Option<&Arc<dyn CheckpointStorage>> {
+        self.storages.get(name)
+    }
+
+    /// The storage `M` checkpoints into, `None` when it does not checkpoint.
+    fn storage_of<M: EventModel>(&self) -> Result<Option<Arc<dyn CheckpointStorage>>, Error> {
+        let Some(config) = M::checkpointing() else { return Ok(None) };
+        self.storages.get(config.storage).cloned().map(Some).ok_or_else(|| Error::UnknownStorage {
+            model: M::NAME,
+            name: config.storage,
+            registered: self.storages.keys().cloned().collect(),
+        })
+    }
+
+    async fn start<M: EventModel>(&self, model: M, trigger: CheckpointTrigger) -> Result<Runner<M>, Error> {
+        let storage = self.storage_of::<M>()?;
+        let start = restore(model, storage.as_ref()).await?;
+        Ok(Runner::new(start, storage, trigger))
+    }
+
+    /// Restores `model` from its checkpoint (if any), replays every later event, and returns
+    /// it; a strategy that checkpoints on shutdown takes a final checkpoint first.
+    pub async fn catch_up<M: EventModel>(&self, model: M) -> Result<CaughtUp<M>, Error> {
+        let span = tracing::info_span!("catch_up", model = M::NAME);
+        async {
+            let mut runner = self.start(model, CheckpointTrigger::default()).await?;
+            loop {
+                let batch = self.store.read_after(runner.position, BATCH).await.map_err(|source| Error::Store { model: M::NAME, source })?;
+                if batch.is_empty() {
+                    break;
+                }
+                runner.apply(&batch).await?;
+            }
+            runner.model.on_caught_up(runner.position);
+            runner.finish().await?;
+            Ok(CaughtUp { model: runner.model, origin: runner.origin, position: runner.position, processed: runner.processed })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Restores `model` from its checkpoint and reads nothing; without a checkpoint the result's
+    /// origin is [`Origin::Scratch`].
+    pub async fn restore_only<M: EventModel>(&self, model: M) -> Result<Restored<M>, Error> {
+        let storage = self.storage_of::<M>()?;
+        let Start { model, origin, position } = restore(model, storage.as_ref()).await?;
+        Ok(Restored { model, origin, position })
+    }
+
+    /// Runs `model` in a task of its own: it catches up, then follows live appends until
+    /// [`Running::shutdown`].
+    pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
+        let krescent = self.clone();
+        let trigger = CheckpointTrigger::default();
+        Running::spawn(trigger.clone(), move |stop| async move { crate::running::follow(&*krescent.store, krescent.start(model, trigger).await?, stop).await })
+    }
+
+    /// Deletes the checkpoint of `M`, so that its next start replays the whole stream; whether
+    /// there was one.
+    pub async fn delete_checkpoint<M: EventModel>(&self) -> Result<bool, Error> {
+        let Some(storage) = self.storage_of::<M>()? else { return Ok(false) };
+        storage.delete(M::NAME).await.map_err(|source| Error::Storage { namespace: M::NAME.to_owned(), source })
+    }
+}

@@ -1,0 +1,91 @@
+//! Event-sourced models with declarative checkpointing.
+//!
+//! A model is a struct that derives [`EventModel`], marks the fields that belong in a checkpoint,
+//! and handles events in ordinary methods. krescent replays the store into it, saves its state
+//! with the position of the last event it processed when the strategy says so, and on the next
+//! start resumes from there instead of replaying everything.
+//!
+//! ```
+//! use krescent::prelude::*;
+//! use krescent::store::{EventStore, ExpectedVersion, InMemoryEventStore};
+//! use std::collections::HashMap;
+//!
+//! #[derive(Event, Serialize, Deserialize)]
+//! #[event(name = "book.added")]
+//! struct BookAdded { book_id: String, copies: u32 }
+//!
+//! #[derive(EventModel, Default)]
+//! #[model(name = "books.available", version = 1)]
+//! #[checkpoint(strategy = "fixed_events(25)", storage = "memory")]
+//! struct AvailableBooks {
+//!     #[checkpoint]
+//!     available: HashMap<String, u32>,
+//! }
+//!
+//! #[krescent::handlers]
+//! impl AvailableBooks {
+//!     fn added(&mut self, e: &BookAdded) {
+//!         *self.available.entry(e.book_id.clone()).or_default() += e.copies;
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let krescent = Krescent::new(InMemoryEventStore::new());
+//! let added = BookAdded { book_id: "dune".into(), copies: 2 };
+//! krescent.store().append("book-dune", ExpectedVersion::NoStream, vec![NewEvent::new(&added)?]).await?;
+//!
+//! let books = krescent.catch_up(AvailableBooks::default()).await?.model;
+//! assert_eq!(books.available["dune"], 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Attributes
+//!
+//! | attribute | where | meaning |
+//! | --- | --- | --- |
+//! | `#[event(name = "...", revision = N)]` | event struct | recorded type name; payload revision (default 1) |
+//! | `#[model(name = "...", version = N)]` | model struct | checkpoint namespace; model version |
+//! | `#[model(crate = "path")]` | model struct | where the `krescent` crate is, when renamed |
+//! | `#[checkpoint(strategy = "...", storage = "...")]` | model struct | when and where to checkpoint; without it the model replays everything on every start |
+//! | `#[checkpoint(on_invalid = "rebuild" \| "fail")]` | model struct | what an unusable checkpoint does (default `rebuild`) |
+//! | `#[checkpoint]` | field | serialized into the checkpoint under the field's name |
+//! | `#[checkpoint(key = "...")]` | field | … under another key |
+//! | `#[checkpoint(support)]` | field | an extension with its own [`CheckpointSupport`], under its key |
+//!
+//! Strategies: `fixed_events(N)`, `fixed_time(D)` (`ms`, `s`, `m`, `h`), `always`, `manual`,
+//! `on_shutdown`, `never`, and any of them joined with `|`.
+//! Storages: `"memory"` (always registered), `"file"`, `"postgres"` (feature `postgres`), or any
+//! name registered with [`Krescent::with_storage`].
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+mod error;
+pub mod event;
+mod krescent;
+pub mod model;
+mod position;
+mod runner;
+mod running;
+pub mod store;
+
+pub use checkpoint::{CheckpointBucket, CheckpointSupport};
+pub use error::Error;
+pub use event::{Event, EventMeta, EventType, NewEvent, RecordedEvent};
+pub use krescent::{CaughtUp, Krescent, Restored};
+pub use krescent_derive::{handlers, Event, EventModel};
+pub use model::{EventModel, Handlers, Origin};
+pub use position::{Position, PositionParseError};
+pub use running::Running;
+
+/// What a model file needs: `use krescent::prelude::*;`.
+pub mod prelude {
+    pub use crate::{handlers, Event, EventMeta, EventModel, Krescent, NewEvent};
+    pub use serde::{Deserialize, Serialize};
+}
+
+#[doc(hidden)]
+pub mod __private;

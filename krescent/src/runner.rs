@@ -1,0 +1,199 @@
+//! The runner: drives one model through a store, checkpointing as its strategy says.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::checkpoint::writer::Writer;
+use crate::checkpoint::{
+    CheckpointBucket, CheckpointStorage, CheckpointTrigger, CheckpointVersion, OnInvalid, StoredCheckpoint, StrategyState,
+};
+use crate::event::RecordedEvent;
+use crate::model::{EventModel, Origin};
+use crate::{Error, Position};
+
+/// How many events the runner reads at once.
+pub(crate) const BATCH: usize = 1024;
+/// The pause before retrying a checkpoint write that failed.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+/// A model and where it stands, while it runs.
+pub(crate) struct Runner<M> {
+    pub(crate) model: M,
+    pub(crate) origin: Origin,
+    pub(crate) position: Position,
+    pub(crate) processed: u64,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// The checkpointing part of a runner: strategy state, writer and the pending flag.
+struct Checkpoints {
+    state: StrategyState,
+    writer: Writer,
+    version: CheckpointVersion,
+    /// A checkpoint fell due while the writer was busy; take it at the next event boundary.
+    pending: bool,
+    /// After a failed write, no new attempt before this instant.
+    retry_at: Option<Instant>,
+}
+
+/// Where a runner's model starts, before any event.
+pub(crate) struct Start<M> {
+    pub(crate) model: M,
+    pub(crate) origin: Origin,
+    pub(crate) position: Position,
+}
+
+/// Loads and checks the model's checkpoint and restores it; with [`OnInvalid::Rebuild`] an
+/// unusable checkpoint means starting from scratch.
+pub(crate) async fn restore<M: EventModel>(mut model: M, storage: Option<&Arc<dyn CheckpointStorage>>) -> Result<Start<M>, Error> {
+    let scratch = |model| Start { model, origin: Origin::Scratch, position: Position::START };
+    let Some(storage) = storage else { return Ok(scratch(model)) };
+    let on_invalid = M::checkpointing().map(|c| c.on_invalid).unwrap_or_default();
+    let namespace = M::NAME;
+    let invalid = |model, reason: String| match on_invalid {
+        OnInvalid::Fail => Err(Error::InvalidCheckpoint { namespace: namespace.to_owned(), reason }),
+        OnInvalid::Rebuild => {
+            warn!(model = namespace, %reason, "discarding the checkpoint and rebuilding from the start of the stream");
+            Ok(Start { model, origin: Origin::Rebuilt { reason }, position: Position::START })
+        }
+    };
+    let checkpoint = match storage.load(namespace).await {
+        Ok(Some(checkpoint)) => checkpoint,
+        Ok(None) => return Ok(scratch(model)),
+        Err(e) if e.is_corrupt() => return invalid(model, e.to_string()),
+        Err(source) => return Err(Error::Storage { namespace: namespace.to_owned(), source }),
+    };
+    let version = CheckpointVersion::of::<M>();
+    if checkpoint.version != version {
+        return invalid(model, format!("it was written by version `{}`, this build is version `{version}`", checkpoint.version));
+    }
+    if !model.validate_checkpoint(&checkpoint.bucket) {
+        return invalid(model, "it failed validation".to_owned());
+    }
+    if let Err(e) = model.restore_checkpoint(&checkpoint.bucket) {
+        return invalid(model, e.to_string());
+    }
+    debug!(model = namespace, position = %checkpoint.position, "restored from checkpoint");
+    Ok(Start { model, origin: Origin::Restored { position: checkpoint.position }, position: checkpoint.position })
+}
+
+impl<M: EventModel> Runner<M> {
+    /// A runner from a restored start; `storage` is `None` when the model does not checkpoint.
+    pub(crate) fn new(start: Start<M>, storage: Option<Arc<dyn CheckpointStorage>>, trigger: CheckpointTrigger) -> Self {
+        let Start { mut model, origin, position } = start;
+        let checkpoints = M::checkpointing().zip(storage).map(|(config, storage)| Checkpoints {
+            state: StrategyState::new(&config.strategy, trigger),
+            writer: Writer::new(storage),
+            version: CheckpointVersion::of::<M>(),
+            pending: false,
+            retry_at: None,
+        });
+        model.on_start(&origin);
+        Runner { model, origin, position, processed: 0, checkpoints }
+    }
+
+    /// Applies a batch in order, checkpointing when due. On a handler error nothing of the
+    /// failed event is checkpointed; the write in flight is awaited first.
+    pub(crate) async fn apply(&mut self, batch: &[RecordedEvent]) -> Result<(), Error> {
+        for event in batch {
+            if M::handles(event.event_type()) {
+                if let Err(source) = self.model.handle(event).await {
+                    self.settle_quietly().await;
+                    return Err(Error::Handler { model: M::NAME, event_type: event.event_type().to_owned(), position: event.position(), source });
+                }
+                self.processed += 1;
+                self.position = event.position();
+                let Some(c) = &mut self.checkpoints else { continue };
+                if c.state.after_event() {
+                    c.pending = true;
+                }
+                if c.pending {
+                    self.checkpoint_if_free().await?;
+                }
+            } else {
+                self.position = event.position();
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the due checkpoint if the writer is free; otherwise it stays pending.
+    async fn checkpoint_if_free(&mut self) -> Result<(), Error> {
+        let Some(c) = &mut self.checkpoints else { return Ok(()) };
+        if c.writer.is_busy() || c.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        // The finished write's outcome: a failure is retried with this newer state.
+        if let Err(e) = c.writer.settle().await {
+            warn!(model = M::NAME, error = %e, "checkpoint write failed; retrying with the next checkpoint");
+            c.retry_at = Some(Instant::now() + WRITE_RETRY);
+            return Ok(());
+        }
+        c.retry_at = None;
+        let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        c.writer.start(checkpoint);
+        c.state.checkpoint_taken();
+        c.pending = false;
+        Ok(())
+    }
+
+    /// Whether an idle streaming model has a checkpoint to take now.
+    pub(crate) fn due_when_idle(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|c| c.pending || c.state.due_when_idle())
+    }
+
+    /// When an idle streaming model should wake to checkpoint, if ever.
+    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+        let c = self.checkpoints.as_ref()?;
+        let retry = c.pending.then(|| c.retry_at.unwrap_or_else(Instant::now) + Duration::from_millis(10));
+        [retry, c.state.idle_deadline()].into_iter().flatten().min()
+    }
+
+    /// The trigger of a `manual` model.
+    pub(crate) fn trigger(&self) -> Option<&CheckpointTrigger> {
+        self.checkpoints.as_ref().map(|c| c.state.trigger())
+    }
+
+    /// Takes the checkpoint an idle model has due, waiting for the writer if needed.
+    pub(crate) async fn checkpoint_idle(&mut self) -> Result<(), Error> {
+        if let Some(c) = &mut self.checkpoints {
+            if c.writer.is_busy() {
+                return Ok(());
+            }
+            c.pending = true;
+        }
+        self.checkpoint_if_free().await
+    }
+
+    /// Ends the run: takes the final checkpoint the strategy asks for and waits until every
+    /// write is done.
+    pub(crate) async fn finish(&mut self) -> Result<(), Error> {
+        let Some(c) = &mut self.checkpoints else { return Ok(()) };
+        let earlier = c.writer.settle().await;
+        if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
+            let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+            c.writer.start(checkpoint);
+            c.state.checkpoint_taken();
+            c.pending = false;
+            return c.writer.settle().await.map_err(|source| Error::Storage { namespace: M::NAME.to_owned(), source });
+        }
+        earlier.map_err(|source| Error::Storage { namespace: M::NAME.to_owned(), source })
+    }
+
+    async fn settle_quietly(&mut self) {
+        if let Some(c) = &mut self.checkpoints {
+            if let Err(e) = c.writer.settle().await {
+                warn!(model = M::NAME, error = %e, "checkpoint write failed");
+            }
+        }
+    }
+}
+
+/// The model's state as a checkpoint at `position`.
+fn snapshot<M: EventModel>(model: &M, version: &CheckpointVersion, position: Position) -> Result<StoredCheckpoint, Error> {
+    let mut bucket = CheckpointBucket::new();
+    model.create_checkpoint(&mut bucket).map_err(|source| Error::Checkpoint { namespace: M::NAME.to_owned(), source })?;
+    Ok(StoredCheckpoint::new(M::NAME, version.clone(), position, bucket))
+}

@@ -1,0 +1,156 @@
+//! A model streaming in its own task, and the handle that stops it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{warn, Instrument as _};
+
+use crate::checkpoint::CheckpointTrigger;
+use crate::krescent::CaughtUp;
+use crate::model::EventModel;
+use crate::runner::{Runner, BATCH};
+use crate::store::EventStore;
+use crate::{Error, Position};
+
+/// The longest pause between retries after the store failed transiently.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A model following a store in its own task.
+#[derive(Debug)]
+pub struct Running<M> {
+    stop: watch::Sender<bool>,
+    progress: watch::Receiver<Position>,
+    trigger: CheckpointTrigger,
+    task: JoinHandle<Result<CaughtUp<M>, Error>>,
+}
+
+/// What the model's task watches: the stop flag and where to publish progress.
+pub(crate) struct Control {
+    stop: watch::Receiver<bool>,
+    progress: watch::Sender<Position>,
+}
+
+impl<M: EventModel> Running<M> {
+    pub(crate) fn spawn<F>(trigger: CheckpointTrigger, run: impl FnOnce(Control) -> F) -> Self
+    where
+        F: Future<Output = Result<CaughtUp<M>, Error>> + Send + 'static,
+    {
+        let (stop, stop_rx) = watch::channel(false);
+        let (progress_tx, progress) = watch::channel(Position::START);
+        let span = tracing::info_span!("stream", model = M::NAME);
+        let task = tokio::spawn(run(Control { stop: stop_rx, progress: progress_tx }).instrument(span));
+        Running { stop, progress, trigger, task }
+    }
+
+    /// Asks for a checkpoint (models with the `manual` strategy).
+    pub fn request_checkpoint(&self) {
+        self.trigger.request();
+    }
+
+    /// A handle that asks for checkpoints, for other tasks.
+    #[must_use]
+    pub fn checkpoint_trigger(&self) -> CheckpointTrigger {
+        self.trigger.clone()
+    }
+
+    /// The position of the last event processed so far.
+    #[must_use]
+    pub fn position(&self) -> Position {
+        *self.progress.borrow()
+    }
+
+    /// Waits until the model has processed every event up to `position`, or has stopped.
+    pub async fn reached(&self, position: Position) {
+        let mut progress = self.progress.clone();
+        // An error means the task ended; the caller learns why from `shutdown`.
+        let _ = progress.wait_for(|p| *p >= position).await;
+    }
+
+    /// Whether the model's task has ended (after an error, or a shutdown).
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops gracefully: finishes the current batch, takes the final checkpoint the strategy asks
+    /// for, waits for every write, and returns the model.
+    pub async fn shutdown(self) -> Result<CaughtUp<M>, Error> {
+        // The task may have ended already; its result says why.
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| Error::Aborted { model: M::NAME, reason: e.to_string() })?
+    }
+}
+
+/// Catches up, then follows live appends until stopped. Transient store failures are retried
+/// with backoff from the last processed position.
+pub(crate) async fn follow<S: EventStore, M: EventModel>(store: &S, mut runner: Runner<M>, mut control: Control) -> Result<CaughtUp<M>, Error> {
+    let mut caught_up_at = None;
+    let mut backoff = Duration::from_millis(50);
+    while !*control.stop.borrow() {
+        let batch = match store.read_after(runner.position, BATCH).await {
+            Ok(batch) => batch,
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, retry_in = ?backoff, "event store unavailable; retrying");
+                if wait_or_stop(&mut control.stop, tokio::time::sleep(backoff)).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(source) => return Err(Error::Store { model: M::NAME, source }),
+        };
+        backoff = Duration::from_millis(50);
+        if !batch.is_empty() {
+            runner.apply(&batch).await?;
+            control.progress.send_replace(runner.position);
+            continue;
+        }
+        if caught_up_at != Some(runner.position) {
+            caught_up_at = Some(runner.position);
+            runner.model.on_caught_up(runner.position);
+            control.progress.send_replace(runner.position);
+        }
+        if runner.due_when_idle() {
+            runner.checkpoint_idle().await?;
+        }
+        let deadline = runner.idle_deadline();
+        let trigger = runner.trigger().cloned().unwrap_or_default();
+        let position = runner.position;
+        let wake = async {
+            tokio::select! {
+                woke = store.wait_for_append(position) => if let Err(e) = woke {
+                    warn!(error = %e, "waiting for appends failed; polling");
+                    tokio::time::sleep(backoff).await;
+                },
+                () = trigger.requested() => {},
+                () = sleep_until(deadline) => {},
+            }
+        };
+        if wait_or_stop(&mut control.stop, wake).await {
+            break;
+        }
+    }
+    runner.finish().await?;
+    Ok(CaughtUp { model: runner.model, origin: runner.origin, position: runner.position, processed: runner.processed })
+}
+
+/// Waits for `work` unless a stop comes first; whether it stopped.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, work: impl Future<Output = ()>) -> bool {
+    let stopped = async {
+        // An error means the handle is gone: stop as well.
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::select! {
+        () = work => false,
+        () = stopped => true,
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

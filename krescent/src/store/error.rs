@@ -1,0 +1,83 @@
+//! Errors of event stores.
+
+use std::path::PathBuf;
+
+use crate::Position;
+
+/// An event store that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream's version is not the expected one; nothing was written.
+    #[error("version conflict on stream `{stream}`: expected {expected}, found version {actual}")]
+    Conflict {
+        /// The stream.
+        stream: String,
+        /// What the writer expected, as text (`any`, `no stream`, or a version).
+        expected: String,
+        /// The stream's version (0 for none).
+        actual: u64,
+    },
+    /// The file system failed.
+    #[error("event log `{}`: {source}", path.display())]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log holds a damaged record that is not a torn tail.
+    #[error("corrupt event log `{}` at byte {offset}: {reason}", path.display())]
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// Where the damaged record starts.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An event could not be encoded.
+    #[error("cannot encode event at position {position}: {reason}")]
+    Encode {
+        /// The position it would have had.
+        position: Position,
+        /// What failed.
+        reason: String,
+    },
+    /// A name (schema, table) that is not a safe identifier.
+    #[error("invalid {what} name `{name}`: {reason}")]
+    InvalidName {
+        /// Which name.
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The database failed; `transient` when retrying may help (a lost connection).
+    #[error("event database: {source}")]
+    Database {
+        /// What the driver said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+        /// Whether the failure is a lost or refused connection.
+        transient: bool,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying may succeed: a lost or refused connection.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Database { transient: true, .. })
+    }
+
+    pub(crate) fn conflict(stream: &str, expected: super::ExpectedVersion, actual: u64) -> Self {
+        let expected = match expected {
+            super::ExpectedVersion::Any => "any version".to_owned(),
+            super::ExpectedVersion::NoStream => "no stream".to_owned(),
+            super::ExpectedVersion::Exact(v) => format!("version {v}"),
+        };
+        StoreError::Conflict { stream: stream.to_owned(), expected, actual }
+    }
+}

@@ -1,0 +1,47 @@
+//! Events kept in memory.
+
+use super::log::Log;
+use super::{Appended, EventStore, ExpectedVersion, StoreError};
+use crate::event::{NewEvent, RecordedEvent};
+use crate::Position;
+
+/// Events in memory: for tests, benchmarks and short-lived processes.
+#[derive(Debug, Default)]
+pub struct InMemoryEventStore {
+    log: Log,
+}
+
+impl InMemoryEventStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The version of `stream_id` (0 when it has no events).
+    #[must_use]
+    pub fn stream_version(&self, stream_id: &str) -> u64 {
+        self.log.stream_version(stream_id)
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    async fn append(&self, stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Appended, StoreError> {
+        let _guard = self.log.append_lock.lock().await;
+        let records = self.log.prepare(stream_id, expected, events)?;
+        Ok(self.log.commit(records))
+    }
+
+    async fn read_after(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(self.log.read_after(after, limit))
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        Ok(self.log.head())
+    }
+
+    async fn wait_for_append(&self, after: Position) -> Result<(), StoreError> {
+        self.log.wait_for_append(after).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! Event stores: where events are appended and read back in one global order.
+
+mod error;
+mod file;
+mod log;
+mod memory;
+mod subscription;
+
+use std::future::Future;
+
+pub use error::StoreError;
+pub use file::FileEventStore;
+pub use memory::InMemoryEventStore;
+pub use subscription::Subscription;
+
+use crate::event::{NewEvent, RecordedEvent};
+use crate::Position;
+
+/// What the writer of an append expects its stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream has no events yet.
+    NoStream,
+    /// The stream's last event has this version (versions count from 1).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` (0 for no stream) satisfies the expectation.
+    #[must_use]
+    pub fn matches(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The position of the last appended event (of the store's head for an empty append).
+    pub position: Position,
+    /// The stream's version after the append.
+    pub stream_version: u64,
+}
+
+/// A store of events in one global order.
+///
+/// Every store of this crate passes the same contract suite (`tests/store_contract.rs`):
+/// positions increase strictly in the order [`read_after`](Self::read_after) returns them, a
+/// reader never sees an event before all earlier positions are visible, and an append of several
+/// events is all or nothing.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream_id` in one step, if the stream's version matches `expected`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] naming the stream and both versions when it does not match;
+    /// nothing is written then.
+    fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Up to `limit` events after `after`, in order.
+    fn read_after(&self, after: Position, limit: usize) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The position of the last event ([`Position::START`] when empty).
+    fn head(&self) -> impl Future<Output = Result<Position, StoreError>> + Send;
+
+    /// Resolves when events after `after` may have been appended. It may wake without new events;
+    /// callers read again and wait again.
+    fn wait_for_append(&self, after: Position) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Follows the store from `after`: history first, then live appends.
+    fn subscribe(&self, after: Position) -> Subscription<'_, Self>
+    where
+        Self: Sized,
+    {
+        Subscription::new(self, after)
+    }
+}
