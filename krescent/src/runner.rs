@@ -151,11 +151,6 @@ impl<M: EventModel> Runner<M> {
         [retry, c.state.idle_deadline()].into_iter().flatten().min()
     }
 
-    /// The trigger of a `manual` model.
-    pub(crate) fn trigger(&self) -> Option<&CheckpointTrigger> {
-        self.checkpoints.as_ref().map(|c| c.state.trigger())
-    }
-
     /// Takes the checkpoint an idle model has due, waiting for the writer if needed.
     pub(crate) async fn checkpoint_idle(&mut self) -> Result<(), Error> {
         if let Some(c) = &mut self.checkpoints {

@@ -116,7 +116,6 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(store: &S, mut runner: 
             runner.checkpoint_idle().await?;
         }
         let deadline = runner.idle_deadline();
-        let trigger = runner.trigger().cloned().unwrap_or_default();
         let position = runner.position;
         let wake = async {
             tokio::select! {
@@ -124,7 +123,6 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(store: &S, mut runner: 
                     warn!(error = %e, "waiting for appends failed; polling");
                     tokio::time::sleep(backoff).await;
                 },
-                () = trigger.requested() => {},
                 () = sleep_until(deadline) => {},
             }
         };

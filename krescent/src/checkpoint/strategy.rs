@@ -70,19 +70,16 @@ impl fmt::Display for Strategy {
 
 /// Asks a running model with the `manual` strategy for a checkpoint; cheap to clone.
 ///
-/// The checkpoint is taken at the next event the model processes, or at once by a streaming
-/// model that is idle.
+/// The checkpoint is taken after the next event the model processes, or when it stops.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointTrigger {
     requested: Arc<AtomicBool>,
-    wake: Arc<tokio::sync::Notify>,
 }
 
 impl CheckpointTrigger {
     /// Requests a checkpoint.
     pub fn request(&self) {
         self.requested.store(true, Ordering::Release);
-        self.wake.notify_one();
     }
 
     pub(crate) fn take(&self) -> bool {
@@ -91,10 +88,6 @@ impl CheckpointTrigger {
 
     pub(crate) fn is_requested(&self) -> bool {
         self.requested.load(Ordering::Acquire)
-    }
-
-    pub(crate) async fn requested(&self) {
-        self.wake.notified().await;
     }
 }
 
@@ -145,17 +138,16 @@ impl StrategyState {
             || (self.manual && self.trigger.is_requested())
     }
 
-    /// Whether an idle model has a checkpoint due (a manual request or elapsed time with
-    /// unsaved events).
+    /// Whether an idle model has a checkpoint due: time has run out with unsaved events. (A
+    /// manual request waits for the next event, or for the stop.)
     pub(crate) fn due_when_idle(&self) -> bool {
-        self.since_checkpoint > 0
-            && ((self.manual && self.trigger.is_requested())
-                || self.every_time.is_some_and(|d| self.last_checkpoint.elapsed() >= d))
+        self.since_checkpoint > 0 && self.every_time.is_some_and(|d| self.last_checkpoint.elapsed() >= d)
     }
 
-    /// Whether a graceful stop should checkpoint the events processed since the last one.
+    /// Whether a graceful stop should checkpoint the events processed since the last one: the
+    /// strategy says so, or a manual request is still open.
     pub(crate) fn due_on_shutdown(&self) -> bool {
-        self.on_shutdown && self.since_checkpoint > 0
+        self.since_checkpoint > 0 && (self.on_shutdown || (self.manual && self.trigger.is_requested()))
     }
 
     /// Whether any processed event is not yet covered by a checkpoint.
@@ -168,10 +160,6 @@ impl StrategyState {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.trigger.take();
-    }
-
-    pub(crate) fn trigger(&self) -> &CheckpointTrigger {
-        &self.trigger
     }
 
     /// How long an idle streaming model may sleep before a time-based checkpoint falls due.
