@@ -1,4 +1,5 @@
 //! Test support for krescent: contract suites every store and storage must pass, a throwaway
-//! PostgreSQL server, and the seeded benchmark workload.
+//! PostgreSQL server, and the seeded benchmark workload of `WORKLOAD.md`.
 
 pub mod contract;
+pub mod workload;
