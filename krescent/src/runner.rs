@@ -17,6 +17,11 @@ use crate::{Error, Position};
 pub(crate) const BATCH: usize = 1024;
 /// The pause before retrying a checkpoint write that failed.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
+/// Snapshots may take at most 1 / (1 + this) of the model task's time: after a snapshot that took
+/// `d`, the next waits (pending) until `d * SNAPSHOT_SPACING` has passed. Live models, whose events
+/// arrive slower than that, checkpoint exactly as their strategy says; a fast replay of a large
+/// state checkpoints less often instead of slowing down.
+const SNAPSHOT_SPACING: u32 = 19;
 
 /// A model and where it stands, while it runs.
 pub(crate) struct Runner<M> {
@@ -34,8 +39,8 @@ struct Checkpoints {
     version: CheckpointVersion,
     /// A checkpoint fell due while the writer was busy; take it at the next event boundary.
     pending: bool,
-    /// After a failed write, no new attempt before this instant.
-    retry_at: Option<Instant>,
+    /// No snapshot before this instant: the snapshot budget, or the pause after a failed write.
+    not_before: Option<Instant>,
 }
 
 /// Where a runner's model starts, before any event.
@@ -88,7 +93,7 @@ impl<M: EventModel> Runner<M> {
             writer: Writer::new(storage),
             version: CheckpointVersion::of::<M>(),
             pending: false,
-            retry_at: None,
+            not_before: None,
         });
         model.on_start(&origin);
         Runner { model, origin, position, processed: 0, checkpoints }
@@ -122,17 +127,18 @@ impl<M: EventModel> Runner<M> {
     /// Takes the due checkpoint if the writer is free; otherwise it stays pending.
     async fn checkpoint_if_free(&mut self) -> Result<(), Error> {
         let Some(c) = &mut self.checkpoints else { return Ok(()) };
-        if c.writer.is_busy() || c.retry_at.is_some_and(|at| Instant::now() < at) {
+        if c.writer.is_busy() || c.not_before.is_some_and(|at| Instant::now() < at) {
             return Ok(());
         }
         // The finished write's outcome: a failure is retried with this newer state.
         if let Err(e) = c.writer.settle().await {
             warn!(model = M::NAME, error = %e, "checkpoint write failed; retrying with the next checkpoint");
-            c.retry_at = Some(Instant::now() + WRITE_RETRY);
+            c.not_before = Some(Instant::now() + WRITE_RETRY);
             return Ok(());
         }
-        c.retry_at = None;
+        let started = Instant::now();
         let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        c.not_before = Some(Instant::now() + started.elapsed() * SNAPSHOT_SPACING);
         c.writer.start(checkpoint);
         c.state.checkpoint_taken();
         c.pending = false;
@@ -147,7 +153,7 @@ impl<M: EventModel> Runner<M> {
     /// When an idle streaming model should wake to checkpoint, if ever.
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
         let c = self.checkpoints.as_ref()?;
-        let retry = c.pending.then(|| c.retry_at.unwrap_or_else(Instant::now) + Duration::from_millis(10));
+        let retry = c.pending.then(|| c.not_before.unwrap_or_else(Instant::now) + Duration::from_millis(10));
         [retry, c.state.idle_deadline()].into_iter().flatten().min()
     }
 
