@@ -4,6 +4,8 @@ mod error;
 mod file;
 mod log;
 mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 mod subscription;
 
 use std::future::Future;
@@ -11,6 +13,8 @@ use std::future::Future;
 pub use error::StoreError;
 pub use file::FileEventStore;
 pub use memory::InMemoryEventStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresConfig, PostgresEventStore};
 pub use subscription::Subscription;
 
 use crate::event::{NewEvent, RecordedEvent};

@@ -2,11 +2,15 @@
 
 mod file;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 use std::path::PathBuf;
 
 pub use file::FileCheckpointStorage;
 pub use memory::InMemoryCheckpointStorage;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresCheckpointStorage;
 
 use super::StoredCheckpoint;
 

@@ -1,0 +1,159 @@
+//! Checkpoints in a Postgres table (feature `postgres`).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+
+use super::{CheckpointStorage, StorageError, StoredCheckpoint};
+use crate::checkpoint::{truncate_to_micros, CheckpointBucket, CheckpointVersion};
+use crate::store::postgres::{migrate, Component, DbFailure, Names};
+use crate::store::{PostgresConfig, StoreError};
+use crate::Position;
+
+/// Checkpoints in a Postgres table, one row per namespace.
+///
+/// [`migrate`](Self::migrate) creates the table ([`PostgresConfig::checkpoints_table`], by
+/// default `public.krescent_checkpoints`): `namespace text` (primary key, byte order),
+/// `version text`, `position numeric(20,0)` (every [`Position`], compared as a number),
+/// `taken_at timestamptz` (exact to the microsecond) and `data json` (the bucket; `json`, not
+/// `jsonb`, so that it comes back byte for byte). A store is one upsert that keeps the stored
+/// row when it has the same version and a later position, so a position never moves backwards
+/// even with several writers.
+///
+/// Usually obtained from the store: [`PostgresEventStore::checkpoint_storage`](crate::store::PostgresEventStore::checkpoint_storage).
+#[derive(Debug, Clone)]
+pub struct PostgresCheckpointStorage {
+    pool: Pool,
+    names: Arc<Names>,
+    sql: Arc<Sql>,
+}
+
+/// The statements, with the quoted table name in them.
+#[derive(Debug)]
+struct Sql {
+    load: String,
+    store: String,
+    delete: String,
+    list: String,
+    clear: String,
+}
+
+impl PostgresCheckpointStorage {
+    /// A storage on `pool`, in the schema and table `config` names. Nothing is contacted yet;
+    /// call [`migrate`](Self::migrate) before the first use.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidName`] when a name of `config` is not a safe identifier.
+    pub fn new(pool: Pool, config: &PostgresConfig) -> Result<Self, StoreError> {
+        Ok(Self::from_names(pool, Arc::new(config.names()?)))
+    }
+
+    pub(crate) fn from_names(pool: Pool, names: Arc<Names>) -> Self {
+        let table = &names.checkpoints;
+        let sql = Sql {
+            load: format!("SELECT version, position::text, taken_at, data::text FROM {table} WHERE namespace = $1"),
+            store: format!(
+                "INSERT INTO {table} AS stored (namespace, version, position, taken_at, data)
+                 VALUES ($1, $2, $3::text::numeric, $4, $5::text::json)
+                 ON CONFLICT (namespace) DO UPDATE
+                 SET version = excluded.version, position = excluded.position, taken_at = excluded.taken_at, data = excluded.data
+                 WHERE stored.version <> excluded.version OR stored.position <= excluded.position"
+            ),
+            delete: format!("DELETE FROM {table} WHERE namespace = $1"),
+            list: format!("SELECT namespace FROM {table} ORDER BY namespace"),
+            clear: format!("DELETE FROM {table}"),
+        };
+        PostgresCheckpointStorage { pool, names, sql: Arc::new(sql) }
+    }
+
+    /// Creates the schema and the checkpoints table, or brings them up to this build's
+    /// version. Safe to run repeatedly and concurrently.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] when the database refuses.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        migrate(&self.pool, &self.names, Component::Checkpoints)
+            .await
+            .map(drop)
+            .map_err(|e| e.storage(format!("migrate `{}`", self.names.checkpoints_plain)))
+    }
+
+    /// The pool.
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Where a namespace's row is, for error messages.
+    fn origin(&self, namespace: &str) -> String {
+        format!("table `{}`, namespace `{namespace}`", self.names.checkpoints_plain)
+    }
+
+    async fn try_load(&self, namespace: &str) -> Result<Option<(String, String, SystemTime, String)>, DbFailure> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(&self.sql.load).await?;
+        let Some(row) = client.query_opt(&statement, &[&namespace]).await? else { return Ok(None) };
+        Ok(Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)))
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64, DbFailure> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
+    }
+}
+
+#[async_trait::async_trait]
+impl CheckpointStorage for PostgresCheckpointStorage {
+    async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
+        let loaded = self.try_load(namespace).await.map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
+        let Some((version, position, taken_at, data)) = loaded else { return Ok(None) };
+        let corrupt = |reason: String| StorageError::Corrupt { origin: self.origin(namespace), reason };
+        let position: Position = position.parse().map_err(|e: crate::PositionParseError| corrupt(e.to_string()))?;
+        let bucket: CheckpointBucket = serde_json::from_str(&data).map_err(|e| corrupt(format!("undecodable data: {e}")))?;
+        Ok(Some(StoredCheckpoint {
+            namespace: namespace.to_owned(),
+            version: CheckpointVersion::from_text(version),
+            position,
+            taken_at,
+            bucket,
+        }))
+    }
+
+    async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
+        let namespace = &checkpoint.namespace;
+        let data = serde_json::to_string(&checkpoint.bucket)
+            .map_err(|e| StorageError::Encode { namespace: namespace.clone(), reason: e.to_string() })?;
+        let position = checkpoint.position.to_string();
+        let taken_at = truncate_to_micros(checkpoint.taken_at);
+        self.execute(&self.sql.store, &[namespace, &checkpoint.version.as_str(), &position, &taken_at, &data])
+            .await
+            .map(drop)
+            .map_err(|e| e.storage(format!("store into {}", self.origin(namespace))))
+    }
+
+    async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
+        self.execute(&self.sql.delete, &[&namespace])
+            .await
+            .map(|deleted| deleted > 0)
+            .map_err(|e| e.storage(format!("delete from {}", self.origin(namespace))))
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StorageError> {
+        let run = async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(&self.sql.list).await?;
+            let rows = client.query(&statement, &[]).await?;
+            rows.iter().map(|row| row.try_get(0).map_err(DbFailure::from)).collect::<Result<Vec<String>, _>>()
+        };
+        run.await.map_err(|e| e.storage(format!("list `{}`", self.names.checkpoints_plain)))
+    }
+
+    async fn clear(&self) -> Result<(), StorageError> {
+        self.execute(&self.sql.clear, &[])
+            .await
+            .map(drop)
+            .map_err(|e| e.storage(format!("clear `{}`", self.names.checkpoints_plain)))
+    }
+}

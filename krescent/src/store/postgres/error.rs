@@ -1,0 +1,112 @@
+//! Driver and pool failures as store and storage errors, with what was being done.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use deadpool_postgres::{HookError, PoolError};
+
+use crate::checkpoint::StorageError;
+use crate::store::StoreError;
+
+/// A database failure and the operation it interrupted, such as "append to stream `a-1`".
+#[derive(Debug)]
+pub(crate) struct Failed {
+    doing: String,
+    source: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.doing, self.source)
+    }
+}
+
+impl StdError for Failed {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// A failure of the driver or of the pool.
+pub(crate) enum DbFailure {
+    /// The driver failed.
+    Driver(tokio_postgres::Error),
+    /// The pool could not hand out a connection.
+    Pool(PoolError),
+    /// Something else went wrong (a value the database returned is out of range).
+    Other(String),
+}
+
+impl From<tokio_postgres::Error> for DbFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbFailure::Driver(e)
+    }
+}
+
+impl From<PoolError> for DbFailure {
+    fn from(e: PoolError) -> Self {
+        DbFailure::Pool(e)
+    }
+}
+
+impl DbFailure {
+    /// Whether retrying may help: the connection was lost, refused or timed out, or the server
+    /// is shutting down or starting up.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            DbFailure::Driver(e) | DbFailure::Pool(PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e))) => {
+                driver_error_is_transient(e)
+            }
+            DbFailure::Pool(PoolError::Timeout(_)) => true,
+            DbFailure::Pool(_) | DbFailure::Other(_) => false,
+        }
+    }
+
+    fn into_source(self) -> Box<dyn StdError + Send + Sync + 'static> {
+        match self {
+            DbFailure::Driver(e) => Box::new(e),
+            DbFailure::Pool(e) => Box::new(e),
+            DbFailure::Other(message) => message.into(),
+        }
+    }
+
+    /// The failure as a store error, saying what was being done.
+    pub(crate) fn store(self, doing: impl Into<String>) -> StoreError {
+        let transient = self.is_transient();
+        StoreError::Database { source: Box::new(Failed { doing: doing.into(), source: self.into_source() }), transient }
+    }
+
+    /// The failure as a storage error, saying what was being done.
+    pub(crate) fn storage(self, doing: impl Into<String>) -> StorageError {
+        StorageError::Database(Box::new(Failed { doing: doing.into(), source: self.into_source() }))
+    }
+}
+
+/// SQLSTATE codes that mean "the server is going away or not there yet".
+const TRANSIENT_STATES: [&str; 5] = [
+    "57P01", // admin_shutdown
+    "57P02", // crash_shutdown
+    "57P03", // cannot_connect_now (starting up, shutting down, in recovery)
+    "53300", // too_many_connections
+    "58030", // io_error (of the server)
+];
+
+fn driver_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(state) = e.code() {
+        let code = state.code();
+        // Class 08: connection exception.
+        return code.starts_with("08") || TRANSIENT_STATES.contains(&code);
+    }
+    // Not a server error: a socket that failed or was refused, or a connect timeout.
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    e.to_string().starts_with("timeout")
+}

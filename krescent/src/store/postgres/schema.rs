@@ -1,0 +1,112 @@
+//! Versioned, idempotent migrations of the events and checkpoints tables.
+//!
+//! `"<schema>"."krescent_schema_migrations"` holds one row per migrated table with the number of
+//! steps applied. `migrate` takes a transaction-scoped advisory lock of the schema first, so
+//! concurrent migrations run one after the other, and each applies only the steps that are
+//! missing; all steps of one call commit together or not at all.
+
+use deadpool_postgres::Pool;
+
+use super::config::Names;
+use super::error::DbFailure;
+
+/// A table krescent migrates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Component {
+    /// The events table.
+    Events,
+    /// The checkpoints table.
+    Checkpoints,
+}
+
+impl Component {
+    /// The key of the table's row in the migrations table.
+    fn key(self, names: &Names) -> String {
+        match self {
+            Component::Events => format!("events:{}", names.events_table_plain),
+            Component::Checkpoints => format!("checkpoints:{}", names.checkpoints_table_plain),
+        }
+    }
+
+    /// The steps, oldest first; a step is never changed once released, only new ones appended.
+    fn steps(self, names: &Names) -> Vec<String> {
+        match self {
+            Component::Events => vec![format!(
+                "CREATE TABLE {events} (
+                     position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                     stream_id text NOT NULL,
+                     stream_version bigint NOT NULL CHECK (stream_version > 0),
+                     event_id uuid NOT NULL UNIQUE,
+                     event_type text NOT NULL,
+                     payload jsonb NOT NULL,
+                     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                     UNIQUE (stream_id, stream_version)
+                 );
+                 COMMENT ON TABLE {events} IS 'krescent events. Append only through krescent: appends hold an advisory lock until they commit so that positions become visible in order.'",
+                events = names.events
+            )],
+            Component::Checkpoints => vec![format!(
+                "CREATE TABLE {checkpoints} (
+                     namespace text COLLATE \"C\" PRIMARY KEY,
+                     version text NOT NULL,
+                     position numeric(20, 0) NOT NULL CHECK (position >= 0),
+                     taken_at timestamptz NOT NULL,
+                     data json NOT NULL
+                 );
+                 COMMENT ON TABLE {checkpoints} IS 'krescent checkpoints: one per namespace'",
+                checkpoints = names.checkpoints
+            )],
+        }
+    }
+}
+
+/// Brings `component`'s table up to this build's version; returns that version.
+pub(crate) async fn migrate(pool: &Pool, names: &Names, component: Component) -> Result<u32, DbFailure> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&names.migrate_lock()]).await?;
+    let schema_exists = tx.query_opt("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", &[&names.schema_plain]).await?.is_some();
+    if !schema_exists {
+        tx.batch_execute(&format!("CREATE SCHEMA {}", names.schema)).await?;
+    }
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             component text PRIMARY KEY,
+             version integer NOT NULL,
+             migrated_at timestamptz NOT NULL DEFAULT now()
+         )",
+        names.migrations
+    ))
+    .await?;
+    let key = component.key(names);
+    let current: i32 = tx
+        .query_opt(&format!("SELECT version FROM {} WHERE component = $1", names.migrations), &[&key])
+        .await?
+        .map_or(0, |row| row.get(0));
+    let steps = component.steps(names);
+    let latest = u32::try_from(steps.len()).unwrap_or(u32::MAX);
+    let current = u32::try_from(current).unwrap_or(u32::MAX);
+    if current > latest {
+        return Err(DbFailure::Other(format!(
+            "`{key}` is at schema version {current}, newer than this build of krescent knows ({latest})"
+        )));
+    }
+    if current == latest {
+        return Ok(latest);
+    }
+    for step in steps.iter().skip(current as usize) {
+        tx.batch_execute(step).await?;
+    }
+    let version = i32::try_from(latest).unwrap_or(i32::MAX);
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (component, version) VALUES ($1, $2)
+             ON CONFLICT (component) DO UPDATE SET version = excluded.version, migrated_at = now()",
+            names.migrations
+        ),
+        &[&key, &version],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(latest)
+}
