@@ -1,0 +1,341 @@
+//! The syn tree of a model, an event or a handler block, borrowed into the shapes the
+//! expansion works with. Original tokens are kept for spans.
+
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::{Data, DeriveInput, Fields, FnArg, Generics, Ident, ImplItem, ImplItemFn, ItemImpl, Path, ReturnType, Type};
+
+use crate::attr;
+use crate::ctxt::Ctxt;
+
+/// A struct deriving `EventModel`.
+pub(crate) struct Container<'a> {
+    /// The struct's name.
+    pub(crate) ident: &'a Ident,
+    /// Its generics, passed through to the impls.
+    pub(crate) generics: &'a Generics,
+    /// `#[model]` and `#[checkpoint]`.
+    pub(crate) attrs: attr::Model,
+    /// Every named field, checkpointed or not.
+    pub(crate) fields: Vec<Field<'a>>,
+}
+
+/// A field of a model.
+pub(crate) struct Field<'a> {
+    /// The field's name.
+    pub(crate) ident: &'a Ident,
+    /// The field's type, as written.
+    pub(crate) ty: &'a Type,
+    /// Its `#[checkpoint]` attribute; `None` leaves the field out of checkpoints.
+    pub(crate) checkpoint: Option<attr::FieldCheckpoint>,
+}
+
+/// How a checkpointed field is written into the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Any serde type: `put` / `get`.
+    Serde,
+    /// A field whose type is written `Vec<u8>`: binary, `put_bytes` / `get_bytes`.
+    Bytes,
+    /// `#[checkpoint(support)]`: its own `CheckpointSupport`, as a nested bucket.
+    Support,
+}
+
+impl<'a> Container<'a> {
+    /// The model described by `input`; when it is not a struct with named fields the mistake is
+    /// recorded and the model has no fields.
+    pub(crate) fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Self {
+        let attrs = attr::model(cx, &input.ident, &input.attrs);
+        let ident = &input.ident;
+        let fields = match &input.data {
+            Data::Struct(data) => match &data.fields {
+                Fields::Named(named) => named
+                    .named
+                    .iter()
+                    .map(|f| {
+                        let name = f.ident.as_ref().expect("named fields have names");
+                        Field { ident: name, ty: &f.ty, checkpoint: attr::field(cx, name, &f.attrs) }
+                    })
+                    .collect(),
+                Fields::Unit => Vec::new(),
+                Fields::Unnamed(unnamed) => {
+                    cx.error_spanned_by(unnamed, format!("`#[derive(EventModel)]` needs named fields; `{ident}` is a tuple struct"));
+                    Vec::new()
+                }
+            },
+            Data::Enum(data) => {
+                cx.error_spanned_by(data.enum_token, format!("`#[derive(EventModel)]` needs a struct with named fields; `{ident}` is an enum"));
+                Vec::new()
+            }
+            Data::Union(data) => {
+                cx.error_spanned_by(data.union_token, format!("`#[derive(EventModel)]` needs a struct with named fields; `{ident}` is a union"));
+                Vec::new()
+            }
+        };
+        Container { ident, generics: &input.generics, attrs, fields }
+    }
+
+    /// The checkpointed fields with their attribute, in declaration order.
+    pub(crate) fn checkpointed(&self) -> impl Iterator<Item = (&Field<'a>, &attr::FieldCheckpoint)> {
+        self.fields.iter().filter_map(|f| f.checkpoint.as_ref().map(|c| (f, c)))
+    }
+}
+
+impl Field<'_> {
+    /// How the field is written; meaningful for checkpointed fields only.
+    pub(crate) fn kind(&self) -> Kind {
+        match &self.checkpoint {
+            Some(c) if c.support => Kind::Support,
+            _ if is_bytes(self.ty) => Kind::Bytes,
+            _ => Kind::Serde,
+        }
+    }
+}
+
+/// Whether `ty` is written `Vec<u8>` (with any path before `Vec`).
+fn is_bytes(ty: &Type) -> bool {
+    let Type::Path(path) = ty else { return false };
+    if path.qself.is_some() {
+        return false;
+    }
+    let Some(last) = path.path.segments.last() else { return false };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return false };
+    last.ident == "Vec"
+        && args.args.len() == 1
+        && matches!(&args.args[0], syn::GenericArgument::Type(Type::Path(u8)) if u8.qself.is_none() && u8.path.is_ident("u8"))
+}
+
+/// An `impl` block under `#[handlers]`.
+pub(crate) struct HandlerImpl {
+    /// The runtime crate.
+    pub(crate) krate: Path,
+    /// The event handlers, in declaration order.
+    pub(crate) handlers: Vec<Handler>,
+    /// The `#[on_start]` and `#[on_caught_up]` methods, in declaration order.
+    pub(crate) hooks: Vec<Hook>,
+}
+
+/// A handler method: `fn name(&mut self, e: &Event[, meta: &EventMeta]) [-> Output]`.
+pub(crate) struct Handler {
+    /// The method's name.
+    pub(crate) method: Ident,
+    /// The event type, without the reference.
+    pub(crate) event: Type,
+    /// Whether it takes `&EventMeta` too.
+    pub(crate) meta: bool,
+    /// Whether it is `async`.
+    pub(crate) asyncness: bool,
+    /// Its return type.
+    pub(crate) output: ReturnType,
+}
+
+/// A lifecycle method: `#[on_start]` or `#[on_caught_up]`.
+pub(crate) struct Hook {
+    /// Which hook.
+    pub(crate) kind: HookKind,
+    /// The method's name.
+    pub(crate) method: Ident,
+    /// The method's parameter type, for spans.
+    pub(crate) parameter: Type,
+}
+
+/// The lifecycle hooks a method can be marked as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HookKind {
+    /// `#[on_start]`: `fn(&mut self, origin: &Origin)`.
+    OnStart,
+    /// `#[on_caught_up]`: `fn(&mut self, position: Position)`.
+    OnCaughtUp,
+}
+
+impl HookKind {
+    /// The attribute's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            HookKind::OnStart => "on_start",
+            HookKind::OnCaughtUp => "on_caught_up",
+        }
+    }
+
+    /// The method's parameter, as messages say it.
+    fn parameter(self) -> &'static str {
+        match self {
+            HookKind::OnStart => "origin: &Origin",
+            HookKind::OnCaughtUp => "position: Position",
+        }
+    }
+}
+
+impl HandlerImpl {
+    /// The handlers and hooks of `item`, from which the hook attributes are removed.
+    pub(crate) fn from_ast(cx: &Ctxt, args: attr::Handlers, item: &mut ItemImpl) -> Self {
+        if let Some((_, trait_path, _)) = &item.trait_ {
+            cx.error_spanned_by(trait_path, "`#[handlers]` goes on an inherent `impl` block of the model, not on a trait impl");
+        }
+        let mut handlers = Vec::new();
+        let mut hooks = Vec::new();
+        for method in item.items.iter_mut().filter_map(|i| if let ImplItem::Fn(f) = i { Some(f) } else { None }) {
+            match take_hook(cx, method) {
+                Some(kind) => hooks.extend(hook(cx, kind, method)),
+                None => handlers.extend(handler(cx, method)),
+            }
+        }
+        HandlerImpl { krate: args.krate, handlers, hooks }
+    }
+}
+
+/// Removes the hook attributes of `method`; which hook it is, if any.
+fn take_hook(cx: &Ctxt, method: &mut ImplItemFn) -> Option<HookKind> {
+    let mut kind = None;
+    method.attrs.retain(|attr| {
+        let this = if attr.path().is_ident("on_start") {
+            HookKind::OnStart
+        } else if attr.path().is_ident("on_caught_up") {
+            HookKind::OnCaughtUp
+        } else {
+            return true;
+        };
+        if !matches!(attr.meta, syn::Meta::Path(_)) {
+            cx.error_spanned_by(attr, format!("`#[{}]` takes no arguments", this.name()));
+        }
+        if let Some(earlier) = kind.replace(this) {
+            let message = if earlier == this {
+                format!("duplicate `#[{}]` attribute", this.name())
+            } else {
+                "a method is either `#[on_start]` or `#[on_caught_up]`, not both".to_owned()
+            };
+            cx.error_spanned_by(attr, message);
+        }
+        false
+    });
+    kind
+}
+
+/// The hook `method`, if its signature fits.
+fn hook(cx: &Ctxt, kind: HookKind, method: &ImplItemFn) -> Option<Hook> {
+    let sig = &method.sig;
+    let expected = format!("`#[{}]` methods are `fn {}(&mut self, {})`", kind.name(), sig.ident, kind.parameter());
+    let mut fits = true;
+    if let Some(asyncness) = sig.asyncness {
+        cx.error_spanned_by(asyncness, format!("`#[{}]` methods cannot be `async`; {expected}", kind.name()));
+        fits = false;
+    }
+    if !takes_mut_self(sig) || sig.inputs.len() != 2 {
+        cx.error_spanned_by(&sig.inputs, expected);
+        fits = false;
+    }
+    let parameter = match sig.inputs.iter().nth(1) {
+        Some(FnArg::Typed(pat)) if fits => (*pat.ty).clone(),
+        _ => return None,
+    };
+    Some(Hook { kind, method: sig.ident.clone(), parameter })
+}
+
+/// The handler `method`, if its signature fits.
+fn handler(cx: &Ctxt, method: &ImplItemFn) -> Option<Handler> {
+    let sig = &method.sig;
+    let name = &sig.ident;
+    let mut fits = true;
+    let mut fail = |tokens: &dyn ToTokens, message: String| {
+        cx.error_spanned_by(tokens, message);
+        fits = false;
+    };
+    match sig.receiver() {
+        None => fail(name, format!("handler `{name}` needs a `&mut self` receiver; every method of a `#[handlers]` block handles an event")),
+        Some(_) if !takes_mut_self(sig) => fail(&sig.inputs[0], format!("handler `{name}` takes `&mut self`")),
+        Some(_) => {}
+    }
+    if let Some(unsafety) = sig.unsafety {
+        fail(&unsafety, "handlers cannot be `unsafe`".to_owned());
+    }
+    if let Some(param) = sig.generics.params.iter().find(|p| !matches!(p, syn::GenericParam::Lifetime(_))) {
+        fail(param, format!("handler `{name}` cannot be generic; it handles one event type"));
+    }
+    let params: Vec<&syn::PatType> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(pat) => Some(pat),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let event = match params.first().map(|p| &*p.ty) {
+        None => {
+            let message = format!(
+                "`{name}` handles no event; a handler takes `&mut self` and a reference to the event, as in `fn {name}(&mut self, e: &BookAdded)`; move other methods to another `impl` block"
+            );
+            fail(name, message);
+            None
+        }
+        Some(Type::Reference(reference)) if reference.mutability.is_none() => Some((*reference.elem).clone()),
+        Some(Type::Reference(reference)) => {
+            let elem = type_string(&reference.elem);
+            fail(reference, format!("handler parameter must be a shared reference: `&{elem}`"));
+            None
+        }
+        Some(ty) => {
+            fail(ty, format!("handler parameter must be a reference: `&{}`", type_string(ty)));
+            None
+        }
+    };
+    let meta = match params.get(1).map(|p| &*p.ty) {
+        None => false,
+        Some(Type::Reference(r)) if r.mutability.is_none() && last_segment_is(&r.elem, "EventMeta") => true,
+        Some(ty) => {
+            fail(ty, format!("the second parameter of a handler is `&EventMeta`, found `{}`", type_string(ty)));
+            false
+        }
+    };
+    if let Some(extra) = params.get(2) {
+        fail(extra, "a handler takes the event and, optionally, `&EventMeta`; nothing more".to_owned());
+    }
+    let event = event.filter(|_| fits)?;
+    Some(Handler { method: name.clone(), event, meta, asyncness: sig.asyncness.is_some(), output: sig.output.clone() })
+}
+
+/// Whether the method's receiver is `&mut self` (or `self: &mut Self`).
+fn takes_mut_self(sig: &syn::Signature) -> bool {
+    sig.receiver().is_some_and(|r| matches!(&*r.ty, Type::Reference(reference) if reference.mutability.is_some()))
+}
+
+/// Whether `ty` is a path whose last segment is `name`.
+fn last_segment_is(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == name))
+}
+
+/// `ty` as text, the same on every build: tokens without spaces, except one between two words.
+///
+/// Used for the model's fingerprint, where a change of text must mean a change of type, and
+/// for messages and duplicate detection.
+pub(crate) fn type_string(ty: &Type) -> String {
+    let mut out = String::new();
+    write_tokens(ty.to_token_stream(), &mut out);
+    out
+}
+
+fn write_tokens(tokens: TokenStream, out: &mut String) {
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '"');
+    for token in tokens {
+        match token {
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::Brace => ("{", "}"),
+                    Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                write_tokens(group.stream(), out);
+                out.push_str(close);
+            }
+            TokenTree::Ident(_) | TokenTree::Literal(_) => {
+                let text = token.to_string();
+                if is_word(out.chars().last()) && is_word(text.chars().next()) {
+                    out.push(' ');
+                }
+                out.push_str(&text);
+            }
+            TokenTree::Punct(punct) => out.push(punct.as_char()),
+        }
+    }
+}

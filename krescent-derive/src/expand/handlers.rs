@@ -1,0 +1,162 @@
+//! `#[handlers]`: the `Handlers` impl of an `impl` block's event handlers.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{ItemImpl, ReturnType};
+
+use crate::ast::{Handler, HandlerImpl, Hook, HookKind};
+use crate::attr;
+use crate::check;
+use crate::ctxt::{self, Ctxt};
+
+/// The `impl` block (without the hook attributes) and its `Handlers` impl, or its mistakes and
+/// a stub.
+pub(crate) fn attribute(args: TokenStream, input: TokenStream) -> TokenStream {
+    let cx = Ctxt::new();
+    let args = attr::handlers(&cx, args);
+    let mut item: ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            cx.error_spanned_by(&input, "`#[handlers]` goes on an `impl` block of the model, as in `#[handlers] impl AvailableBooks { … }`");
+            let error = cx.check().expect_err("an error was just recorded");
+            return ctxt::fail(&error, input);
+        }
+    };
+    let block = HandlerImpl::from_ast(&cx, args, &mut item);
+    check::handlers(&cx, &block);
+    let generated = match cx.check() {
+        Ok(()) => generate(&item, &block),
+        Err(error) => ctxt::fail(&error, stub(&item, &block)),
+    };
+    quote! {
+        #item
+        #generated
+    }
+}
+
+/// `impl Handlers`, inside `const _: () = { … };`.
+fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
+    let krate = &block.krate;
+    let p = quote!(#krate::__private);
+    let self_ty = &item.self_ty;
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let events: Vec<_> = block.handlers.iter().map(|h| &h.event).collect();
+    let handles = if events.is_empty() {
+        quote!(false)
+    } else {
+        quote!(#(__event_type == <#events as #p::Event>::NAME)||*)
+    };
+    let event_type = if events.is_empty() { quote!(_) } else { quote!(__event_type) };
+    let dispatch = block.handlers.iter().map(|h| dispatch(&p, h));
+    let hooks = block.hooks.iter().map(|h| hook(&p, h));
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #p::Handlers for #self_ty #where_clause {
+                const EVENTS: &'static [#p::EventType] = &[#(#p::EventType::of::<#events>()),*];
+
+                fn handles(#event_type: &::core::primitive::str) -> ::core::primitive::bool {
+                    #handles
+                }
+
+                fn handle<'__a>(
+                    &'__a mut self,
+                    __event: &'__a #p::RecordedEvent,
+                ) -> impl #p::Future<Output = ::core::result::Result<(), #p::HandlerError>> + ::core::marker::Send + '__a {
+                    async move {
+                        let __event_type = #p::RecordedEvent::event_type(__event);
+                        #(#dispatch)*
+                        ::core::result::Result::Ok(())
+                    }
+                }
+
+                #(#hooks)*
+            }
+        };
+    }
+}
+
+/// `if the type name is the handler's { decode; call; return }`. The call and its conversion
+/// to `Result<(), HandlerError>` are spanned at the return type, where a wrong one is reported.
+fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
+    let Handler { method, event, meta, asyncness, output } = handler;
+    let meta = meta.then(|| quote!(, &__event.meta));
+    let (span, returns_unit) = match output {
+        ReturnType::Default => (method.span(), true),
+        ReturnType::Type(_, ty) => (ty.span(), false),
+    };
+    let call = if *asyncness {
+        quote_spanned!(span=> Self::#method(self, &__decoded #meta).await)
+    } else {
+        quote_spanned!(span=> Self::#method(self, &__decoded #meta))
+    };
+    let outcome = if returns_unit {
+        quote! {
+            #call;
+            return ::core::result::Result::Ok(());
+        }
+    } else {
+        quote_spanned!(span=> return #p::HandlerOutput::into_result(#call);)
+    };
+    quote! {
+        if __event_type == <#event as #p::Event>::NAME {
+            let __decoded = match #p::RecordedEvent::decode::<#event>(__event) {
+                ::core::result::Result::Ok(__decoded) => __decoded,
+                ::core::result::Result::Err(__error) => {
+                    return ::core::result::Result::Err(::core::convert::From::from(__error));
+                }
+            };
+            #outcome
+        }
+    }
+}
+
+/// `on_start` or `on_caught_up`, forwarding to the marked method; spanned at its parameter,
+/// where a wrong type is reported.
+fn hook(p: &TokenStream, hook: &Hook) -> TokenStream {
+    let Hook { kind, method, parameter } = hook;
+    let span = parameter.span();
+    match kind {
+        HookKind::OnStart => {
+            let call = quote_spanned!(span=> Self::#method(self, __origin));
+            quote! {
+                fn on_start(&mut self, __origin: &#p::Origin) {
+                    #call
+                }
+            }
+        }
+        HookKind::OnCaughtUp => {
+            let call = quote_spanned!(span=> Self::#method(self, __position));
+            quote! {
+                fn on_caught_up(&mut self, __position: #p::Position) {
+                    #call
+                }
+            }
+        }
+    }
+}
+
+/// A `Handlers` impl without handlers, so that a mistake in the block is not also reported as
+/// the model missing its `Handlers` impl.
+fn stub(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
+    let krate = &block.krate;
+    let p = quote!(#krate::__private);
+    let self_ty = &item.self_ty;
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #p::Handlers for #self_ty #where_clause {
+                const EVENTS: &'static [#p::EventType] = &[];
+
+                fn handle<'__a>(
+                    &'__a mut self,
+                    _: &'__a #p::RecordedEvent,
+                ) -> impl #p::Future<Output = ::core::result::Result<(), #p::HandlerError>> + ::core::marker::Send + '__a {
+                    async move { ::core::result::Result::Ok(()) }
+                }
+            }
+        };
+    }
+}
