@@ -7,8 +7,20 @@ pub use core::time::Duration;
 pub use crate::checkpoint::{BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport, OnInvalid, Strategy};
 pub use crate::event::{Event, EventType, RecordedEvent};
 pub use crate::model::{EventModel, HandlerError, HandlerOutput, Handlers};
-pub use crate::EventMeta;
+pub use crate::{EventMeta, Origin, Position};
 pub use serde;
+
+/// `error` from a nested bucket (a `#[checkpoint(support)]` field), its key prefixed with the
+/// nested bucket's: `index.entries`.
+#[must_use]
+pub fn nested_error(key: &str, error: CheckpointError) -> CheckpointError {
+    match error {
+        CheckpointError::Serialize { key: inner, reason } => CheckpointError::Serialize { key: format!("{key}.{inner}"), reason },
+        CheckpointError::Missing { key: inner } => CheckpointError::Missing { key: format!("{key}.{inner}") },
+        CheckpointError::Invalid { key: inner, reason } => CheckpointError::Invalid { key: format!("{key}.{inner}"), reason },
+        other => other,
+    }
+}
 
 /// Compiles only when the `postgres` feature is on; generated for `storage = "postgres"`.
 #[cfg(feature = "postgres")]
