@@ -2,4 +2,6 @@
 //! PostgreSQL server, and the seeded benchmark workload of `WORKLOAD.md`.
 
 pub mod contract;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod workload;
