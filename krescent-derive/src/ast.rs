@@ -3,7 +3,10 @@
 
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::{Data, DeriveInput, Fields, FnArg, Generics, Ident, ImplItem, ImplItemFn, ItemImpl, Path, ReturnType, Type};
+use syn::{
+    Data, DeriveInput, Fields, FnArg, Generics, Ident, ImplItem, ImplItemFn, ItemImpl, Path,
+    ReturnType, Type,
+};
 
 use crate::attr;
 use crate::ctxt::Ctxt;
@@ -54,7 +57,11 @@ impl<'a> Container<'a> {
                     .iter()
                     .map(|f| {
                         let name = f.ident.as_ref().expect("named fields have names");
-                        Field { ident: name, ty: &f.ty, checkpoint: attr::field(cx, name, &f.attrs) }
+                        Field {
+                            ident: name,
+                            ty: &f.ty,
+                            checkpoint: attr::field(cx, name, &f.attrs),
+                        }
                     })
                     .collect(),
                 Fields::Unit => Vec::new(),
@@ -72,12 +79,21 @@ impl<'a> Container<'a> {
                 Vec::new()
             }
         };
-        Container { ident, generics: &input.generics, attrs, fields }
+        Container {
+            ident,
+            generics: &input.generics,
+            attrs,
+            fields,
+        }
     }
 
     /// The checkpointed fields with their attribute, in declaration order.
-    pub(crate) fn checkpointed(&self) -> impl Iterator<Item = (&Field<'a>, &attr::FieldCheckpoint)> {
-        self.fields.iter().filter_map(|f| f.checkpoint.as_ref().map(|c| (f, c)))
+    pub(crate) fn checkpointed(
+        &self,
+    ) -> impl Iterator<Item = (&Field<'a>, &attr::FieldCheckpoint)> {
+        self.fields
+            .iter()
+            .filter_map(|f| f.checkpoint.as_ref().map(|c| (f, c)))
     }
 }
 
@@ -98,8 +114,12 @@ fn is_bytes(ty: &Type) -> bool {
     if path.qself.is_some() {
         return false;
     }
-    let Some(last) = path.path.segments.last() else { return false };
-    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return false };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
     last.ident == "Vec"
         && args.args.len() == 1
         && matches!(&args.args[0], syn::GenericArgument::Type(Type::Path(u8)) if u8.qself.is_none() && u8.path.is_ident("u8"))
@@ -169,18 +189,36 @@ impl HookKind {
 impl HandlerImpl {
     /// The handlers and hooks of `item`, from which the hook attributes are removed.
     pub(crate) fn from_ast(cx: &Ctxt, args: attr::Handlers, item: &mut ItemImpl) -> Self {
+        let is_trait_impl = item.trait_.is_some();
         if let Some((_, trait_path, _)) = &item.trait_ {
-            cx.error_spanned_by(trait_path, "`#[handlers]` goes on an inherent `impl` block of the model, not on a trait impl");
+            cx.error_spanned_by(
+                trait_path,
+                "`#[handlers]` goes on an inherent `impl` block of the model, not on a trait impl",
+            );
         }
         let mut handlers = Vec::new();
         let mut hooks = Vec::new();
-        for method in item.items.iter_mut().filter_map(|i| if let ImplItem::Fn(f) = i { Some(f) } else { None }) {
-            match take_hook(cx, method) {
+        for method in item.items.iter_mut().filter_map(|i| {
+            if let ImplItem::Fn(f) = i {
+                Some(f)
+            } else {
+                None
+            }
+        }) {
+            let hook_kind = take_hook(cx, method);
+            if is_trait_impl {
+                continue;
+            }
+            match hook_kind {
                 Some(kind) => hooks.extend(hook(cx, kind, method)),
                 None => handlers.extend(handler(cx, method)),
             }
         }
-        HandlerImpl { krate: args.krate, handlers, hooks }
+        HandlerImpl {
+            krate: args.krate,
+            handlers,
+            hooks,
+        }
     }
 }
 
@@ -214,43 +252,65 @@ fn take_hook(cx: &Ctxt, method: &mut ImplItemFn) -> Option<HookKind> {
 /// The hook `method`, if its signature fits.
 fn hook(cx: &Ctxt, kind: HookKind, method: &ImplItemFn) -> Option<Hook> {
     let sig = &method.sig;
-    let expected = format!("`#[{}]` methods are `fn {}(&mut self, {})`", kind.name(), sig.ident, kind.parameter());
+    let expected = format!(
+        "`#[{}]` methods are `fn {}(&mut self, {})`",
+        kind.name(),
+        sig.ident,
+        kind.parameter()
+    );
     let mut fits = true;
     if let Some(asyncness) = sig.asyncness {
-        cx.error_spanned_by(asyncness, format!("`#[{}]` methods cannot be `async`; {expected}", kind.name()));
+        cx.error_spanned_by(
+            asyncness,
+            format!("`#[{}]` methods cannot be `async`; {expected}", kind.name()),
+        );
         fits = false;
     }
     if !takes_mut_self(sig) || sig.inputs.len() != 2 {
         cx.error_spanned_by(&sig.inputs, expected);
-        fits = false;
+        return None;
     }
-    let parameter = match sig.inputs.iter().nth(1) {
-        Some(FnArg::Typed(pat)) if fits => (*pat.ty).clone(),
-        _ => return None,
+    let Some(FnArg::Typed(parameter)) = sig.inputs.iter().nth(1) else {
+        return None;
     };
-    Some(Hook { kind, method: sig.ident.clone(), parameter })
+    // The type itself is checked by the compiler; whether it is a reference is checked here,
+    // where the message can say which one is expected.
+    let parameter = &*parameter.ty;
+    match (kind, parameter) {
+        (HookKind::OnStart, Type::Reference(_)) | (HookKind::OnCaughtUp, Type::Path(_)) => {}
+        (HookKind::OnStart, _) => {
+            cx.error_spanned_by(
+                parameter,
+                format!(
+                    "`#[on_start]` takes the origin by reference: `&{}`",
+                    type_string(parameter)
+                ),
+            );
+            fits = false;
+        }
+        (HookKind::OnCaughtUp, _) => {
+            cx.error_spanned_by(
+                parameter,
+                "`#[on_caught_up]` takes the position by value: `Position`",
+            );
+            fits = false;
+        }
+    }
+    let parameter = parameter.clone();
+    if !fits {
+        return None;
+    }
+    Some(Hook {
+        kind,
+        method: sig.ident.clone(),
+        parameter,
+    })
 }
 
 /// The handler `method`, if its signature fits.
 fn handler(cx: &Ctxt, method: &ImplItemFn) -> Option<Handler> {
     let sig = &method.sig;
     let name = &sig.ident;
-    let mut fits = true;
-    let mut fail = |tokens: &dyn ToTokens, message: String| {
-        cx.error_spanned_by(tokens, message);
-        fits = false;
-    };
-    match sig.receiver() {
-        None => fail(name, format!("handler `{name}` needs a `&mut self` receiver; every method of a `#[handlers]` block handles an event")),
-        Some(_) if !takes_mut_self(sig) => fail(&sig.inputs[0], format!("handler `{name}` takes `&mut self`")),
-        Some(_) => {}
-    }
-    if let Some(unsafety) = sig.unsafety {
-        fail(&unsafety, "handlers cannot be `unsafe`".to_owned());
-    }
-    if let Some(param) = sig.generics.params.iter().find(|p| !matches!(p, syn::GenericParam::Lifetime(_))) {
-        fail(param, format!("handler `{name}` cannot be generic; it handles one event type"));
-    }
     let params: Vec<&syn::PatType> = sig
         .inputs
         .iter()
@@ -259,43 +319,112 @@ fn handler(cx: &Ctxt, method: &ImplItemFn) -> Option<Handler> {
             FnArg::Receiver(_) => None,
         })
         .collect();
-    let event = match params.first().map(|p| &*p.ty) {
-        None => {
-            let message = format!(
-                "`{name}` handles no event; a handler takes `&mut self` and a reference to the event, as in `fn {name}(&mut self, e: &BookAdded)`; move other methods to another `impl` block"
-            );
-            fail(name, message);
-            None
+    let Some(first) = params.first() else {
+        // Most likely a helper method: say that alone, not also what its receiver lacks.
+        let message = format!(
+            "`{name}` handles no event; a handler takes `&mut self` and a reference to the event, as in `fn {name}(&mut self, e: &BookAdded)`; move other methods to another `impl` block"
+        );
+        cx.error_spanned_by(name, message);
+        return None;
+    };
+    let mut fits = true;
+    let mut fail = |tokens: &dyn ToTokens, message: String| {
+        cx.error_spanned_by(tokens, message);
+        fits = false;
+    };
+    check_method(sig, &mut fail);
+    let event = match &*first.ty {
+        Type::Reference(reference) if reference.mutability.is_none() => {
+            Some((*reference.elem).clone())
         }
-        Some(Type::Reference(reference)) if reference.mutability.is_none() => Some((*reference.elem).clone()),
-        Some(Type::Reference(reference)) => {
+        Type::Reference(reference) => {
             let elem = type_string(&reference.elem);
-            fail(reference, format!("handler parameter must be a shared reference: `&{elem}`"));
+            fail(
+                reference,
+                format!("handler parameter must be a shared reference: `&{elem}`"),
+            );
             None
         }
-        Some(ty) => {
-            fail(ty, format!("handler parameter must be a reference: `&{}`", type_string(ty)));
+        ty => {
+            fail(
+                ty,
+                format!(
+                    "handler parameter must be a reference: `&{}`",
+                    type_string(ty)
+                ),
+            );
             None
         }
     };
     let meta = match params.get(1).map(|p| &*p.ty) {
         None => false,
-        Some(Type::Reference(r)) if r.mutability.is_none() && last_segment_is(&r.elem, "EventMeta") => true,
+        Some(Type::Reference(r))
+            if r.mutability.is_none() && last_segment_is(&r.elem, "EventMeta") =>
+        {
+            true
+        }
         Some(ty) => {
-            fail(ty, format!("the second parameter of a handler is `&EventMeta`, found `{}`", type_string(ty)));
+            fail(
+                ty,
+                format!(
+                    "the second parameter of a handler is `&EventMeta`, found `{}`",
+                    type_string(ty)
+                ),
+            );
             false
         }
     };
     if let Some(extra) = params.get(2) {
-        fail(extra, "a handler takes the event and, optionally, `&EventMeta`; nothing more".to_owned());
+        fail(
+            extra,
+            "a handler takes the event and, optionally, `&EventMeta`; nothing more".to_owned(),
+        );
     }
     let event = event.filter(|_| fits)?;
-    Some(Handler { method: name.clone(), event, meta, asyncness: sig.asyncness.is_some(), output: sig.output.clone() })
+    Some(Handler {
+        method: name.clone(),
+        event,
+        meta,
+        asyncness: sig.asyncness.is_some(),
+        output: sig.output.clone(),
+    })
+}
+
+/// The rules of a handler's signature beyond its parameters: `&mut self`, safe, not generic.
+fn check_method(sig: &syn::Signature, fail: &mut impl FnMut(&dyn ToTokens, String)) {
+    let name = &sig.ident;
+    match sig.receiver() {
+        None => fail(
+            name,
+            format!("handler `{name}` needs a `&mut self` receiver"),
+        ),
+        Some(_) if !takes_mut_self(sig) => fail(
+            &sig.inputs[0],
+            format!("handler `{name}` takes `&mut self`"),
+        ),
+        Some(_) => {}
+    }
+    if let Some(unsafety) = sig.unsafety {
+        fail(&unsafety, "handlers cannot be `unsafe`".to_owned());
+    }
+    if let Some(param) = sig
+        .generics
+        .params
+        .iter()
+        .find(|p| !matches!(p, syn::GenericParam::Lifetime(_)))
+    {
+        fail(
+            param,
+            format!("handler `{name}` cannot be generic; it handles one event type"),
+        );
+    }
 }
 
 /// Whether the method's receiver is `&mut self` (or `self: &mut Self`).
 fn takes_mut_self(sig: &syn::Signature) -> bool {
-    sig.receiver().is_some_and(|r| matches!(&*r.ty, Type::Reference(reference) if reference.mutability.is_some()))
+    sig.receiver().is_some_and(
+        |r| matches!(&*r.ty, Type::Reference(reference) if reference.mutability.is_some()),
+    )
 }
 
 /// Whether `ty` is a path whose last segment is `name`.

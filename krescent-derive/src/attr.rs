@@ -82,7 +82,13 @@ struct Slot<'c, T> {
 
 impl<'c, T> Slot<'c, T> {
     fn new(cx: &'c Ctxt, attribute: &'static str, key: &'static str) -> Self {
-        Slot { cx, attribute, key, value: None, given: false }
+        Slot {
+            cx,
+            attribute,
+            key,
+            value: None,
+            given: false,
+        }
     }
 
     /// Records the value of the key at `path`, or the mistake of giving it twice.
@@ -90,7 +96,10 @@ impl<'c, T> Slot<'c, T> {
         let given = std::mem::replace(&mut self.given, true);
         match value {
             Ok(_) | Err(_) if given => {
-                self.cx.error_spanned_by(path, format!("duplicate `{}` key `{}`", self.attribute, self.key));
+                self.cx.error_spanned_by(
+                    path,
+                    format!("duplicate `{}` key `{}`", self.attribute, self.key),
+                );
             }
             Ok(value) => self.value = Some(value),
             Err(error) => self.cx.syn_error(error),
@@ -114,7 +123,10 @@ pub(crate) fn event(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Event
         let parsed = attr.parse_nested_meta(|meta| {
             // `name = "book.added"`: required, not empty.
             if meta.path.is_ident("name") {
-                name.set(&meta.path, string(&meta).and_then(|s| not_empty(&s, "an event name")));
+                name.set(
+                    &meta.path,
+                    string(&meta).and_then(|s| not_empty(&s, "an event name")),
+                );
             // `revision = N`: from 1.
             } else if meta.path.is_ident("revision") {
                 let value = integer(&meta).and_then(|(n, lit)| match n {
@@ -136,7 +148,10 @@ pub(crate) fn event(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Event
         cx.error_spanned_by(ident, format!("missing `#[event(name = \"...\")]` on `{ident}`, as in `#[event(name = \"book.added\")]`"));
     } else if !name.given {
         let attr = attrs.iter().find(|a| a.path().is_ident("event"));
-        cx.error_spanned_by(attr, "missing `name` in `#[event]`, as in `#[event(name = \"book.added\")]`");
+        cx.error_spanned_by(
+            attr,
+            "missing `name` in `#[event]`, as in `#[event(name = \"book.added\")]`",
+        );
     }
     Event {
         name: name.value.map(|s| s.value()).unwrap_or_default(),
@@ -156,7 +171,10 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
         let parsed = attr.parse_nested_meta(|meta| {
             // `name = "books.available"`: required, not empty.
             if meta.path.is_ident("name") {
-                name.set(&meta.path, string(&meta).and_then(|s| not_empty(&s, "a model name")));
+                name.set(
+                    &meta.path,
+                    string(&meta).and_then(|s| not_empty(&s, "a model name")),
+                );
             // `version = N`: the model's version.
             } else if meta.path.is_ident("version") {
                 version.set(&meta.path, integer(&meta).map(|(n, _)| n));
@@ -174,7 +192,10 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
         cx.error_spanned_by(ident, format!("missing `#[model(name = \"...\")]` on `{ident}`, as in `#[model(name = \"books.available\")]`"));
     } else if !name.given {
         let attr = attrs.iter().find(|a| a.path().is_ident("model"));
-        cx.error_spanned_by(attr, "missing `name` in `#[model]`, as in `#[model(name = \"books.available\")]`");
+        cx.error_spanned_by(
+            attr,
+            "missing `name` in `#[model]`, as in `#[model(name = \"books.available\")]`",
+        );
     }
     Model {
         name: name.value.map(|s| s.value()).unwrap_or_default(),
@@ -192,7 +213,10 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
     let mut first = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("checkpoint")) {
         if first.is_some() {
-            cx.error_spanned_by(attr, "duplicate `#[checkpoint]` attribute; give every key in one");
+            cx.error_spanned_by(
+                attr,
+                "duplicate `#[checkpoint]` attribute; give every key in one",
+            );
             continue;
         }
         first = Some(attr);
@@ -206,20 +230,36 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
         let parsed = attr.parse_nested_meta(|meta| {
             // `strategy = "fixed_events(25) | fixed_time(5s)"`: parsed now, spanned at the literal.
             if meta.path.is_ident("strategy") {
-                strategy.set(&meta.path, string(&meta).and_then(|lit| Strategy::parse(&lit)));
+                strategy.set(
+                    &meta.path,
+                    string(&meta).and_then(|lit| Strategy::parse(&lit)),
+                );
             // `storage = "postgres"`: a storage name, resolved when the model starts.
             } else if meta.path.is_ident("storage") {
-                storage.set(&meta.path, string(&meta).and_then(|s| not_empty(&s, "a storage name")));
+                storage.set(
+                    &meta.path,
+                    string(&meta).and_then(|s| not_empty(&s, "a storage name")),
+                );
             // `on_invalid = "rebuild" | "fail"`: what an unusable checkpoint does.
             } else if meta.path.is_ident("on_invalid") {
                 let value = string(&meta).and_then(|lit| match lit.value().as_str() {
                     "rebuild" => Ok(OnInvalid::Rebuild),
                     "fail" => Ok(OnInvalid::Fail),
-                    other => Err(syn::Error::new(lit.span(), format!("unknown `on_invalid` value `{other}`; expected `rebuild` or `fail`"))),
+                    other => Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "unknown `on_invalid` value `{other}`; expected `rebuild` or `fail`"
+                        ),
+                    )),
                 });
                 on_invalid.set(&meta.path, value);
             } else {
-                unknown(cx, &meta, "#[checkpoint]", "`strategy`, `storage`, `on_invalid`")?;
+                unknown(
+                    cx,
+                    &meta,
+                    "#[checkpoint]",
+                    "`strategy`, `storage`, `on_invalid`",
+                )?;
             }
             Ok(())
         });
@@ -227,7 +267,10 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
     }
     let attr = first?;
     let missing = |key: &str, example: &str| {
-        cx.error_spanned_by(attr, format!("missing `{key}` in `#[checkpoint]`, as in `{key} = \"{example}\"`"));
+        cx.error_spanned_by(
+            attr,
+            format!("missing `{key}` in `#[checkpoint]`, as in `{key} = \"{example}\"`"),
+        );
     };
     if !strategy.given {
         missing("strategy", "fixed_events(100)");
@@ -249,7 +292,10 @@ pub(crate) fn field(cx: &Ctxt, field: &syn::Ident, attrs: &[Attribute]) -> Optio
     let mut first = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("checkpoint")) {
         if first.is_some() {
-            cx.error_spanned_by(attr, "duplicate `#[checkpoint]` attribute; give every key in one");
+            cx.error_spanned_by(
+                attr,
+                "duplicate `#[checkpoint]` attribute; give every key in one",
+            );
             continue;
         }
         first = Some(attr);
@@ -263,12 +309,18 @@ pub(crate) fn field(cx: &Ctxt, field: &syn::Ident, attrs: &[Attribute]) -> Optio
                 let parsed = attr.parse_nested_meta(|meta| {
                     // `key = "..."`: the bucket key instead of the field's name.
                     if meta.path.is_ident("key") {
-                        key.set(&meta.path, string(&meta).and_then(|s| not_empty(&s, "a checkpoint key")));
+                        key.set(
+                            &meta.path,
+                            string(&meta).and_then(|s| not_empty(&s, "a checkpoint key")),
+                        );
                     // `support`: the field has its own `CheckpointSupport`, written as a nested bucket.
                     } else if meta.path.is_ident("support") {
                         if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
                             skip_value(&meta)?;
-                            cx.error_spanned_by(&meta.path, "`support` takes no value; write `#[checkpoint(support)]`");
+                            cx.error_spanned_by(
+                                &meta.path,
+                                "`support` takes no value; write `#[checkpoint(support)]`",
+                            );
                         }
                         support.set(&meta.path, Ok(()));
                     } else {
@@ -285,7 +337,11 @@ pub(crate) fn field(cx: &Ctxt, field: &syn::Ident, attrs: &[Attribute]) -> Optio
         Some(lit) => (lit.value(), lit.span()),
         None => (field.unraw().to_string(), field.span()),
     };
-    Some(FieldCheckpoint { key, key_span, support: support.value.is_some() })
+    Some(FieldCheckpoint {
+        key,
+        key_span,
+        support: support.value.is_some(),
+    })
 }
 
 /// Parses the arguments of `#[handlers(...)]`.
@@ -301,13 +357,23 @@ pub(crate) fn handlers(cx: &Ctxt, args: TokenStream) -> Handlers {
         Ok(())
     });
     syn::parse::Parser::parse2(parser, args).unwrap_or_else(|e| cx.syn_error(e));
-    Handlers { krate: krate.value.unwrap_or_else(default_krate) }
+    Handlers {
+        krate: krate.value.unwrap_or_else(default_krate),
+    }
 }
 
 /// Records an unknown key, naming the valid ones, and skips its value.
 fn unknown(cx: &Ctxt, meta: &ParseNestedMeta, attribute: &str, expected: &str) -> syn::Result<()> {
     let key = meta.path.to_token_stream().to_string().replace(' ', "");
-    cx.error_spanned_by(&meta.path, format!("unknown `{attribute}` key `{key}`; expected one of {expected}"));
+    let expected = if expected.contains(',') {
+        format!("one of {expected}")
+    } else {
+        expected.to_owned()
+    };
+    cx.error_spanned_by(
+        &meta.path,
+        format!("unknown `{attribute}` key `{key}`; expected {expected}"),
+    );
     skip_value(meta)
 }
 
@@ -327,8 +393,13 @@ fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
 fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
     let key = meta.path.to_token_stream().to_string();
     match meta.value()?.parse::<Expr>()? {
-        Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) => Ok(lit),
-        other => Err(syn::Error::new_spanned(other, format!("expected a string: `{key} = \"...\"`"))),
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("expected a string: `{key} = \"...\"`"),
+        )),
     }
 }
 
@@ -336,25 +407,42 @@ fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
 fn integer(meta: &ParseNestedMeta) -> syn::Result<(u32, syn::LitInt)> {
     let key = meta.path.to_token_stream().to_string();
     match meta.value()?.parse::<Expr>()? {
-        Expr::Lit(syn::ExprLit { lit: Lit::Int(lit), .. }) => {
-            let n = lit.base10_parse().map_err(|_| syn::Error::new_spanned(&lit, format!("`{key}` is a `u32`")))?;
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => {
+            let n = lit
+                .base10_parse()
+                .map_err(|_| syn::Error::new_spanned(&lit, format!("`{key}` is a `u32`")))?;
             Ok((n, lit))
         }
-        other => Err(syn::Error::new_spanned(other, format!("expected a whole number: `{key} = 1`"))),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("expected a whole number: `{key} = 1`"),
+        )),
     }
 }
 
 /// `crate = "path"`, as a path.
 fn crate_path(meta: &ParseNestedMeta) -> syn::Result<Path> {
     let lit = string(meta)?;
-    lit.parse::<Path>()
-        .map_err(|_| syn::Error::new(lit.span(), format!("expected a path to the `krescent` crate, found `{}`", lit.value())))
+    lit.parse::<Path>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "expected a path to the `krescent` crate, found `{}`",
+                lit.value()
+            ),
+        )
+    })
 }
 
 /// `lit`, unless it is empty.
 fn not_empty(lit: &LitStr, what: &str) -> syn::Result<LitStr> {
     if lit.value().trim().is_empty() {
-        Err(syn::Error::new(lit.span(), format!("{what} cannot be empty")))
+        Err(syn::Error::new(
+            lit.span(),
+            format!("{what} cannot be empty"),
+        ))
     } else {
         Ok(lit.clone())
     }

@@ -21,7 +21,10 @@ fn unique_keys(cx: &Ctxt, container: &Container) {
     let mut seen = BTreeMap::new();
     for (field, checkpoint) in container.checkpointed() {
         if let Some(first) = seen.insert(checkpoint.key.as_str(), field.ident) {
-            let message = format!("duplicate checkpoint key `{}`; field `{first}` is checkpointed under it already", checkpoint.key);
+            let message = format!(
+                "duplicate checkpoint key `{}`; field `{first}` is checkpointed under it already",
+                checkpoint.key
+            );
             cx.syn_error(syn::Error::new(checkpoint.key_span, message));
         }
     }
@@ -34,7 +37,10 @@ fn one_handler_per_event(cx: &Ctxt, block: &HandlerImpl) {
     for handler in &block.handlers {
         let event = type_string(&handler.event);
         if let Some(first) = seen.insert(event.clone(), &handler.method) {
-            cx.error_spanned_by(&handler.event, format!("event type `{event}` is handled twice; `{first}` handles it already"));
+            cx.error_spanned_by(
+                &handler.event,
+                format!("event type `{event}` is handled twice; `{first}` handles it already"),
+            );
         }
     }
 }
@@ -43,7 +49,11 @@ fn one_handler_per_event(cx: &Ctxt, block: &HandlerImpl) {
 fn one_method_per_hook(cx: &Ctxt, block: &HandlerImpl) {
     for (i, hook) in block.hooks.iter().enumerate() {
         if let Some(first) = block.hooks[..i].iter().find(|h| h.kind == hook.kind) {
-            let message = format!("`#[{}]` is on `{}` already; a model has one", hook.kind.name(), first.method);
+            let message = format!(
+                "`#[{}]` is on `{}` already; a model has one",
+                hook.kind.name(),
+                first.method
+            );
             cx.error_spanned_by(&hook.method, message);
         }
     }

@@ -16,7 +16,9 @@ pub(crate) struct Ctxt {
 
 impl Ctxt {
     pub(crate) fn new() -> Self {
-        Ctxt { errors: RefCell::new(Some(Vec::new())) }
+        Ctxt {
+            errors: RefCell::new(Some(Vec::new())),
+        }
     }
 
     /// Records `message`, spanned at `tokens`.
@@ -26,14 +28,24 @@ impl Ctxt {
 
     /// Records an error syn produced.
     pub(crate) fn syn_error(&self, error: syn::Error) {
-        self.errors.borrow_mut().as_mut().expect("`Ctxt` used after `check`").push(error);
+        self.errors
+            .borrow_mut()
+            .as_mut()
+            .expect("`Ctxt` used after `check`")
+            .push(error);
     }
 
     /// Ends the collection: every error, combined, if there was any.
     pub(crate) fn check(self) -> Result<(), syn::Error> {
-        let errors = self.errors.borrow_mut().take().expect("`Ctxt::check` called twice");
+        let errors = self
+            .errors
+            .borrow_mut()
+            .take()
+            .expect("`Ctxt::check` called twice");
         let mut errors = errors.into_iter();
-        let Some(mut combined) = errors.next() else { return Ok(()) };
+        let Some(mut combined) = errors.next() else {
+            return Ok(());
+        };
         for error in errors {
             combined.combine(error);
         }
@@ -43,18 +55,17 @@ impl Ctxt {
 
 impl Drop for Ctxt {
     fn drop(&mut self) {
-        if !std::thread::panicking() && self.errors.borrow().is_some() {
-            panic!("forgot to check for errors");
-        }
+        assert!(
+            std::thread::panicking() || self.errors.borrow().is_none(),
+            "forgot to check for errors"
+        );
     }
 }
 
 /// The errors as `compile_error!` invocations, followed by `stub`: a placeholder impl that keeps
 /// the rest of the crate from reporting the missing impl as a second mistake.
 pub(crate) fn fail(error: &syn::Error, stub: TokenStream) -> TokenStream {
-    let errors = error.to_compile_error();
-    quote::quote! {
-        #errors
-        #stub
-    }
+    let mut tokens = error.to_compile_error();
+    tokens.extend(stub);
+    tokens
 }

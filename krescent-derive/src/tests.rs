@@ -20,7 +20,9 @@ fn event() {
         #[event(name = "book.added", revision = 2)]
         struct BookAdded { book_id: String, copies: u32 }
     };
-    insta::assert_snapshot!(pretty(crate::expand::derive_event(&syn::parse2(input).unwrap())));
+    insta::assert_snapshot!(pretty(crate::expand::derive_event(
+        &syn::parse2(input).unwrap()
+    )));
 }
 
 #[test]

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use krescent::checkpoint::{BucketValue, CheckpointConfig, CheckpointError, CheckpointVersion, OnInvalid, Strategy};
+use krescent::checkpoint::{
+    BucketValue, CheckpointConfig, CheckpointError, CheckpointVersion, OnInvalid, Strategy,
+};
 use krescent::prelude::*;
 use krescent::store::{EventStore, ExpectedVersion, InMemoryEventStore};
 use krescent::{CheckpointBucket, CheckpointSupport, EventModel, Handlers, Origin, Position};
@@ -58,9 +60,16 @@ impl AvailableBooks {
 
     async fn lent(&mut self, e: &BookLent, meta: &EventMeta) -> Result<(), NoCopyLeft> {
         tokio::task::yield_now().await;
-        let copies = self.available.get_mut(&e.book_id).filter(|n| **n > 0).ok_or_else(|| NoCopyLeft(e.book_id.clone()))?;
+        let copies = self
+            .available
+            .get_mut(&e.book_id)
+            .filter(|n| **n > 0)
+            .ok_or_else(|| NoCopyLeft(e.book_id.clone()))?;
         *copies -= 1;
-        self.lent_by_stream.entry(meta.stream_id.to_string()).or_default().push(e.user_id.clone());
+        self.lent_by_stream
+            .entry(meta.stream_id.to_string())
+            .or_default()
+            .push(e.user_id.clone());
         Ok(())
     }
 
@@ -76,47 +85,121 @@ impl AvailableBooks {
 }
 
 fn added(book_id: &str, copies: u32) -> NewEvent {
-    NewEvent::new(&BookAdded { book_id: book_id.into(), title: format!("{book_id}, the book"), copies }).unwrap()
+    NewEvent::new(&BookAdded {
+        book_id: book_id.into(),
+        title: format!("{book_id}, the book"),
+        copies,
+    })
+    .unwrap()
 }
 
 fn lent(book_id: &str, user_id: &str) -> NewEvent {
-    NewEvent::new(&BookLent { book_id: book_id.into(), user_id: user_id.into() }).unwrap()
+    NewEvent::new(&BookLent {
+        book_id: book_id.into(),
+        user_id: user_id.into(),
+    })
+    .unwrap()
 }
 
 #[tokio::test]
 async fn the_design_model_catches_up_and_resumes_from_its_checkpoint() {
     let krescent = Krescent::new(InMemoryEventStore::new());
     let store = krescent.store();
-    store.append("book-dune", ExpectedVersion::NoStream, vec![added("dune", 2), lent("dune", "ada")]).await.unwrap();
-    store.append("unrelated", ExpectedVersion::Any, vec![NewEvent::from_json("member.joined", "{}").unwrap()]).await.unwrap();
-    store.append("book-emma", ExpectedVersion::NoStream, vec![added("emma", 1), lent("emma", "bob"), lent("dune", "cy")]).await.unwrap();
+    store
+        .append(
+            "book-dune",
+            ExpectedVersion::NoStream,
+            vec![added("dune", 2), lent("dune", "ada")],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            "unrelated",
+            ExpectedVersion::Any,
+            vec![NewEvent::from_json("member.joined", "{}").unwrap()],
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            "book-emma",
+            ExpectedVersion::NoStream,
+            vec![added("emma", 1), lent("emma", "bob"), lent("dune", "cy")],
+        )
+        .await
+        .unwrap();
 
     let first = krescent.catch_up(AvailableBooks::default()).await.unwrap();
     assert_eq!(first.origin, Origin::Scratch);
     assert_eq!(first.processed, 5, "the unhandled event is skipped");
     let books = first.model;
-    assert_eq!(books.available, HashMap::from([("dune".to_owned(), 0), ("emma".to_owned(), 0)]));
+    assert_eq!(
+        books.available,
+        HashMap::from([("dune".to_owned(), 0), ("emma".to_owned(), 0)])
+    );
     assert_eq!(books.lent_by_stream["book-dune"], ["ada"]);
     assert_eq!(books.lent_by_stream["book-emma"], ["bob", "cy"]);
     assert_eq!(books.started, Some(Origin::Scratch));
     assert_eq!(books.caught_up, Some(first.position));
 
-    let second = krescent.catch_up(AvailableBooks { lookups: 7, ..AvailableBooks::default() }).await.unwrap();
-    assert_eq!(second.origin, Origin::Restored { position: first.position });
+    let second = krescent
+        .catch_up(AvailableBooks {
+            lookups: 7,
+            ..AvailableBooks::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        second.origin,
+        Origin::Restored {
+            position: first.position
+        }
+    );
     assert_eq!(second.processed, 0);
     assert_eq!(second.model.available, books.available);
     assert_eq!(second.model.lent_by_stream, books.lent_by_stream);
-    assert_eq!(second.model.lookups, 7, "fields without `#[checkpoint]` are left alone");
-    assert_eq!(second.model.started, Some(Origin::Restored { position: first.position }));
+    assert_eq!(
+        second.model.lookups, 7,
+        "fields without `#[checkpoint]` are left alone"
+    );
+    assert_eq!(
+        second.model.started,
+        Some(Origin::Restored {
+            position: first.position
+        })
+    );
 }
 
 #[tokio::test]
 async fn a_handler_error_stops_the_model_with_its_source() {
     let krescent = Krescent::new(InMemoryEventStore::new());
-    krescent.store().append("book-dune", ExpectedVersion::NoStream, vec![added("dune", 1), lent("dune", "ada"), lent("dune", "bob")]).await.unwrap();
-    let error = krescent.catch_up(AvailableBooks::default()).await.unwrap_err();
-    let krescent::Error::Handler { model, event_type, source, .. } = error else { panic!("expected a handler error, got {error:?}") };
-    assert_eq!((model, event_type.as_str()), ("books.available", "book.lent"));
+    krescent
+        .store()
+        .append(
+            "book-dune",
+            ExpectedVersion::NoStream,
+            vec![added("dune", 1), lent("dune", "ada"), lent("dune", "bob")],
+        )
+        .await
+        .unwrap();
+    let error = krescent
+        .catch_up(AvailableBooks::default())
+        .await
+        .unwrap_err();
+    let krescent::Error::Handler {
+        model,
+        event_type,
+        source,
+        ..
+    } = error
+    else {
+        panic!("expected a handler error, got {error:?}")
+    };
+    assert_eq!(
+        (model, event_type.as_str()),
+        ("books.available", "book.lent")
+    );
     assert!(matches!(source, krescent::model::HandlerError::Failed(_)));
     assert_eq!(source.to_string(), "no copy of `dune` left");
 }
@@ -124,9 +207,29 @@ async fn a_handler_error_stops_the_model_with_its_source() {
 #[tokio::test]
 async fn a_malformed_payload_is_a_decode_error() {
     let krescent = Krescent::new(InMemoryEventStore::new());
-    krescent.store().append("book-dune", ExpectedVersion::NoStream, vec![NewEvent::from_json("book.added", r#"{"book_id": 3}"#).unwrap()]).await.unwrap();
-    let error = krescent.catch_up(AvailableBooks::default()).await.unwrap_err();
-    assert!(matches!(error, krescent::Error::Handler { source: krescent::model::HandlerError::Decode(_), .. }), "{error:?}");
+    krescent
+        .store()
+        .append(
+            "book-dune",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_json("book.added", r#"{"book_id": 3}"#).unwrap()],
+        )
+        .await
+        .unwrap();
+    let error = krescent
+        .catch_up(AvailableBooks::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            krescent::Error::Handler {
+                source: krescent::model::HandlerError::Decode(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -138,9 +241,19 @@ fn identity_and_configuration_come_from_the_attributes() {
     assert_eq!(AvailableBooks::FINGERPRINT, "available:available:HashMap<String,u32>;lenders:lent_by_stream:BTreeMap<String,Vec<String>>");
     assert_eq!(
         AvailableBooks::checkpointing(),
-        Some(CheckpointConfig { strategy: Strategy::FixedEvents(NonZeroU32::new(2).unwrap()), storage: "memory", on_invalid: OnInvalid::Rebuild })
+        Some(CheckpointConfig {
+            strategy: Strategy::FixedEvents(NonZeroU32::new(2).unwrap()),
+            storage: "memory",
+            on_invalid: OnInvalid::Rebuild
+        })
     );
-    assert_eq!(AvailableBooks::EVENTS, [krescent::EventType::of::<BookAdded>(), krescent::EventType::of::<BookLent>()]);
+    assert_eq!(
+        AvailableBooks::EVENTS,
+        [
+            krescent::EventType::of::<BookAdded>(),
+            krescent::EventType::of::<BookLent>()
+        ]
+    );
     assert!(AvailableBooks::handles("book.lent"));
     assert!(!AvailableBooks::handles("member.joined"));
 }
@@ -162,7 +275,10 @@ impl CheckpointSupport for Index {
         let entries = bucket.get("entries")?;
         let table: String = bucket.get("table")?;
         if table.is_empty() {
-            return Err(CheckpointError::StaleReference { reference: "table".into(), reason: "no table name".into() });
+            return Err(CheckpointError::StaleReference {
+                reference: "table".into(),
+                reason: "no table name".into(),
+            });
         }
         (self.entries, self.table) = (entries, table);
         Ok(())
@@ -175,7 +291,11 @@ impl CheckpointSupport for Index {
 
 #[derive(EventModel, Default, Debug, Clone, PartialEq)]
 #[model(name = "every.kind")]
-#[checkpoint(strategy = "fixed_events(1000) | fixed_time(5s) | manual", storage = "memory", on_invalid = "fail")]
+#[checkpoint(
+    strategy = "fixed_events(1000) | fixed_time(5s) | manual",
+    storage = "memory",
+    on_invalid = "fail"
+)]
 struct EveryKind {
     #[checkpoint]
     counts: BTreeMap<String, u32>,
@@ -198,8 +318,14 @@ fn every_kind() -> EveryKind {
         counts: BTreeMap::from([("a".into(), 1), ("b".into(), 2)]),
         label: "label".into(),
         raw: vec![0, 159, 255],
-        index: Index { entries: 3, table: "index_table".into() },
-        other: Index { entries: 4, table: "other_table".into() },
+        index: Index {
+            entries: 3,
+            table: "index_table".into(),
+        },
+        other: Index {
+            entries: 4,
+            table: "other_table".into(),
+        },
         scratch: 99,
     }
 }
@@ -213,11 +339,27 @@ fn checkpoint_of(model: &impl CheckpointSupport) -> CheckpointBucket {
 #[test]
 fn create_writes_every_kind_under_its_key() {
     let bucket = checkpoint_of(&every_kind());
-    assert_eq!(bucket.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["blob", "counts", "index", "label", "second_index"]);
-    assert_eq!(bucket.value("blob"), Some(&BucketValue::Bytes(vec![0, 159, 255])));
-    assert_eq!(bucket.value("label"), Some(&BucketValue::Str("label".into())));
+    assert_eq!(
+        bucket.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        ["blob", "counts", "index", "label", "second_index"]
+    );
+    assert_eq!(
+        bucket.value("blob"),
+        Some(&BucketValue::Bytes(vec![0, 159, 255]))
+    );
+    assert_eq!(
+        bucket.value("label"),
+        Some(&BucketValue::Str("label".into()))
+    );
     assert_eq!(bucket.value("counts").map(BucketValue::kind), Some("json"));
-    assert_eq!(bucket.bucket("second_index").unwrap().get::<String>("table").unwrap(), "other_table");
+    assert_eq!(
+        bucket
+            .bucket("second_index")
+            .unwrap()
+            .get::<String>("table")
+            .unwrap(),
+        "other_table"
+    );
     assert!(bucket.value("scratch").is_none());
 }
 
@@ -225,8 +367,17 @@ fn create_writes_every_kind_under_its_key() {
 fn a_checkpoint_round_trips_into_a_default_model() {
     let original = every_kind();
     let mut restored = EveryKind::default();
-    restored.restore_checkpoint(&checkpoint_of(&original)).unwrap();
-    assert_eq!(restored, EveryKind { scratch: 0, ..original }, "the unannotated field stays default");
+    restored
+        .restore_checkpoint(&checkpoint_of(&original))
+        .unwrap();
+    assert_eq!(
+        restored,
+        EveryKind {
+            scratch: 0,
+            ..original
+        },
+        "the unannotated field stays default"
+    );
 }
 
 #[test]
@@ -234,7 +385,11 @@ fn the_configuration_combines_strategies() {
     let config = EveryKind::checkpointing().unwrap();
     assert_eq!(
         config.strategy,
-        Strategy::Any(vec![Strategy::FixedEvents(NonZeroU32::new(1000).unwrap()), Strategy::FixedTime(Duration::from_secs(5)), Strategy::Manual])
+        Strategy::Any(vec![
+            Strategy::FixedEvents(NonZeroU32::new(1000).unwrap()),
+            Strategy::FixedTime(Duration::from_secs(5)),
+            Strategy::Manual
+        ])
     );
     assert_eq!(config.on_invalid, OnInvalid::Fail);
 }
@@ -242,7 +397,12 @@ fn the_configuration_combines_strategies() {
 /// Restores `bucket` into a model that already holds state; the restore must fail with `error`
 /// and leave that state exactly as it was.
 fn assert_restore_changes_nothing(bucket: &CheckpointBucket, error: &CheckpointError) {
-    let before = EveryKind { counts: BTreeMap::from([("old".into(), 9)]), label: "old".into(), raw: vec![1], ..EveryKind::default() };
+    let before = EveryKind {
+        counts: BTreeMap::from([("old".into(), 9)]),
+        label: "old".into(),
+        raw: vec![1],
+        ..EveryKind::default()
+    };
     let mut model = before.clone();
     assert_eq!(model.restore_checkpoint(bucket).as_ref(), Err(error));
     assert_eq!(model, before);
@@ -255,16 +415,33 @@ fn a_restore_is_all_or_nothing() {
     let mut bad_serde = good.clone();
     bad_serde.put("counts", "not a map").unwrap();
     let reason = "invalid type: string \"not a map\", expected a map".to_owned();
-    assert_restore_changes_nothing(&bad_serde, &CheckpointError::Invalid { key: "counts".into(), reason });
+    assert_restore_changes_nothing(
+        &bad_serde,
+        &CheckpointError::Invalid {
+            key: "counts".into(),
+            reason,
+        },
+    );
 
     let mut bad_bytes = good.clone();
     bad_bytes.put("blob", "text").unwrap();
     let reason = "expected bytes, found string".to_owned();
-    assert_restore_changes_nothing(&bad_bytes, &CheckpointError::Invalid { key: "blob".into(), reason });
+    assert_restore_changes_nothing(
+        &bad_bytes,
+        &CheckpointError::Invalid {
+            key: "blob".into(),
+            reason,
+        },
+    );
 
     let mut missing = good.clone();
     missing.remove("label");
-    assert_restore_changes_nothing(&missing, &CheckpointError::Missing { key: "label".into() });
+    assert_restore_changes_nothing(
+        &missing,
+        &CheckpointError::Missing {
+            key: "label".into(),
+        },
+    );
 
     // The second support field fails: neither the serde fields nor the first support field move.
     let mut bad_nested = good.clone();
@@ -272,7 +449,13 @@ fn a_restore_is_all_or_nothing() {
     nested.remove("entries");
     bad_nested.insert("second_index", BucketValue::Bucket(nested));
     let reason = "it failed validation".to_owned();
-    assert_restore_changes_nothing(&bad_nested, &CheckpointError::Invalid { key: "second_index".into(), reason });
+    assert_restore_changes_nothing(
+        &bad_nested,
+        &CheckpointError::Invalid {
+            key: "second_index".into(),
+            reason,
+        },
+    );
 }
 
 #[test]
@@ -289,14 +472,26 @@ fn a_nested_error_names_the_nested_key() {
     #[krescent::handlers]
     impl OneIndex {}
 
-    let mut bucket = checkpoint_of(&OneIndex { count: 5, index: Index { entries: 1, table: "t".into() } });
+    let mut bucket = checkpoint_of(&OneIndex {
+        count: 5,
+        index: Index {
+            entries: 1,
+            table: "t".into(),
+        },
+    });
     let mut nested = bucket.bucket("index").unwrap().clone();
     nested.put("entries", "many").unwrap();
     bucket.insert("index", BucketValue::Bucket(nested));
     let mut model = OneIndex::default();
     let error = model.restore_checkpoint(&bucket).unwrap_err();
-    assert!(matches!(&error, CheckpointError::Invalid { key, .. } if key == "index.entries"), "{error:?}");
-    assert_eq!(model.count, 0, "the serde field is not assigned when a support field fails");
+    assert!(
+        matches!(&error, CheckpointError::Invalid { key, .. } if key == "index.entries"),
+        "{error:?}"
+    );
+    assert_eq!(
+        model.count, 0,
+        "the serde field is not assigned when a support field fails"
+    );
 }
 
 #[test]
@@ -339,7 +534,9 @@ mod field_v1 {
 
     #[krescent::handlers]
     impl Model {
-        fn added(&mut self, _: &BookAdded) {}
+        fn added(&mut self, _: &BookAdded) {
+            self.count += 1;
+        }
     }
 }
 
@@ -357,7 +554,9 @@ mod field_v2 {
 
     #[krescent::handlers]
     impl Model {
-        fn added(&mut self, _: &BookAdded) {}
+        fn added(&mut self, _: &BookAdded) {
+            self.count += 1;
+        }
     }
 }
 
@@ -380,7 +579,9 @@ mod revision_v2 {
 
     #[krescent::handlers]
     impl Model {
-        fn added(&mut self, _: &BookAdded) {}
+        fn added(&mut self, _: &BookAdded) {
+            self.count += 1;
+        }
     }
 }
 
@@ -399,14 +600,28 @@ mod scratch_changed {
 
     #[krescent::handlers]
     impl Model {
-        fn added(&mut self, _: &BookAdded) {}
+        fn added(&mut self, _: &BookAdded) {
+            self.count += 1;
+        }
     }
 }
 
 #[test]
 fn the_checkpoint_version_follows_fields_and_event_revisions() {
     let v1 = CheckpointVersion::of::<field_v1::Model>();
-    assert_ne!(v1, CheckpointVersion::of::<field_v2::Model>(), "a checkpointed field changed type");
-    assert_ne!(v1, CheckpointVersion::of::<revision_v2::Model>(), "a handled event's revision changed");
-    assert_eq!(v1, CheckpointVersion::of::<scratch_changed::Model>(), "only an unannotated field changed");
+    assert_ne!(
+        v1,
+        CheckpointVersion::of::<field_v2::Model>(),
+        "a checkpointed field changed type"
+    );
+    assert_ne!(
+        v1,
+        CheckpointVersion::of::<revision_v2::Model>(),
+        "a handled event's revision changed"
+    );
+    assert_eq!(
+        v1,
+        CheckpointVersion::of::<scratch_changed::Model>(),
+        "only an unannotated field changed"
+    );
 }

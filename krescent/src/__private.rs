@@ -18,7 +18,7 @@ pub fn nested_error(key: &str, error: CheckpointError) -> CheckpointError {
         CheckpointError::Serialize { key: inner, reason } => CheckpointError::Serialize { key: format!("{key}.{inner}"), reason },
         CheckpointError::Missing { key: inner } => CheckpointError::Missing { key: format!("{key}.{inner}") },
         CheckpointError::Invalid { key: inner, reason } => CheckpointError::Invalid { key: format!("{key}.{inner}"), reason },
-        other => other,
+        other @ CheckpointError::StaleReference { .. } => other,
     }
 }
 

@@ -5,6 +5,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{ItemImpl, ReturnType};
 
+use super::respan;
 use crate::ast::{Handler, HandlerImpl, Hook, HookKind};
 use crate::attr;
 use crate::check;
@@ -15,13 +16,10 @@ use crate::ctxt::{self, Ctxt};
 pub(crate) fn attribute(args: TokenStream, input: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let args = attr::handlers(&cx, args);
-    let mut item: ItemImpl = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
-            cx.error_spanned_by(&input, "`#[handlers]` goes on an `impl` block of the model, as in `#[handlers] impl AvailableBooks { … }`");
-            let error = cx.check().expect_err("an error was just recorded");
-            return ctxt::fail(&error, input);
-        }
+    let Ok(mut item) = syn::parse2::<ItemImpl>(input.clone()) else {
+        cx.error_spanned_by(&input, "`#[handlers]` goes on an `impl` block of the model, as in `#[handlers] impl AvailableBooks { … }`");
+        let error = cx.check().expect_err("an error was just recorded");
+        return ctxt::fail(&error, input);
     };
     let block = HandlerImpl::from_ast(&cx, args, &mut item);
     check::handlers(&cx, &block);
@@ -47,14 +45,22 @@ fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
     } else {
         quote!(#(__event_type == <#events as #p::Event>::NAME)||*)
     };
-    let event_type = if events.is_empty() { quote!(_) } else { quote!(__event_type) };
+    let event_type = if events.is_empty() {
+        quote!(_)
+    } else {
+        quote!(__event_type)
+    };
+    // `<E as Event>::…` everywhere, so that a type that is not an event is reported once.
+    let event_types = events.iter().map(|event| {
+        quote!(#p::EventType { name: <#event as #p::Event>::NAME, revision: <#event as #p::Event>::REVISION })
+    });
     let dispatch = block.handlers.iter().map(|h| dispatch(&p, h));
     let hooks = block.hooks.iter().map(|h| hook(&p, h));
     quote! {
         const _: () = {
             #[automatically_derived]
             impl #impl_generics #p::Handlers for #self_ty #where_clause {
-                const EVENTS: &'static [#p::EventType] = &[#(#p::EventType::of::<#events>()),*];
+                const EVENTS: &'static [#p::EventType] = &[#(#event_types),*];
 
                 fn handles(#event_type: &::core::primitive::str) -> ::core::primitive::bool {
                     #handles
@@ -80,12 +86,20 @@ fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
 /// `if the type name is the handler's { decode; call; return }`. The call and its conversion
 /// to `Result<(), HandlerError>` are spanned at the return type, where a wrong one is reported.
 fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
-    let Handler { method, event, meta, asyncness, output } = handler;
+    let Handler {
+        method,
+        event,
+        meta,
+        asyncness,
+        output,
+    } = handler;
     let meta = meta.then(|| quote!(, &__event.meta));
     let (span, returns_unit) = match output {
         ReturnType::Default => (method.span(), true),
         ReturnType::Type(_, ty) => (ty.span(), false),
     };
+    let mut method = method.clone();
+    method.set_span(span);
     let call = if *asyncness {
         quote_spanned!(span=> Self::#method(self, &__decoded #meta).await)
     } else {
@@ -97,7 +111,8 @@ fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
             return ::core::result::Result::Ok(());
         }
     } else {
-        quote_spanned!(span=> return #p::HandlerOutput::into_result(#call);)
+        let into_result = respan(quote!(#p::HandlerOutput::into_result), span);
+        quote_spanned!(span=> return #into_result(#call);)
     };
     quote! {
         if __event_type == <#event as #p::Event>::NAME {
@@ -115,7 +130,11 @@ fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
 /// `on_start` or `on_caught_up`, forwarding to the marked method; spanned at its parameter,
 /// where a wrong type is reported.
 fn hook(p: &TokenStream, hook: &Hook) -> TokenStream {
-    let Hook { kind, method, parameter } = hook;
+    let Hook {
+        kind,
+        method,
+        parameter,
+    } = hook;
     let span = parameter.span();
     match kind {
         HookKind::OnStart => {

@@ -1,7 +1,7 @@
 //! `#[derive(EventModel)]`: the `EventModel` and `CheckpointSupport` impls.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 use syn::DeriveInput;
 
@@ -33,7 +33,11 @@ fn generate(c: &Container) -> TokenStream {
     let version = Literal::u32_unsuffixed(c.attrs.version);
     let fingerprint = fingerprint(c);
     let checkpointing = checkpointing(&p, c.attrs.checkpoint.as_ref());
-    let guard = c.attrs.checkpoint.as_ref().map(|config| feature_guard(krate, &config.storage));
+    let guard = c
+        .attrs
+        .checkpoint
+        .as_ref()
+        .map(|config| feature_guard(krate, &config.storage));
     let create = create(&p, c);
     let restore = restore(&p, c);
     let validate = validate(&p, c);
@@ -103,7 +107,12 @@ fn fingerprint(c: &Container) -> String {
     c.checkpointed()
         .map(|(field, checkpoint)| {
             let support = if checkpoint.support { "support " } else { "" };
-            format!("{}:{}:{support}{}", checkpoint.key, field.ident, type_string(field.ty))
+            format!(
+                "{}:{}:{support}{}",
+                checkpoint.key,
+                field.ident,
+                type_string(field.ty)
+            )
         })
         .collect::<Vec<_>>()
         .join(";")
@@ -111,7 +120,9 @@ fn fingerprint(c: &Container) -> String {
 
 /// The body of `checkpointing()`.
 fn checkpointing(p: &TokenStream, config: Option<&attr::Checkpointing>) -> TokenStream {
-    let Some(config) = config else { return quote!(::core::option::Option::None) };
+    let Some(config) = config else {
+        return quote!(::core::option::Option::None);
+    };
     let strategy = strategy(p, &config.strategy);
     let storage = &config.storage;
     let on_invalid = match config.on_invalid {
@@ -174,15 +185,21 @@ fn local(field: &Field) -> syn::Ident {
 }
 
 /// `create_checkpoint`: every checkpointed field into the bucket.
+///
+/// Calls that need a trait of the field's type are spanned at the type, where a missing impl
+/// is reported.
 fn create(p: &TokenStream, c: &Container) -> TokenStream {
     let puts = c.checkpointed().map(|(field, FieldCheckpoint { key, .. })| {
         let member = field.ident;
-        let span = field.ty.span();
+        let ty = field.ty;
         match field.kind() {
-            Kind::Serde => quote_spanned!(span=> #p::CheckpointBucket::put(__bucket, #key, &self.#member)?;),
-            Kind::Bytes => quote_spanned!(span=> #p::CheckpointBucket::put_bytes(__bucket, #key, &self.#member);),
+            Kind::Serde => {
+                let put = respan(quote!(#p::CheckpointBucket::put(__bucket, #key, &self.#member)), ty.span());
+                quote!(#put?;)
+            }
+            Kind::Bytes => quote!(#p::CheckpointBucket::put_bytes(__bucket, #key, &self.#member);),
             Kind::Support => {
-                let create = quote_spanned!(span=> #p::CheckpointSupport::create_checkpoint(&self.#member, &mut __nested));
+                let create = respan(quote!(<#ty as #p::CheckpointSupport>::create_checkpoint(&self.#member, &mut __nested)), ty.span());
                 quote! {
                     {
                         let mut __nested = #p::CheckpointBucket::new();
@@ -211,27 +228,35 @@ fn restore(p: &TokenStream, c: &Container) -> TokenStream {
     let mut validate = Vec::new();
     let mut restore = Vec::new();
     let mut assign = Vec::new();
-    let supports = c.checkpointed().filter(|(f, _)| f.kind() == Kind::Support).count();
+    let supports = c
+        .checkpointed()
+        .filter(|(f, _)| f.kind() == Kind::Support)
+        .count();
     for (field, FieldCheckpoint { key, .. }) in c.checkpointed() {
         let member = field.ident;
         let local = local(field);
         let ty = field.ty;
-        let span = ty.span();
         match field.kind() {
             Kind::Serde => {
-                let get = quote_spanned!(span=> #p::CheckpointBucket::get(__bucket, #key)?);
-                decode.push(quote!(let #local: #ty = #get;));
+                let get = respan(quote!(#p::CheckpointBucket::get(__bucket, #key)), ty.span());
+                decode.push(quote!(let #local: #ty = #get?;));
                 assign.push(quote!(self.#member = #local;));
             }
             Kind::Bytes => {
-                decode.push(quote!(let #local: #ty = #p::CheckpointBucket::get_bytes(__bucket, #key)?;));
+                decode.push(
+                    quote!(let #local: #ty = #p::CheckpointBucket::get_bytes(__bucket, #key)?;),
+                );
                 assign.push(quote!(self.#member = #local;));
             }
             Kind::Support => {
                 decode.push(quote!(let #local = #p::CheckpointBucket::bucket(__bucket, #key)?;));
                 if supports > 1 {
+                    let valid = respan(
+                        quote!(<#ty as #p::CheckpointSupport>::validate_checkpoint(&self.#member, #local)),
+                        ty.span(),
+                    );
                     validate.push(quote! {
-                        if !#p::CheckpointSupport::validate_checkpoint(&self.#member, #local) {
+                        if !#valid {
                             return ::core::result::Result::Err(#p::CheckpointError::Invalid {
                                 key: ::core::convert::From::from(#key),
                                 reason: ::core::convert::From::from("it failed validation"),
@@ -239,7 +264,10 @@ fn restore(p: &TokenStream, c: &Container) -> TokenStream {
                         }
                     });
                 }
-                let call = quote_spanned!(span=> #p::CheckpointSupport::restore_checkpoint(&mut self.#member, #local));
+                let call = respan(
+                    quote!(<#ty as #p::CheckpointSupport>::restore_checkpoint(&mut self.#member, #local)),
+                    ty.span(),
+                );
                 restore.push(quote!(#call.map_err(|__error| #p::nested_error(#key, __error))?;));
             }
         }
@@ -263,6 +291,7 @@ fn validate(p: &TokenStream, c: &Container) -> TokenStream {
         .checkpointed()
         .map(|(field, FieldCheckpoint { key, .. })| {
             let member = field.ident;
+            let ty = field.ty;
             let value = quote!(#p::CheckpointBucket::value(__bucket, #key));
             match field.kind() {
                 Kind::Serde => quote! {
@@ -272,14 +301,20 @@ fn validate(p: &TokenStream, c: &Container) -> TokenStream {
                 Kind::Bytes => quote! {
                     ::core::matches!(#value, ::core::option::Option::Some(#p::BucketValue::Bytes(_)))
                 },
-                Kind::Support => quote! {
-                    ::core::matches!(#value, ::core::option::Option::Some(#p::BucketValue::Bucket(__nested))
-                        if #p::CheckpointSupport::validate_checkpoint(&self.#member, __nested))
-                },
+                Kind::Support => {
+                    let valid = respan(quote!(<#ty as #p::CheckpointSupport>::validate_checkpoint(&self.#member, __nested)), ty.span());
+                    quote! {
+                        ::core::matches!(#value, ::core::option::Option::Some(#p::BucketValue::Bucket(__nested)) if #valid)
+                    }
+                }
             }
         })
         .collect();
-    let body = if checks.is_empty() { quote!(true) } else { quote!(#(#checks)&&*) };
+    let body = if checks.is_empty() {
+        quote!(true)
+    } else {
+        quote!(#(#checks)&&*)
+    };
     let bucket = bucket_param(c);
     quote! {
         fn validate_checkpoint(&self, #bucket: &#p::CheckpointBucket) -> ::core::primitive::bool {

@@ -1,0 +1,23 @@
+use krescent::prelude::*;
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.added")]
+struct BookAdded {
+    copies: u32,
+}
+
+#[derive(EventModel, Default)]
+#[model(name = "books")]
+struct Books {
+    copies: u32,
+}
+
+#[krescent::handlers]
+impl Books {
+    fn added(&mut self, e: &BookAdded) -> Result<(), String> {
+        self.copies += e.copies;
+        Ok(())
+    }
+}
+
+fn main() {}

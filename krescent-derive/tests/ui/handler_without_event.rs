@@ -1,0 +1,26 @@
+use krescent::prelude::*;
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.added")]
+struct BookAdded {
+    copies: u32,
+}
+
+#[derive(EventModel, Default)]
+#[model(name = "books")]
+struct Books {
+    copies: u32,
+}
+
+#[krescent::handlers]
+impl Books {
+    fn added(&mut self, e: &BookAdded) {
+        self.copies += e.copies;
+    }
+
+    fn total(&self) -> u32 {
+        self.copies
+    }
+}
+
+fn main() {}

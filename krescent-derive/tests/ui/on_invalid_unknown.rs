@@ -1,0 +1,24 @@
+use krescent::prelude::*;
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.added")]
+struct BookAdded {
+    copies: u32,
+}
+
+#[derive(EventModel, Default)]
+#[model(name = "books")]
+#[checkpoint(strategy = "always", storage = "memory", on_invalid = "ignore")]
+struct Books {
+    #[checkpoint]
+    copies: u32,
+}
+
+#[krescent::handlers]
+impl Books {
+    fn added(&mut self, e: &BookAdded) {
+        let _ = e.copies;
+    }
+}
+
+fn main() {}
