@@ -276,7 +276,8 @@ async fn postgres_connection_failures_are_transient() {
     match store.head().await {
         Err(e @ StoreError::Database { .. }) => {
             assert!(!e.is_transient(), "{e}");
-            assert!(e.to_string().contains("public.krescent_events"), "{e}");
+            let message = e.to_string();
+            assert!(message.contains("public.krescent_events") && message.contains("does not exist") && message.contains("42P01"), "{message}");
         }
         other => panic!("expected a database error, got {other:?}"),
     }

@@ -17,7 +17,23 @@ pub(crate) struct Failed {
 
 impl fmt::Display for Failed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.doing, self.source)
+        write!(f, "{}: ", self.doing)?;
+        // The driver's own message is terse ("db error"): say what the server said, with its
+        // SQLSTATE, and what each cause said.
+        if let Some(db) = self.source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::as_db_error) {
+            write!(f, "{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code())?;
+            if let Some(detail) = db.detail() {
+                write!(f, "; {detail}")?;
+            }
+            return Ok(());
+        }
+        write!(f, "{}", self.source)?;
+        let mut cause = self.source.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
     }
 }
 

@@ -41,9 +41,11 @@
 //! the numbering, which readers skip naturally. [`Position`] stays a plain number, and a
 //! checkpoint's position is exact.
 //!
-//! The price is that appends to one events table are serialized (the lock is held from the
-//! version check to the commit, a few round trips); reads never wait. Rows inserted into the
-//! table by anything that does not take the same lock void the guarantee.
+//! The price is that appends to one events table are serialized. The lock is held briefly: the
+//! lock request and the one statement that checks the expected version, inserts the batch and
+//! notifies are sent together, so the lock is held for that statement and the commit, about
+//! two round trips. Reads never wait. Rows inserted into the table by anything that does not
+//! take the same lock void the guarantee.
 //!
 //! # Live reading
 //!
@@ -72,6 +74,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -120,26 +123,38 @@ pub struct PostgresEventStore {
 #[derive(Debug)]
 struct Sql {
     stream_version: String,
-    insert: String,
+    append: String,
     read: String,
     head: String,
 }
+
+/// Takes the append lock of a table until the transaction ends.
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 impl Sql {
     fn new(names: &Names) -> Self {
         let events = &names.events;
         Sql {
             stream_version: format!("SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1"),
-            // One statement inserts the batch in order and notifies once (delivered at commit).
-            insert: format!(
-                "WITH appended AS (
+            // One statement checks the expected version ($2: -1 any, else the version), inserts
+            // the batch in order when it matches, and notifies once (delivered at commit). It
+            // returns the stream's version before the append and the last position appended
+            // (NULL when nothing was).
+            append: format!(
+                "WITH current AS (
+                     SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
+                 ), appended AS (
                      INSERT INTO {events} (stream_id, stream_version, event_id, event_type, payload, recorded_at)
-                     SELECT $1, $2 + e.ord, e.id, e.type, e.payload::jsonb, statement_timestamp()
-                     FROM unnest($3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY AS e(id, type, payload, ord)
+                     SELECT $1, current.version + e.ord, e.id, e.type, e.payload::jsonb, statement_timestamp()
+                     FROM current, unnest($3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY AS e(id, type, payload, ord)
+                     WHERE $2::bigint < 0 OR current.version = $2::bigint
                      ORDER BY e.ord
                      RETURNING position
+                 ), notified AS (
+                     SELECT max(position) AS last, pg_notify($6, $7 || max(position)::text)
+                     FROM appended HAVING count(*) > 0
                  )
-                 SELECT max(position), pg_notify($6, $7 || max(position)::text) FROM appended"
+                 SELECT current.version, (SELECT last FROM notified) FROM current"
             ),
             read: format!(
                 "SELECT position, stream_id, stream_version, event_id, event_type, payload::text, recorded_at
@@ -262,42 +277,66 @@ impl PostgresEventStore {
         before_commit: impl Future<Output = Result<(), StoreError>> + Send,
     ) -> Result<Result<Appended, StoreError>, DbFailure> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        if !events.is_empty() {
-            // Serializes appends until this transaction ends; see the module documentation.
-            let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?;
-            tx.execute(&lock, &[&self.names.append_lock()]).await?;
-        }
-        // Read after the lock: READ COMMITTED takes a new snapshot per statement, and the
-        // previous holder's commit is visible by the time the lock is released.
-        let statement = tx.prepare_cached(&self.sql.stream_version).await?;
-        let actual: i64 = tx.query_one(&statement, &[&stream_id]).await?.get(0);
-        let actual_version = non_negative(actual, "stream version")?;
-        if !expected.matches(actual_version) {
-            tx.rollback().await?;
-            return Ok(Err(StoreError::conflict(stream_id, expected, actual_version)));
-        }
         if events.is_empty() {
-            let statement = tx.prepare_cached(&self.sql.head).await?;
-            let head: i64 = tx.query_one(&statement, &[]).await?.get(0);
-            tx.commit().await?;
-            return Ok(Ok(Appended { position: Position::new(non_negative(head, "position")?), stream_version: actual_version }));
+            return self.check_version(&client, stream_id, expected).await;
         }
+        let lock = client.prepare_cached(LOCK).await?;
+        let append = client.prepare_cached(&self.sql.append).await?;
         let count = events.len() as u64;
+        let expected_version = match expected {
+            ExpectedVersion::Any => -1,
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(version) => i64::try_from(version).unwrap_or(i64::MAX),
+        };
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = events.iter().map(|e| &*e.event_type).collect();
         let payloads: Vec<&str> = events.iter().map(|e| &*e.payload).collect();
         let prefix = notify_prefix(&self.names);
-        let statement = tx.prepare_cached(&self.sql.insert).await?;
-        let row = tx.query_one(&statement, &[&stream_id, &actual, &ids, &types, &payloads, &self.names.channel, &prefix]).await?;
-        let last: Option<i64> = row.get(0);
-        let last = last.ok_or_else(|| DbFailure::Other("the insert returned no position".to_owned()))?;
+        // Dropping the transaction unfinished (an error, a cancelled future) rolls it back.
+        let tx = client.transaction().await?;
+        // Sent together, run one after the other: the append's statement starts (and takes its
+        // snapshot) only once the lock is held, so it sees every earlier append committed;
+        // see the module documentation.
+        let key = self.names.append_lock();
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
+        let append_params: [&(dyn ToSql + Sync); 7] = [&stream_id, &expected_version, &ids, &types, &payloads, &self.names.channel, &prefix];
+        let (locked, appended) = tokio::join!(tx.execute(&lock, &lock_params), tx.query_one(&append, &append_params));
+        locked?;
+        let row = appended?;
+        let actual = non_negative(row.try_get(0)?, "stream version")?;
+        let last: Option<i64> = row.try_get(1)?;
+        let Some(last) = last else {
+            tx.rollback().await?;
+            if expected.matches(actual) {
+                return Err(DbFailure::Other("the append inserted nothing".to_owned()));
+            }
+            return Ok(Err(StoreError::conflict(stream_id, expected, actual)));
+        };
         if let Err(e) = before_commit.await {
             tx.rollback().await?;
             return Ok(Err(e));
         }
         tx.commit().await?;
-        Ok(Ok(Appended { position: Position::new(non_negative(last, "position")?), stream_version: actual_version + count }))
+        Ok(Ok(Appended { position: Position::new(non_negative(last, "position")?), stream_version: actual + count }))
+    }
+
+    /// An empty append: only checks the expected version.
+    async fn check_version(
+        &self,
+        client: &deadpool_postgres::Client,
+        stream_id: &str,
+        expected: ExpectedVersion,
+    ) -> Result<Result<Appended, StoreError>, DbFailure> {
+        let version = client.prepare_cached(&self.sql.stream_version).await?;
+        let head = client.prepare_cached(&self.sql.head).await?;
+        let params: [&(dyn ToSql + Sync); 1] = [&stream_id];
+        let (version, head) = tokio::join!(client.query_one(&version, &params), client.query_one(&head, &[]));
+        let actual = non_negative(version?.try_get(0)?, "stream version")?;
+        let head = non_negative(head?.try_get(0)?, "position")?;
+        if !expected.matches(actual) {
+            return Ok(Err(StoreError::conflict(stream_id, expected, actual)));
+        }
+        Ok(Ok(Appended { position: Position::new(head), stream_version: actual }))
     }
 
     fn listener(&self) -> &Listener {
