@@ -307,9 +307,12 @@ impl TestServer {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+        // fsync = off only skips flushing the OS's cache, which a server crash (the fault tests'
+        // `stop -m immediate`) does not lose. synchronous_commit stays on: without it a crash
+        // loses commits that were acknowledged, and that readers may have seen.
         let settings = format!(
             "\n# krescent test server\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = {PORT}\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 32MB\n",
+             fsync = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 32MB\n",
             self.dir.display()
         );
         let conf = data.join("postgresql.conf");

@@ -62,6 +62,10 @@
 //! A lost, refused or timed-out connection, or a server that is shutting down or starting up,
 //! is a [`StoreError::Database`] with `transient: true`; a streaming model retries those with
 //! backoff and so survives a server restart. The pool replaces dead connections by itself.
+//!
+//! Keep `synchronous_commit` on (the default) for the events table: with it off, a server crash
+//! loses the last acknowledged appends, which live readers (and their checkpoints) may already
+//! have seen.
 
 mod config;
 mod error;
