@@ -10,6 +10,12 @@ pub use crate::model::{EventModel, HandlerError, HandlerOutput, Handlers};
 pub use crate::{EventMeta, Origin, Position};
 pub use serde;
 
+/// `future`, required to be `Send`: wraps each async handler's call, so that a handler future
+/// that is not `Send` is reported at the handler rather than at `#[handlers]`.
+pub fn send<F: Future + Send>(future: F) -> F {
+    future
+}
+
 /// `error` from a nested bucket (a `#[checkpoint(support)]` field), its key prefixed with the
 /// nested bucket's: `index.entries`.
 #[must_use]

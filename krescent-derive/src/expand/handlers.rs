@@ -101,7 +101,11 @@ fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
     let mut method = method.clone();
     method.set_span(span);
     let call = if *asyncness {
-        quote_spanned!(span=> Self::#method(self, &__decoded #meta).await)
+        // Each handler's future must be `Send` on its own, so that a handler holding something
+        // that is not `Send` across an `.await` is reported at its name, not at `#[handlers]`.
+        let name_span = handler.method.span();
+        let future = quote_spanned!(span=> Self::#method(self, &__decoded #meta));
+        quote_spanned!(name_span=> #p::send(#future).await)
     } else {
         quote_spanned!(span=> Self::#method(self, &__decoded #meta))
     };
