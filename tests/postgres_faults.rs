@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use krescent::prelude::*;
-use krescent::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore, StoreError};
+use krescent::store::{
+    EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore, StoreError,
+};
 use krescent::{Origin, Position, Running};
 use krescent_testkit::postgres::TestServer;
 
@@ -43,7 +45,14 @@ async fn append(store: &PostgresEventStore, from: u64, to: u64) -> Position {
         let event = NewEvent::new(&Amount { account, n }).expect("encode");
         let mut attempts = 0;
         last = loop {
-            match store.append(&format!("account-{account}"), ExpectedVersion::Any, vec![event.clone()]).await {
+            match store
+                .append(
+                    &format!("account-{account}"),
+                    ExpectedVersion::Any,
+                    vec![event.clone()],
+                )
+                .await
+            {
                 Ok(appended) => break appended.position,
                 Err(e) if e.is_transient() && attempts < 50 => {
                     attempts += 1;
@@ -57,24 +66,37 @@ async fn append(store: &PostgresEventStore, from: u64, to: u64) -> Position {
 }
 
 async fn reach(running: &Running<Balances>, position: Position, what: &str) {
-    tokio::time::timeout(Duration::from_secs(60), running.reached(position))
+    tokio::time::timeout(Duration::from_mins(1), running.reached(position))
         .await
-        .unwrap_or_else(|_| panic!("{what}: the model did not reach {position} (it is at {})", running.position()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what}: the model did not reach {position} (it is at {})",
+                running.position()
+            )
+        });
     assert!(!running.is_finished(), "{what}: the model stopped");
 }
 
 fn assert_transient<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
     match result {
-        Err(e) => assert!(e.is_transient(), "{what}: expected a transient failure, got {e}"),
+        Err(e) => assert!(
+            e.is_transient(),
+            "{what}: expected a transient failure, got {e}"
+        ),
         Ok(value) => panic!("{what}: succeeded against a stopped server: {value:?}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_streaming_model_survives_server_crashes() {
-    let server = tokio::task::spawn_blocking(TestServer::new).await.expect("start a server");
+    let server = tokio::task::spawn_blocking(TestServer::new)
+        .await
+        .expect("start a server");
     let db = server.create_database().await;
-    let config = PostgresConfig { poll_interval: Duration::from_millis(200), ..PostgresConfig::default() };
+    let config = PostgresConfig {
+        poll_interval: Duration::from_millis(200),
+        ..PostgresConfig::default()
+    };
     let store = db.event_store_with(config).await;
     let storage = store.checkpoint_storage();
     storage.migrate().await.expect("migrate");
@@ -85,7 +107,10 @@ async fn postgres_streaming_model_survives_server_crashes() {
     let running = krescent.stream(Balances::default());
     reach(&running, Position::new(1), "first events").await;
     server.stop_immediately();
-    assert_transient(krescent.store().read_after(Position::START, 10).await, "read");
+    assert_transient(
+        krescent.store().read_after(Position::START, 10).await,
+        "read",
+    );
     assert_transient(krescent.store().head().await, "head");
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.start();
@@ -96,7 +121,13 @@ async fn postgres_streaming_model_survives_server_crashes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.stop_immediately();
     let event = NewEvent::new(&Amount { account: 0, n: 0 }).expect("encode");
-    assert_transient(krescent.store().append("account-0", ExpectedVersion::Any, vec![event]).await, "append");
+    assert_transient(
+        krescent
+            .store()
+            .append("account-0", ExpectedVersion::Any, vec![event])
+            .await,
+        "append",
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.start();
     let head = append(krescent.store(), 2001, 2500).await;
@@ -107,12 +138,24 @@ async fn postgres_streaming_model_survives_server_crashes() {
     assert_eq!(streamed.model.events, 2500);
 
     // The checkpoint it left resumes to the same state...
-    let resumed = krescent.catch_up(Balances::default()).await.expect("resume");
+    let resumed = krescent
+        .catch_up(Balances::default())
+        .await
+        .expect("resume");
     assert_eq!(resumed.origin, Origin::Restored { position: head });
     assert_eq!(resumed.model.balances, streamed.model.balances);
     // ...and so does a replay from scratch.
-    assert!(krescent.delete_checkpoint::<Balances>().await.expect("delete"));
-    let replayed = krescent.catch_up(Balances::default()).await.expect("replay");
+    assert!(krescent
+        .delete_checkpoint::<Balances>()
+        .await
+        .expect("delete"));
+    let replayed = krescent
+        .catch_up(Balances::default())
+        .await
+        .expect("replay");
     assert_eq!(replayed.origin, Origin::Scratch);
-    assert_eq!((replayed.model.events, &replayed.model.balances), (streamed.model.events, &streamed.model.balances));
+    assert_eq!(
+        (replayed.model.events, &replayed.model.balances),
+        (streamed.model.events, &streamed.model.balances)
+    );
 }

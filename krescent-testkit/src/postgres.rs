@@ -54,7 +54,9 @@ pub struct TestDatabase {
 
 impl fmt::Debug for TestDatabase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TestDatabase").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("TestDatabase")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,7 +92,9 @@ impl TestDatabase {
     /// # Panics
     /// When the database refuses.
     pub async fn event_store_with(&self, config: PostgresConfig) -> PostgresEventStore {
-        let store = PostgresEventStore::connect_with(&self.url, config).await.expect("connect to the test database");
+        let store = PostgresEventStore::connect_with(&self.url, config)
+            .await
+            .expect("connect to the test database");
         store.migrate().await.expect("migrate the events table");
         store
     }
@@ -100,9 +104,14 @@ impl TestDatabase {
     /// # Panics
     /// When the database refuses.
     pub async fn checkpoint_storage(&self) -> PostgresCheckpointStorage {
-        let store = PostgresEventStore::connect(&self.url).await.expect("connect to the test database");
+        let store = PostgresEventStore::connect(&self.url)
+            .await
+            .expect("connect to the test database");
         let storage = store.checkpoint_storage();
-        storage.migrate().await.expect("migrate the checkpoints table");
+        storage
+            .migrate()
+            .await
+            .expect("migrate the checkpoints table");
         storage
     }
 
@@ -125,43 +134,67 @@ const STALE_AFTER_SECS: u64 = 3600;
 /// hour instead.
 async fn sweep_stale_databases(admin_url: &str) {
     let client = connect(&admin_config(admin_url)).await;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let names = client
-        .query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", &[&PREFIX])
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+            &[&PREFIX],
+        )
         .await
         .unwrap_or_else(|e| panic!("cannot list the databases of {DATABASE_URL_VAR}: {e}"));
     for row in names {
         let name: String = row.get(0);
-        let created: Option<u64> = name[PREFIX.len()..].split('_').next().and_then(|secs| secs.parse().ok());
+        let created: Option<u64> = name[PREFIX.len()..]
+            .split('_')
+            .next()
+            .and_then(|secs| secs.parse().ok());
         if created.is_some_and(|created| created + STALE_AFTER_SECS < now) {
             // Another run may be dropping it at the same time: ignore failures.
-            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
         }
     }
 }
 
 fn admin_config(admin_url: &str) -> tokio_postgres::Config {
-    tokio_postgres::Config::from_str(admin_url)
-        .unwrap_or_else(|e| panic!("{DATABASE_URL_VAR} is not a valid Postgres URL ({e}): `{admin_url}`"))
+    tokio_postgres::Config::from_str(admin_url).unwrap_or_else(|e| {
+        panic!("{DATABASE_URL_VAR} is not a valid Postgres URL ({e}): `{admin_url}`")
+    })
 }
 
 /// Creates a uniquely named database on the server at `admin_url`.
 async fn create_database(admin_url: &str) -> TestDatabase {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let admin = admin_config(admin_url);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let name = format!("{PREFIX}{}_{}_{}_{:09}", now.as_secs(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), now.subsec_nanos());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let name = format!(
+        "{PREFIX}{}_{}_{}_{:09}",
+        now.as_secs(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        now.subsec_nanos()
+    );
     let client = connect(&admin).await;
     client
         .batch_execute(&format!("CREATE DATABASE \"{name}\""))
         .await
         .unwrap_or_else(|e| panic!("cannot create test database `{name}`: {e}"));
-    TestDatabase { url: with_dbname(admin_url, &name), name }
+    TestDatabase {
+        url: with_dbname(admin_url, &name),
+        name,
+    }
 }
 
 async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
-    let (client, connection) =
-        config.connect(tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("cannot connect to the test server ({config:?}): {e}"));
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test server ({config:?}): {e}"));
     tokio::spawn(async move {
         // The connection ends with an error when a test stops the server; that is expected.
         let _ = connection.await;
@@ -171,13 +204,20 @@ async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
 
 /// `url` with its database replaced by `name`, in either connection-string syntax.
 fn with_dbname(url: &str, name: &str) -> String {
-    let Some(rest) = url.strip_prefix("postgresql://").or_else(|| url.strip_prefix("postgres://")) else {
+    let Some(rest) = url
+        .strip_prefix("postgresql://")
+        .or_else(|| url.strip_prefix("postgres://"))
+    else {
         // Key-value syntax: a later key wins.
         return format!("{url} dbname={name}");
     };
     let scheme = &url[..url.len() - rest.len()];
-    let (before_query, query) = rest.split_once('?').map_or((rest, None), |(b, q)| (b, Some(q)));
-    let authority = before_query.split_once('/').map_or(before_query, |(a, _)| a);
+    let (before_query, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(b, q)| (b, Some(q)));
+    let authority = before_query
+        .split_once('/')
+        .map_or(before_query, |(a, _)| a);
     match query {
         Some(query) => format!("{scheme}{authority}/{name}?{query}"),
         None => format!("{scheme}{authority}/{name}"),
@@ -202,7 +242,10 @@ pub struct TestServer {
 
 impl fmt::Debug for TestServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TestServer").field("dir", &self.dir).field("run_as", &self.run_as).finish_non_exhaustive()
+        f.debug_struct("TestServer")
+            .field("dir", &self.dir)
+            .field("run_as", &self.run_as)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,10 +279,18 @@ impl TestServer {
             .keep();
         let run_as = running_as_root().then(unprivileged_user);
         if let Some(user) = &run_as {
-            let (uid, gid) = user_ids(user).unwrap_or_else(|| panic!("cannot find the uid of user `{user}`"));
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("hand the temporary directory to the server's user");
+            let (uid, gid) =
+                user_ids(user).unwrap_or_else(|| panic!("cannot find the uid of user `{user}`"));
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .expect("hand the temporary directory to the server's user");
         }
-        let mut server = TestServer { bindir, dir, run_as, state: Mutex::new(()), watchdog: None };
+        let mut server = TestServer {
+            bindir,
+            dir,
+            run_as,
+            state: Mutex::new(()),
+            watchdog: None,
+        };
         server.initdb();
         server.watchdog = Some(server.spawn_watchdog());
         server.start();
@@ -255,7 +306,10 @@ impl TestServer {
     /// How to connect to `database` as the superuser `postgres`.
     #[must_use]
     pub fn url(&self, database: &str) -> String {
-        format!("host={} port={PORT} user=postgres dbname={database}", self.dir.display())
+        format!(
+            "host={} port={PORT} user=postgres dbname={database}",
+            self.dir.display()
+        )
     }
 
     /// A new database on this server.
@@ -272,7 +326,16 @@ impl TestServer {
         let _guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let log = self.dir.join("server.log");
         let data = self.dir.join("data");
-        let output = self.pg_ctl(&["start", "-w", "-t", "60", "-D", path_str(&data), "-l", path_str(&log)]);
+        let output = self.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            path_str(&data),
+            "-l",
+            path_str(&log),
+        ]);
         assert!(
             output.status.success(),
             "the test server did not start: {}{}\n--- server log ---\n{}",
@@ -289,8 +352,19 @@ impl TestServer {
     /// When `pg_ctl` fails.
     pub fn stop_immediately(&self) {
         let _guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let output = self.pg_ctl(&["stop", "-w", "-m", "immediate", "-D", path_str(&self.dir.join("data"))]);
-        assert!(output.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&output.stderr));
+        let output = self.pg_ctl(&[
+            "stop",
+            "-w",
+            "-m",
+            "immediate",
+            "-D",
+            path_str(&self.dir.join("data")),
+        ]);
+        assert!(
+            output.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     fn initdb(&self) {
@@ -298,7 +372,17 @@ impl TestServer {
         let data = self.dir.join("data");
         let output = self
             .command(&initdb)
-            .args(["-D", path_str(&data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "-N"])
+            .args([
+                "-D",
+                path_str(&data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-N",
+            ])
             .output()
             .expect("run initdb");
         assert!(
@@ -330,13 +414,25 @@ impl TestServer {
             stop.extend(["runuser".into(), "-u".into(), user.clone(), "--".into()]);
         }
         stop.push(path_str(&self.bindir.join("pg_ctl")).to_owned());
-        stop.extend(["stop".into(), "-m".into(), "immediate".into(), "-D".into(), path_str(&self.dir.join("data")).to_owned()]);
+        stop.extend([
+            "stop".into(),
+            "-m".into(),
+            "immediate".into(),
+            "-D".into(),
+            path_str(&self.dir.join("data")).to_owned(),
+        ]);
         let script = r#"pid=$1; dir=$2; shift 2
 while kill -0 "$pid" 2>/dev/null; do sleep 1; done
 [ -d "$dir/data" ] && "$@"
 rm -rf "$dir""#;
         Command::new("sh")
-            .args(["-c", script, "krescent-pg-watchdog", &std::process::id().to_string(), path_str(&self.dir)])
+            .args([
+                "-c",
+                script,
+                "krescent-pg-watchdog",
+                &std::process::id().to_string(),
+                path_str(&self.dir),
+            ])
             .args(&stop)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -347,7 +443,11 @@ rm -rf "$dir""#;
     }
 
     fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
-        self.command(&self.bindir.join("pg_ctl")).args(args).stdin(Stdio::null()).output().expect("run pg_ctl")
+        self.command(&self.bindir.join("pg_ctl"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl")
     }
 
     /// `program`, as the unprivileged user when running as root, in the server's directory.
@@ -373,7 +473,14 @@ impl Default for TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let _ = self.pg_ctl(&["stop", "-w", "-m", "immediate", "-D", path_str(&self.dir.join("data"))]);
+        let _ = self.pg_ctl(&[
+            "stop",
+            "-w",
+            "-m",
+            "immediate",
+            "-D",
+            path_str(&self.dir.join("data")),
+        ]);
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
@@ -399,7 +506,11 @@ fn socket_parent() -> PathBuf {
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`.
 fn find_bindir() -> Option<PathBuf> {
-    let complete = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    let complete = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("KRESCENT_PG_BINDIR") {
         candidates.push(dir.into());
@@ -413,7 +524,11 @@ fn find_bindir() -> Option<PathBuf> {
             candidates.push(dir);
         }
     }
-    if let Ok(output) = Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
+    if let Ok(output) = Command::new("pg_config")
+        .arg("--bindir")
+        .stderr(Stdio::null())
+        .output()
+    {
         if output.status.success() {
             candidates.push(String::from_utf8_lossy(&output.stdout).trim().into());
         }
@@ -433,13 +548,21 @@ fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     match std::fs::metadata("/proc/self") {
         Ok(meta) => meta.uid() == 0,
-        Err(_) => Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0"),
+        Err(_) => Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0"),
     }
 }
 
 /// The user to run the server as when the tests run as root.
 fn unprivileged_user() -> String {
-    if user_ids("postgres").is_some() { "postgres" } else { "nobody" }.to_owned()
+    if user_ids("postgres").is_some() {
+        "postgres"
+    } else {
+        "nobody"
+    }
+    .to_owned()
 }
 
 fn user_ids(user: &str) -> Option<(u32, u32)> {
@@ -458,8 +581,14 @@ mod tests {
 
     #[test]
     fn replaces_the_database_of_either_syntax() {
-        assert_eq!(with_dbname("host=/tmp user=x", "t1"), "host=/tmp user=x dbname=t1");
-        assert_eq!(with_dbname("postgres://u:p@h:5/app?sslmode=disable", "t1"), "postgres://u:p@h:5/t1?sslmode=disable");
+        assert_eq!(
+            with_dbname("host=/tmp user=x", "t1"),
+            "host=/tmp user=x dbname=t1"
+        );
+        assert_eq!(
+            with_dbname("postgres://u:p@h:5/app?sslmode=disable", "t1"),
+            "postgres://u:p@h:5/t1?sslmode=disable"
+        );
         assert_eq!(with_dbname("postgresql://h", "t1"), "postgresql://h/t1");
     }
 }

@@ -64,7 +64,11 @@ impl PostgresCheckpointStorage {
             list: format!("SELECT namespace FROM {table} ORDER BY namespace"),
             clear: format!("DELETE FROM {table}"),
         };
-        PostgresCheckpointStorage { pool, names, sql: Arc::new(sql) }
+        PostgresCheckpointStorage {
+            pool,
+            names,
+            sql: Arc::new(sql),
+        }
     }
 
     /// Creates the schema and the checkpoints table, or brings them up to this build's
@@ -87,17 +91,34 @@ impl PostgresCheckpointStorage {
 
     /// Where a namespace's row is, for error messages.
     fn origin(&self, namespace: &str) -> String {
-        format!("table `{}`, namespace `{namespace}`", self.names.checkpoints_plain)
+        format!(
+            "table `{}`, namespace `{namespace}`",
+            self.names.checkpoints_plain
+        )
     }
 
-    async fn try_load(&self, namespace: &str) -> Result<Option<(String, String, SystemTime, String)>, DbFailure> {
+    async fn try_load(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<(String, String, SystemTime, String)>, DbFailure> {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(&self.sql.load).await?;
-        let Some(row) = client.query_opt(&statement, &[&namespace]).await? else { return Ok(None) };
-        Ok(Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)))
+        let Some(row) = client.query_opt(&statement, &[&namespace]).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        )))
     }
 
-    async fn execute(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64, DbFailure> {
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, DbFailure> {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
         Ok(client.execute(&statement, params).await?)
@@ -107,11 +128,22 @@ impl PostgresCheckpointStorage {
 #[async_trait::async_trait]
 impl CheckpointStorage for PostgresCheckpointStorage {
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        let loaded = self.try_load(namespace).await.map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
-        let Some((version, position, taken_at, data)) = loaded else { return Ok(None) };
-        let corrupt = |reason: String| StorageError::Corrupt { origin: self.origin(namespace), reason };
-        let position: Position = position.parse().map_err(|e: crate::PositionParseError| corrupt(e.to_string()))?;
-        let bucket: CheckpointBucket = serde_json::from_str(&data).map_err(|e| corrupt(format!("undecodable data: {e}")))?;
+        let loaded = self
+            .try_load(namespace)
+            .await
+            .map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
+        let Some((version, position, taken_at, data)) = loaded else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StorageError::Corrupt {
+            origin: self.origin(namespace),
+            reason,
+        };
+        let position: Position = position
+            .parse()
+            .map_err(|e: crate::PositionParseError| corrupt(e.to_string()))?;
+        let bucket: CheckpointBucket =
+            serde_json::from_str(&data).map_err(|e| corrupt(format!("undecodable data: {e}")))?;
         Ok(Some(StoredCheckpoint {
             namespace: namespace.to_owned(),
             version: CheckpointVersion::from_text(version),
@@ -123,14 +155,25 @@ impl CheckpointStorage for PostgresCheckpointStorage {
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
         let namespace = &checkpoint.namespace;
-        let data = serde_json::to_string(&checkpoint.bucket)
-            .map_err(|e| StorageError::Encode { namespace: namespace.clone(), reason: e.to_string() })?;
+        let data = serde_json::to_string(&checkpoint.bucket).map_err(|e| StorageError::Encode {
+            namespace: namespace.clone(),
+            reason: e.to_string(),
+        })?;
         let position = checkpoint.position.to_string();
         let taken_at = truncate_to_micros(checkpoint.taken_at);
-        self.execute(&self.sql.store, &[namespace, &checkpoint.version.as_str(), &position, &taken_at, &data])
-            .await
-            .map(drop)
-            .map_err(|e| e.storage(format!("store into {}", self.origin(namespace))))
+        self.execute(
+            &self.sql.store,
+            &[
+                namespace,
+                &checkpoint.version.as_str(),
+                &position,
+                &taken_at,
+                &data,
+            ],
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.storage(format!("store into {}", self.origin(namespace))))
     }
 
     async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
@@ -145,9 +188,12 @@ impl CheckpointStorage for PostgresCheckpointStorage {
             let client = self.pool.get().await?;
             let statement = client.prepare_cached(&self.sql.list).await?;
             let rows = client.query(&statement, &[]).await?;
-            rows.iter().map(|row| row.try_get(0).map_err(DbFailure::from)).collect::<Result<Vec<String>, _>>()
+            rows.iter()
+                .map(|row| row.try_get(0).map_err(DbFailure::from))
+                .collect::<Result<Vec<String>, _>>()
         };
-        run.await.map_err(|e| e.storage(format!("list `{}`", self.names.checkpoints_plain)))
+        run.await
+            .map_err(|e| e.storage(format!("list `{}`", self.names.checkpoints_plain)))
     }
 
     async fn clear(&self) -> Result<(), StorageError> {

@@ -42,7 +42,10 @@ impl PostgresConfig {
     /// The default configuration with its tables in `schema`.
     #[must_use]
     pub fn in_schema(schema: impl Into<String>) -> Self {
-        PostgresConfig { schema: schema.into(), ..Self::default() }
+        PostgresConfig {
+            schema: schema.into(),
+            ..Self::default()
+        }
     }
 
     /// Checks every name.
@@ -56,13 +59,21 @@ impl PostgresConfig {
     pub(crate) fn names(&self) -> Result<Names, StoreError> {
         let schema = identifier("schema", &self.schema)?;
         if self.schema.starts_with("pg_") {
-            return Err(invalid("schema", &self.schema, "names starting with `pg_` are reserved by Postgres"));
+            return Err(invalid(
+                "schema",
+                &self.schema,
+                "names starting with `pg_` are reserved by Postgres",
+            ));
         }
         let events = identifier("events table", &self.events_table)?;
         let checkpoints = identifier("checkpoints table", &self.checkpoints_table)?;
         let channel = identifier("notify channel", &self.notify_channel)?;
         if self.events_table == self.checkpoints_table {
-            return Err(invalid("checkpoints table", &self.checkpoints_table, "it is also the events table"));
+            return Err(invalid(
+                "checkpoints table",
+                &self.checkpoints_table,
+                "it is also the events table",
+            ));
         }
         Ok(Names {
             events: format!("{schema}.{events}"),
@@ -122,7 +133,11 @@ impl Names {
 const MAX_LEN: usize = 63;
 
 fn invalid(what: &'static str, name: &str, reason: &'static str) -> StoreError {
-    StoreError::InvalidName { what, name: name.to_owned(), reason }
+    StoreError::InvalidName {
+        what,
+        name: name.to_owned(),
+        reason,
+    }
 }
 
 /// `name` quoted, if it matches `[a-z_][a-z0-9_]{0,62}`.
@@ -134,10 +149,21 @@ fn identifier(what: &'static str, name: &str) -> Result<String, StoreError> {
         return Err(invalid(what, name, "it is longer than 63 bytes"));
     }
     if !(first.is_ascii_lowercase() || first == b'_') {
-        return Err(invalid(what, name, "it must start with a lowercase ASCII letter or `_`"));
+        return Err(invalid(
+            what,
+            name,
+            "it must start with a lowercase ASCII letter or `_`",
+        ));
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-        return Err(invalid(what, name, "it may contain only lowercase ASCII letters, digits and `_`"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(invalid(
+            what,
+            name,
+            "it may contain only lowercase ASCII letters, digits and `_`",
+        ));
     }
     Ok(format!("\"{name}\""))
 }
@@ -173,20 +199,62 @@ mod tests {
     #[test]
     fn refuses_hostile_names() {
         let hostile = [
-            "", "Public", "1abc", "a-b", "a b", "a\"b", "a;drop table x", "ä", "a\0", "pg_catalog", "a.b", &"x".repeat(64),
+            "",
+            "Public",
+            "1abc",
+            "a-b",
+            "a b",
+            "a\"b",
+            "a;drop table x",
+            "ä",
+            "a\0",
+            "pg_catalog",
+            "a.b",
+            &"x".repeat(64),
         ];
         for name in hostile {
             match with_schema(name).validate() {
-                Err(StoreError::InvalidName { what: "schema", name: n, .. }) => assert_eq!(n, name),
+                Err(StoreError::InvalidName {
+                    what: "schema",
+                    name: n,
+                    ..
+                }) => assert_eq!(n, name),
                 other => panic!("{name:?}: {other:?}"),
             }
         }
-        let config = PostgresConfig { events_table: "events\"; --".into(), ..PostgresConfig::default() };
-        assert!(matches!(config.validate(), Err(StoreError::InvalidName { what: "events table", .. })));
-        let config = PostgresConfig { notify_channel: "Chan".into(), ..PostgresConfig::default() };
-        assert!(matches!(config.validate(), Err(StoreError::InvalidName { what: "notify channel", .. })));
-        let config = PostgresConfig { checkpoints_table: "krescent_events".into(), ..PostgresConfig::default() };
-        assert!(matches!(config.validate(), Err(StoreError::InvalidName { what: "checkpoints table", .. })));
+        let config = PostgresConfig {
+            events_table: "events\"; --".into(),
+            ..PostgresConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(StoreError::InvalidName {
+                what: "events table",
+                ..
+            })
+        ));
+        let config = PostgresConfig {
+            notify_channel: "Chan".into(),
+            ..PostgresConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(StoreError::InvalidName {
+                what: "notify channel",
+                ..
+            })
+        ));
+        let config = PostgresConfig {
+            checkpoints_table: "krescent_events".into(),
+            ..PostgresConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(StoreError::InvalidName {
+                what: "checkpoints table",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -203,6 +271,12 @@ mod tests {
         let b = PostgresConfig::in_schema("b").names().unwrap();
         assert_ne!(a.append_lock(), b.append_lock());
         assert_ne!(a.append_lock(), a.migrate_lock());
-        assert_eq!(a.append_lock(), PostgresConfig::in_schema("a").names().unwrap().append_lock());
+        assert_eq!(
+            a.append_lock(),
+            PostgresConfig::in_schema("a")
+                .names()
+                .unwrap()
+                .append_lock()
+        );
     }
 }

@@ -20,8 +20,18 @@ impl fmt::Display for Failed {
         write!(f, "{}: ", self.doing)?;
         // The driver's own message is terse ("db error"): say what the server said, with its
         // SQLSTATE, and what each cause said.
-        if let Some(db) = self.source.downcast_ref::<tokio_postgres::Error>().and_then(tokio_postgres::Error::as_db_error) {
-            write!(f, "{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code())?;
+        if let Some(db) = self
+            .source
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+        {
+            write!(
+                f,
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )?;
             if let Some(detail) = db.detail() {
                 write!(f, "; {detail}")?;
             }
@@ -70,9 +80,10 @@ impl DbFailure {
     /// is shutting down or starting up.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            DbFailure::Driver(e) | DbFailure::Pool(PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e))) => {
-                driver_error_is_transient(e)
-            }
+            DbFailure::Driver(e)
+            | DbFailure::Pool(
+                PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)),
+            ) => driver_error_is_transient(e),
             DbFailure::Pool(PoolError::Timeout(_)) => true,
             DbFailure::Pool(_) | DbFailure::Other(_) => false,
         }
@@ -89,12 +100,21 @@ impl DbFailure {
     /// The failure as a store error, saying what was being done.
     pub(crate) fn store(self, doing: impl Into<String>) -> StoreError {
         let transient = self.is_transient();
-        StoreError::Database { source: Box::new(Failed { doing: doing.into(), source: self.into_source() }), transient }
+        StoreError::Database {
+            source: Box::new(Failed {
+                doing: doing.into(),
+                source: self.into_source(),
+            }),
+            transient,
+        }
     }
 
     /// The failure as a storage error, saying what was being done.
     pub(crate) fn storage(self, doing: impl Into<String>) -> StorageError {
-        StorageError::Database(Box::new(Failed { doing: doing.into(), source: self.into_source() }))
+        StorageError::Database(Box::new(Failed {
+            doing: doing.into(),
+            source: self.into_source(),
+        }))
     }
 }
 

@@ -46,7 +46,10 @@ impl Listener {
     /// Starts listening; must be called inside a Tokio runtime.
     pub(crate) fn spawn(to: ListenTo) -> Self {
         let (tx, head) = watch::channel(Position::START);
-        Listener { head, task: tokio::spawn(listen(to, tx)) }
+        Listener {
+            head,
+            task: tokio::spawn(listen(to, tx)),
+        }
     }
 
     /// Resolves when a head after `after` is known, or after `timeout`.
@@ -77,10 +80,15 @@ async fn listen(to: ListenTo, tx: watch::Sender<Position>) {
                     while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
                         match message {
                             Ok(AsyncMessage::Notification(n)) => {
-                                if let Some(Ok(head)) = n.payload().strip_prefix(&to.prefix).map(str::parse::<u64>) {
+                                if let Some(Ok(head)) =
+                                    n.payload().strip_prefix(&to.prefix).map(str::parse::<u64>)
+                                {
                                     publish(&tx, Position::new(head));
                                 } else {
-                                    debug!(payload = n.payload(), "ignoring a notification of another table");
+                                    debug!(
+                                        payload = n.payload(),
+                                        "ignoring a notification of another table"
+                                    );
                                 }
                             }
                             Ok(_) => {}
@@ -113,7 +121,9 @@ async fn listen(to: ListenTo, tx: watch::Sender<Position>) {
                     Err(e) => warn!(error = %e, "the listening connection failed; reconnecting"),
                 }
             }
-            Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot open the listening connection"),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "cannot open the listening connection")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -82,8 +82,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-pub use config::PostgresConfig;
 pub(crate) use config::Names;
+pub use config::PostgresConfig;
 pub(crate) use error::DbFailure;
 use listener::{ListenTo, Listener};
 pub(crate) use schema::{migrate, Component};
@@ -181,9 +181,20 @@ impl PostgresEventStore {
     ///
     /// # Errors
     /// [`StoreError::InvalidName`] when a name of `config` is not a safe identifier.
-    pub fn new(pool: Pool, listen: tokio_postgres::Config, config: PostgresConfig) -> Result<Self, StoreError> {
+    pub fn new(
+        pool: Pool,
+        listen: tokio_postgres::Config,
+        config: PostgresConfig,
+    ) -> Result<Self, StoreError> {
         let names = config.names()?;
-        Ok(PostgresEventStore { pool, sql: Sql::new(&names), names: Arc::new(names), config, listen_config: listen, listener: OnceLock::new() })
+        Ok(PostgresEventStore {
+            pool,
+            sql: Sql::new(&names),
+            names: Arc::new(names),
+            config,
+            listen_config: listen,
+            listener: OnceLock::new(),
+        })
     }
 
     /// Connects to `url` (`postgres://user:password@host/db` or `host=… dbname=…`) with the
@@ -203,10 +214,17 @@ impl PostgresEventStore {
     /// the URL is malformed or the server cannot be reached (transient then).
     pub async fn connect_with(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
         config.validate()?;
-        let pg = tokio_postgres::Config::from_str(url).map_err(|e| DbFailure::from(e).store("parse the database URL"))?;
+        let pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| DbFailure::from(e).store("parse the database URL"))?;
         let pool = pool(pg.clone()).map_err(|e| e.store("build the connection pool"))?;
         let store = Self::new(pool, pg, config)?;
-        drop(store.pool.get().await.map_err(|e| DbFailure::from(e).store("connect to the event database"))?);
+        drop(
+            store
+                .pool
+                .get()
+                .await
+                .map_err(|e| DbFailure::from(e).store("connect to the event database"))?,
+        );
         Ok(store)
     }
 
@@ -252,7 +270,8 @@ impl PostgresEventStore {
             let version: i64 = client.query_one(&statement, &[&stream_id]).await?.get(0);
             non_negative(version, "stream version")
         };
-        run.await.map_err(|e| e.store(format!("read the version of stream `{stream_id}`")))
+        run.await
+            .map_err(|e| e.store(format!("read the version of stream `{stream_id}`")))
     }
 
     /// [`append`](EventStore::append), awaiting `before_commit` inside the append's transaction
@@ -266,9 +285,15 @@ impl PostgresEventStore {
         events: Vec<NewEvent>,
         before_commit: impl Future<Output = Result<(), StoreError>> + Send,
     ) -> Result<Appended, StoreError> {
-        match self.try_append(stream_id, expected, events, before_commit).await {
+        match self
+            .try_append(stream_id, expected, events, before_commit)
+            .await
+        {
             Ok(outcome) => outcome,
-            Err(e) => Err(e.store(format!("append to stream `{stream_id}` in `{}`", self.names.events_plain))),
+            Err(e) => Err(e.store(format!(
+                "append to stream `{stream_id}` in `{}`",
+                self.names.events_plain
+            ))),
         }
     }
 
@@ -303,8 +328,19 @@ impl PostgresEventStore {
         // see the module documentation.
         let key = self.names.append_lock();
         let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
-        let append_params: [&(dyn ToSql + Sync); 7] = [&stream_id, &expected_version, &ids, &types, &payloads, &self.names.channel, &prefix];
-        let (locked, appended) = tokio::join!(tx.execute(&lock, &lock_params), tx.query_one(&append, &append_params));
+        let append_params: [&(dyn ToSql + Sync); 7] = [
+            &stream_id,
+            &expected_version,
+            &ids,
+            &types,
+            &payloads,
+            &self.names.channel,
+            &prefix,
+        ];
+        let (locked, appended) = tokio::join!(
+            tx.execute(&lock, &lock_params),
+            tx.query_one(&append, &append_params)
+        );
         locked?;
         let row = appended?;
         let actual = non_negative(row.try_get(0)?, "stream version")?;
@@ -321,7 +357,10 @@ impl PostgresEventStore {
             return Ok(Err(e));
         }
         tx.commit().await?;
-        Ok(Ok(Appended { position: Position::new(non_negative(last, "position")?), stream_version: actual + count }))
+        Ok(Ok(Appended {
+            position: Position::new(non_negative(last, "position")?),
+            stream_version: actual + count,
+        }))
     }
 
     /// An empty append: only checks the expected version.
@@ -334,13 +373,19 @@ impl PostgresEventStore {
         let version = client.prepare_cached(&self.sql.stream_version).await?;
         let head = client.prepare_cached(&self.sql.head).await?;
         let params: [&(dyn ToSql + Sync); 1] = [&stream_id];
-        let (version, head) = tokio::join!(client.query_one(&version, &params), client.query_one(&head, &[]));
+        let (version, head) = tokio::join!(
+            client.query_one(&version, &params),
+            client.query_one(&head, &[])
+        );
         let actual = non_negative(version?.try_get(0)?, "stream version")?;
         let head = non_negative(head?.try_get(0)?, "position")?;
         if !expected.matches(actual) {
             return Ok(Err(StoreError::conflict(stream_id, expected, actual)));
         }
-        Ok(Ok(Appended { position: Position::new(head), stream_version: actual }))
+        Ok(Ok(Appended {
+            position: Position::new(head),
+            stream_version: actual,
+        }))
     }
 
     fn listener(&self) -> &Listener {
@@ -354,8 +399,14 @@ impl PostgresEventStore {
         })
     }
 
-    async fn try_read_after(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, DbFailure> {
-        let Ok(after) = i64::try_from(after.get()) else { return Ok(Vec::new()) };
+    async fn try_read_after(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, DbFailure> {
+        let Ok(after) = i64::try_from(after.get()) else {
+            return Ok(Vec::new());
+        };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(&self.sql.read).await?;
@@ -403,29 +454,52 @@ impl PostgresEventStore {
 }
 
 impl EventStore for PostgresEventStore {
-    async fn append(&self, stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Appended, StoreError> {
-        self.append_with(stream_id, expected, events, std::future::ready(Ok(()))).await
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        self.append_with(stream_id, expected, events, std::future::ready(Ok(())))
+            .await
     }
 
-    async fn read_after(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.try_read_after(after, limit)
-            .await
-            .map_err(|e| e.store(format!("read `{}` after position {after}", self.names.events_plain)))
+    async fn read_after(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.try_read_after(after, limit).await.map_err(|e| {
+            e.store(format!(
+                "read `{}` after position {after}",
+                self.names.events_plain
+            ))
+        })
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
-        self.try_head().await.map_err(|e| e.store(format!("read the head of `{}`", self.names.events_plain)))
+        self.try_head()
+            .await
+            .map_err(|e| e.store(format!("read the head of `{}`", self.names.events_plain)))
     }
 
     async fn wait_for_append(&self, after: Position) -> Result<(), StoreError> {
-        self.listener().wait_past(after, self.config.poll_interval).await;
+        self.listener()
+            .wait_past(after, self.config.poll_interval)
+            .await;
         Ok(())
     }
 }
 
 /// A pool of up to [`POOL_SIZE`] connections to `config`, without TLS, replacing closed ones.
 pub(crate) fn pool(config: tokio_postgres::Config) -> Result<Pool, DbFailure> {
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(manager)
         .max_size(POOL_SIZE)
         .runtime(Runtime::Tokio1)
@@ -437,5 +511,6 @@ pub(crate) fn pool(config: tokio_postgres::Config) -> Result<Pool, DbFailure> {
 
 /// `value` as a `u64`, or an error naming the column.
 fn non_negative(value: i64, what: &str) -> Result<u64, DbFailure> {
-    u64::try_from(value).map_err(|_| DbFailure::Other(format!("the database returned a negative {what}: {value}")))
+    u64::try_from(value)
+        .map_err(|_| DbFailure::Other(format!("the database returned a negative {what}: {value}")))
 }

@@ -61,13 +61,25 @@ impl Component {
 }
 
 /// Brings `component`'s table up to this build's version; returns that version.
-pub(crate) async fn migrate(pool: &Pool, names: &Names, component: Component) -> Result<u32, DbFailure> {
+pub(crate) async fn migrate(
+    pool: &Pool,
+    names: &Names,
+    component: Component,
+) -> Result<u32, DbFailure> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&names.migrate_lock()]).await?;
-    let schema_exists = tx.query_opt("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", &[&names.schema_plain]).await?.is_some();
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&names.migrate_lock()])
+        .await?;
+    let schema_exists = tx
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+            &[&names.schema_plain],
+        )
+        .await?
+        .is_some();
     if !schema_exists {
-        tx.batch_execute(&format!("CREATE SCHEMA {}", names.schema)).await?;
+        tx.batch_execute(&format!("CREATE SCHEMA {}", names.schema))
+            .await?;
     }
     tx.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {} (
@@ -80,7 +92,13 @@ pub(crate) async fn migrate(pool: &Pool, names: &Names, component: Component) ->
     .await?;
     let key = component.key(names);
     let current: i32 = tx
-        .query_opt(&format!("SELECT version FROM {} WHERE component = $1", names.migrations), &[&key])
+        .query_opt(
+            &format!(
+                "SELECT version FROM {} WHERE component = $1",
+                names.migrations
+            ),
+            &[&key],
+        )
         .await?
         .map_or(0, |row| row.get(0));
     let steps = component.steps(names);
