@@ -1,71 +1,5 @@
-//! Events in Postgres (feature `postgres`).
-//!
-//! # Tables
-//!
-//! [`migrate`](PostgresEventStore::migrate) creates the events table (by default
-//! `public.krescent_events`; see [`PostgresConfig`]):
-//!
-//! | column | type | |
-//! | --- | --- | --- |
-//! | `position` | `bigint` identity, primary key | the global order, from 1 |
-//! | `stream_id` | `text` | |
-//! | `stream_version` | `bigint` | from 1, unique per stream |
-//! | `event_id` | `uuid` | unique |
-//! | `event_type` | `text` | the recorded type name |
-//! | `payload` | `jsonb` | |
-//! | `recorded_at` | `timestamptz` | when the append ran |
-//!
-//! Migrations are versioned in `<schema>.krescent_schema_migrations` and run under an advisory
-//! lock, so running `migrate` twice, or from several processes at once, is safe.
-//!
-//! # Gap-safe reading
-//!
-//! A sequence hands out positions when rows are inserted, but rows become visible when their
-//! transaction commits. With concurrent appends the two orders differ: position 8 can commit
-//! before position 7, and a reader that has read 8 and continues "after 8" would never see 7.
-//!
-//! This store makes the two orders the same. Every append transaction takes a
-//! transaction-scoped advisory lock, `pg_advisory_xact_lock(k)` (`k` derived from the events
-//! table's name), *before* it allocates positions, and holds it until it ends. Postgres
-//! releases transaction locks only after the commit is visible to new snapshots
-//! (`ProcArrayEndTransaction` runs before the locks are released), so:
-//!
-//! 1. appends allocate positions one transaction at a time, each after the previous one has
-//!    committed or rolled back: the committed positions increase in commit order;
-//! 2. hence any snapshot sees a *prefix* of the committed appends: if it sees the append that
-//!    holds position `p`, every append that committed a position below `p` finished before it
-//!    started and is visible too.
-//!
-//! A reader therefore simply reads `WHERE position > $after ORDER BY position LIMIT $n`: once
-//! it has seen `p`, no position below `p` can appear later. Rolled-back appends leave holes in
-//! the numbering, which readers skip naturally. [`Position`] stays a plain number, and a
-//! checkpoint's position is exact.
-//!
-//! The price is that appends to one events table are serialized. The lock is held briefly: the
-//! lock request and the one statement that checks the expected version, inserts the batch and
-//! notifies are sent together, so the lock is held for that statement and the commit, about
-//! two round trips. Reads never wait. Rows inserted into the table by anything that does not
-//! take the same lock void the guarantee.
-//!
-//! # Live reading
-//!
-//! Each append notifies the configured channel with `pg_notify` once, at commit. A store keeps
-//! one dedicated connection (outside the pool) that `LISTEN`s on it, started by the first
-//! [`wait_for_append`](EventStore::wait_for_append); waiting resolves on a notification past
-//! the reader's position, or after [`PostgresConfig::poll_interval`] at the latest, so a lost
-//! notification delays a reader by one interval, never forever. The listening connection
-//! reconnects with backoff and, once listening again, reads the head so that no append
-//! committed in between is missed.
-//!
-//! # Failures
-//!
-//! A lost, refused or timed-out connection, or a server that is shutting down or starting up,
-//! is a [`StoreError::Database`] with `transient: true`; a streaming model retries those with
-//! backoff and so survives a server restart. The pool replaces dead connections by itself.
-//!
-//! Keep `synchronous_commit` on (the default) for the events table: with it off, a server crash
-//! loses the last acknowledged appends, which live readers (and their checkpoints) may already
-//! have seen.
+//! Events in Postgres (feature `postgres`): [`PostgresEventStore`], whose documentation
+//! describes the tables and how reading stays gap-free.
 
 mod config;
 mod error;
@@ -96,8 +30,7 @@ use crate::Position;
 /// The number of connections [`PostgresEventStore::connect`] opens at most.
 const POOL_SIZE: usize = 16;
 
-/// Events in a Postgres table, read back gap-free in commit order; see the
-/// [module documentation](self) for the tables and the scheme.
+/// Events in a Postgres table, read back gap-free in commit order.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -113,6 +46,73 @@ const POOL_SIZE: usize = 16;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Tables
+///
+/// [`migrate`](Self::migrate) creates the events table (by default
+/// `public.krescent_events`; see [`PostgresConfig`]):
+///
+/// | column | type | |
+/// | --- | --- | --- |
+/// | `position` | `bigint` identity, primary key | the global order, from 1 |
+/// | `stream_id` | `text` | |
+/// | `stream_version` | `bigint` | from 1, unique per stream |
+/// | `event_id` | `uuid` | unique |
+/// | `event_type` | `text` | the recorded type name |
+/// | `payload` | `jsonb` | |
+/// | `recorded_at` | `timestamptz` | when the append ran |
+///
+/// Migrations are versioned in `<schema>.krescent_schema_migrations` and run under an advisory
+/// lock, so running `migrate` twice, or from several processes at once, is safe.
+///
+/// # Gap-safe reading
+///
+/// A sequence hands out positions when rows are inserted, but rows become visible when their
+/// transaction commits. With concurrent appends the two orders differ: position 8 can commit
+/// before position 7, and a reader that has read 8 and continues "after 8" would never see 7.
+///
+/// This store makes the two orders the same. Every append transaction takes a
+/// transaction-scoped advisory lock, `pg_advisory_xact_lock(k)` (`k` derived from the events
+/// table's name), *before* it allocates positions, and holds it until it ends. Postgres
+/// releases transaction locks only after the commit is visible to new snapshots
+/// (`ProcArrayEndTransaction` runs before the locks are released), so:
+///
+/// 1. appends allocate positions one transaction at a time, each after the previous one has
+///    committed or rolled back: the committed positions increase in commit order;
+/// 2. hence any snapshot sees a *prefix* of the committed appends: if it sees the append that
+///    holds position `p`, every append that committed a position below `p` finished before it
+///    started and is visible too.
+///
+/// A reader therefore simply reads `WHERE position > $after ORDER BY position LIMIT $n`: once
+/// it has seen `p`, no position below `p` can appear later. Rolled-back appends leave holes in
+/// the numbering, which readers skip naturally. [`Position`] stays a plain number, and a
+/// checkpoint's position is exact.
+///
+/// The price is that appends to one events table are serialized. The lock is held briefly: the
+/// lock request and the one statement that checks the expected version, inserts the batch and
+/// notifies are sent together, so the lock is held for that statement and the commit, about
+/// two round trips. Reads never wait. Rows inserted into the table by anything that does not
+/// take the same lock void the guarantee.
+///
+/// # Live reading
+///
+/// Each append notifies the configured channel with `pg_notify` once, at commit. A store keeps
+/// one dedicated connection (outside the pool) that `LISTEN`s on it, started by the first
+/// [`wait_for_append`](EventStore::wait_for_append); waiting resolves on a notification past
+/// the reader's position, or after [`PostgresConfig::poll_interval`] at the latest, so a lost
+/// notification delays a reader by one interval, never forever. The listening connection
+/// reconnects with backoff and, once listening again, reads the head so that no append
+/// committed in between is missed.
+///
+/// # Failures
+///
+/// A lost, refused or timed-out connection, or a server that is shutting down or starting up,
+/// is a [`StoreError::Database`] with `transient: true`; a streaming model retries those with
+/// backoff and so survives a server restart. The pool replaces dead connections by itself.
+///
+/// Keep `synchronous_commit` on (the default) for the events table: with it off, a server crash
+/// loses the last acknowledged appends, which live readers (and their checkpoints) may already
+/// have seen.
 #[derive(Debug)]
 pub struct PostgresEventStore {
     pool: Pool,
