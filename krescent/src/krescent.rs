@@ -42,6 +42,8 @@ pub struct CaughtUp<M> {
     pub position: Position,
     /// The events it handled in this run.
     pub processed: u64,
+    /// The checkpoints it took in this run.
+    pub checkpoints: u64,
 }
 
 /// A model restored from its checkpoint without reading any event.
@@ -124,7 +126,7 @@ impl<S: EventStore> Krescent<S> {
             }
             runner.model.on_caught_up(runner.position);
             runner.finish().await?;
-            Ok(CaughtUp { model: runner.model, origin: runner.origin, position: runner.position, processed: runner.processed })
+            Ok(runner.into_caught_up())
         }
         .instrument(span)
         .await

@@ -11,7 +11,7 @@ use crate::checkpoint::{
 };
 use crate::event::RecordedEvent;
 use crate::model::{EventModel, Origin};
-use crate::{Error, Position};
+use crate::{CaughtUp, Error, Position};
 
 /// How many events the runner reads at once.
 pub(crate) const BATCH: usize = 1024;
@@ -29,6 +29,8 @@ pub(crate) struct Runner<M> {
     pub(crate) origin: Origin,
     pub(crate) position: Position,
     pub(crate) processed: u64,
+    /// Checkpoints taken in this run.
+    pub(crate) taken: u64,
     checkpoints: Option<Checkpoints>,
 }
 
@@ -96,7 +98,7 @@ impl<M: EventModel> Runner<M> {
             not_before: None,
         });
         model.on_start(&origin);
-        Runner { model, origin, position, processed: 0, checkpoints }
+        Runner { model, origin, position, processed: 0, taken: 0, checkpoints }
     }
 
     /// Applies a batch in order, checkpointing when due. On a handler error nothing of the
@@ -140,6 +142,7 @@ impl<M: EventModel> Runner<M> {
         let checkpoint = snapshot(&self.model, &c.version, self.position)?;
         c.not_before = Some(Instant::now() + started.elapsed() * SNAPSHOT_SPACING);
         c.writer.start(checkpoint);
+        self.taken += 1;
         c.state.checkpoint_taken();
         c.pending = false;
         Ok(())
@@ -168,6 +171,11 @@ impl<M: EventModel> Runner<M> {
         self.checkpoint_if_free().await
     }
 
+    /// What the run did, with the model.
+    pub(crate) fn into_caught_up(self) -> CaughtUp<M> {
+        CaughtUp { model: self.model, origin: self.origin, position: self.position, processed: self.processed, checkpoints: self.taken }
+    }
+
     /// Ends the run: takes the final checkpoint the strategy asks for and waits until every
     /// write is done.
     pub(crate) async fn finish(&mut self) -> Result<(), Error> {
@@ -176,6 +184,7 @@ impl<M: EventModel> Runner<M> {
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
             let checkpoint = snapshot(&self.model, &c.version, self.position)?;
             c.writer.start(checkpoint);
+            self.taken += 1;
             c.state.checkpoint_taken();
             c.pending = false;
             return c.writer.settle().await.map_err(|source| Error::Storage { namespace: M::NAME.to_owned(), source });

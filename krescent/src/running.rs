@@ -131,7 +131,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(store: &S, mut runner: 
         }
     }
     runner.finish().await?;
-    Ok(CaughtUp { model: runner.model, origin: runner.origin, position: runner.position, processed: runner.processed })
+    Ok(runner.into_caught_up())
 }
 
 /// Waits for `work` unless a stop comes first; whether it stopped.

@@ -94,7 +94,7 @@ impl BucketValue {
     /// When the value is bytes or a bucket, or does not deserialize as `T`.
     pub fn to_serde<T: DeserializeOwned>(&self) -> Result<T, String> {
         let result = match self {
-            BucketValue::Str(s) => T::deserialize(serde::de::value::StrDeserializer::<serde_json::Error>::new(s)),
+            BucketValue::Str(s) => serde_json::from_value(serde_json::Value::String(s.clone())),
             BucketValue::Int(i) => serde_json::from_value(serde_json::Value::from(*i)),
             BucketValue::Uint(u) => serde_json::from_value(serde_json::Value::from(*u)),
             BucketValue::Float(f) => serde_json::from_value(serde_json::Value::from(*f)),
@@ -288,6 +288,17 @@ mod tests {
         assert_eq!(back, bucket);
         assert_eq!(back.get_bytes("b").unwrap(), vec![0, 255, 7]);
         assert_eq!(back.bucket("nested").unwrap().get::<u8>("n").unwrap(), 7);
+    }
+
+    #[test]
+    fn strings_restore_into_options_and_newtypes() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct BookId(String);
+        let mut bucket = CheckpointBucket::new();
+        bucket.put("option", &Some("a")).unwrap();
+        bucket.put("newtype", &BookId("b".into())).unwrap();
+        assert_eq!(bucket.get::<Option<String>>("option").unwrap(), Some("a".to_owned()));
+        assert_eq!(bucket.get::<BookId>("newtype").unwrap(), BookId("b".into()));
     }
 
     #[test]
