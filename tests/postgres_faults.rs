@@ -159,3 +159,46 @@ async fn postgres_streaming_model_survives_server_crashes() {
         (streamed.model.events, &streamed.model.balances)
     );
 }
+
+/// The listening connection reconnects after a crash: with a poll interval of a minute, a
+/// reader waiting after the restart is still woken at once by an append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listener_reconnects_after_a_crash() {
+    let server = tokio::task::spawn_blocking(TestServer::new)
+        .await
+        .expect("start a server");
+    let db = server.create_database().await;
+    let slow = PostgresConfig {
+        poll_interval: Duration::from_mins(1),
+        ..PostgresConfig::default()
+    };
+    let reader = db.event_store_with(slow.clone()).await;
+    let writer = db.event_store_with(slow).await;
+    for crash in 0..3 {
+        let head = append(&writer, crash * 10 + 1, crash * 10 + 5).await;
+        // Starts (or reuses) the listener; it wakes at once since events are past `START`.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            reader.wait_for_append(Position::START),
+        )
+        .await
+        .expect("woken")
+        .expect("wait");
+        server.stop_immediately();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.start();
+        let (woke, last) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(20), reader.wait_for_append(head)),
+            append(&writer, crash * 10 + 6, crash * 10 + 6)
+        );
+        woke.unwrap_or_else(|_| {
+            panic!("crash {crash}: the reader was not woken after the restart")
+        })
+        .expect("wait");
+        let read = reader.read_after(head, 10).await.expect("read");
+        assert_eq!(
+            read.last().map(krescent::RecordedEvent::position),
+            Some(last)
+        );
+    }
+}
