@@ -1,1 +1,200 @@
-fn main() {}
+//! The bookstore: a read model of the books on the shelves, checkpointed every 25 events.
+//!
+//! Each run appends a batch of new, seeded events (books added, lent, returned, removed) to the
+//! store, catches the model up, and prints one summary line. The first run replays everything;
+//! later runs restore the checkpoint and replay only the new events.
+//!
+//! ```text
+//! cargo run --example bookstore [-- --data-dir DIR] [--events N]      # file store (default)
+//! DATABASE_URL=postgres://… cargo run --example bookstore             # PostgreSQL
+//! ```
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use krescent::checkpoint::FileCheckpointStorage;
+use krescent::prelude::*;
+use krescent::store::{EventStore, ExpectedVersion, FileEventStore};
+use krescent::Position;
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.added")]
+struct BookAdded {
+    book_id: String,
+    title: String,
+    copies: u32,
+}
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.lent")]
+struct BookLent {
+    book_id: String,
+    user_id: String,
+}
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.returned")]
+struct BookReturned {
+    book_id: String,
+    user_id: String,
+}
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.removed")]
+struct BookRemoved {
+    book_id: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Book {
+    title: String,
+    copies: u32,
+    on_loan: u32,
+}
+
+/// The books on the shelves. The storage name is logical: `main` registers the file or the
+/// PostgreSQL storage under it.
+#[derive(EventModel, Default)]
+#[model(name = "bookstore.books", version = 1)]
+#[checkpoint(strategy = "fixed_events(25)", storage = "bookstore")]
+struct Books {
+    #[checkpoint]
+    books: BTreeMap<String, Book>,
+}
+
+#[krescent::handlers]
+impl Books {
+    fn added(&mut self, e: &BookAdded) {
+        let book = self.books.entry(e.book_id.clone()).or_default();
+        book.title.clone_from(&e.title);
+        book.copies += e.copies;
+    }
+
+    fn lent(&mut self, e: &BookLent) {
+        if let Some(book) = self.books.get_mut(&e.book_id) {
+            book.on_loan = (book.on_loan + 1).min(book.copies);
+        }
+    }
+
+    fn returned(&mut self, e: &BookReturned) {
+        if let Some(book) = self.books.get_mut(&e.book_id) {
+            book.on_loan = book.on_loan.saturating_sub(1);
+        }
+    }
+
+    fn removed(&mut self, e: &BookRemoved) {
+        self.books.remove(&e.book_id);
+    }
+}
+
+struct Options {
+    data_dir: PathBuf,
+    events: u32,
+    database_url: Option<String>,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options { data_dir: PathBuf::from("krescent-data"), events: 500, database_url: std::env::var("DATABASE_URL").ok() };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("`{arg}` needs a value"));
+        match arg.as_str() {
+            "--data-dir" => options.data_dir = value()?.into(),
+            "--events" => options.events = value()?.parse().map_err(|e| format!("`--events`: {e}"))?,
+            "--database-url" => options.database_url = Some(value()?),
+            other => return Err(format!("unknown argument `{other}`; expected `--data-dir DIR`, `--events N` or `--database-url URL`")),
+        }
+    }
+    Ok(options)
+}
+
+/// SplitMix64: a tiny seeded generator, so every run appends the same events for the same log.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+const TITLES: [&str; 6] = ["Dune", "Emma", "Ulysses", "Beloved", "Middlemarch", "Solaris"];
+
+/// Appends `count` seeded events, one stream per book; the seed is the store's head, so a run
+/// continues the sequence of the previous one.
+async fn append_batch<S: EventStore>(store: &S, count: u32) -> Result<(), Box<dyn Error>> {
+    let head = store.head().await?;
+    let mut rng = Rng(42 ^ head.get());
+    let books = 20 + head.get() / 50;
+    for _ in 0..count {
+        let book_id = format!("book-{}", rng.below(books));
+        let user_id = format!("user-{}", rng.below(100));
+        let event = match rng.below(10) {
+            0..=2 => NewEvent::new(&BookAdded { title: TITLES[rng.below(6) as usize].to_owned(), copies: 1 + rng.below(3) as u32, book_id: book_id.clone() })?,
+            3..=5 => NewEvent::new(&BookLent { book_id: book_id.clone(), user_id })?,
+            6..=8 => NewEvent::new(&BookReturned { book_id: book_id.clone(), user_id })?,
+            _ => NewEvent::new(&BookRemoved { book_id: book_id.clone() })?,
+        };
+        store.append(&book_id, ExpectedVersion::Any, vec![event]).await?;
+    }
+    Ok(())
+}
+
+/// Appends the run's batch, catches the model up (showing progress on a terminal) and prints
+/// the summary line.
+async fn run<S: EventStore>(krescent: Krescent<S>, events: u32) -> Result<(), Box<dyn Error>> {
+    append_batch(&**krescent.store(), events).await?;
+    let head = krescent.store().head().await?;
+    let running = krescent.stream(Books::default());
+    let progress = std::io::stderr().is_terminal();
+    while !running.is_finished() && running.position() < head {
+        if progress {
+            eprint!("\rreplaying: {} / {head}", running.position());
+            std::io::stderr().flush()?;
+        }
+        tokio::select! {
+            () = running.reached(head) => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    if progress {
+        eprintln!("\rreplayed: {head} / {head}      ");
+    }
+    let caught_up = running.shutdown().await?;
+    let restored_from = caught_up.origin.restored_from().map_or_else(|| "none".to_owned(), |p: Position| p.to_string());
+    println!("summary: restored_from={restored_from} replayed={} books={}", caught_up.processed, caught_up.model.books.len());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let options = options()?;
+    if let Some(url) = &options.database_url {
+        return postgres::run_on(url, options.events).await;
+    }
+    let store = FileEventStore::open(options.data_dir.join("events.log"))?;
+    let storage = FileCheckpointStorage::open(options.data_dir.join("checkpoints"))?;
+    run(Krescent::new(store).with_storage("bookstore", storage), options.events).await
+}
+
+mod postgres {
+    use krescent::store::PostgresEventStore;
+
+    use super::{run, Error, Krescent};
+
+    /// The same run against PostgreSQL: events and checkpoints in the database, tables created
+    /// on first use.
+    pub(super) async fn run_on(url: &str, events: u32) -> Result<(), Box<dyn Error>> {
+        let store = PostgresEventStore::connect(url).await?;
+        store.migrate().await?;
+        let storage = store.checkpoint_storage();
+        storage.migrate().await?;
+        run(Krescent::new(store).with_storage("bookstore", storage), events).await
+    }
+}

@@ -1,0 +1,55 @@
+//! The main job, run as a user runs it: twice, on the file store and on PostgreSQL.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The example's binary, which `cargo test` builds beside the test binaries.
+fn bookstore() -> Command {
+    let test = std::env::current_exe().expect("test binary");
+    let profile_dir = test.parent().and_then(std::path::Path::parent).expect("target profile directory");
+    let binary: PathBuf = profile_dir.join("examples").join(format!("bookstore{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "{} is missing: `cargo test` builds the examples", binary.display());
+    let mut command = Command::new(binary);
+    command.env_remove("DATABASE_URL");
+    command
+}
+
+/// Runs the example and returns its summary: `restored_from`, `replayed`, `books`.
+fn summary(command: &mut Command) -> (String, u64, u64) {
+    let output = command.output().expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "bookstore failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let line = stdout.lines().find_map(|l| l.strip_prefix("summary: ")).unwrap_or_else(|| panic!("no summary line in {stdout:?}"));
+    let field = |name: &str| {
+        line.split(' ').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).unwrap_or_else(|| panic!("no `{name}` in {line:?}")).to_owned()
+    };
+    (field("restored_from"), field("replayed").parse().expect("number"), field("books").parse().expect("number"))
+}
+
+fn assert_second_run_resumes(mut command: impl FnMut() -> Command) {
+    let (restored, replayed, _) = summary(command().args(["--events", "300"]));
+    assert_eq!((restored.as_str(), replayed), ("none", 300), "the first run replays everything");
+    let (restored, replayed, books) = summary(command().args(["--events", "120"]));
+    assert_eq!((restored.as_str(), replayed), ("300", 120), "the second run resumes from the checkpoint");
+    assert!(books > 0);
+}
+
+#[test]
+fn bookstore_on_files_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert_second_run_resumes(|| {
+        let mut command = bookstore();
+        command.arg("--data-dir").arg(dir.path());
+        command
+    });
+}
+
+#[tokio::test]
+async fn bookstore_on_postgres_resumes_from_its_checkpoint() {
+    let database = krescent_testkit::postgres::fresh_database().await;
+    assert_second_run_resumes(|| {
+        let mut command = bookstore();
+        command.env("DATABASE_URL", database.url());
+        command
+    });
+}
