@@ -250,8 +250,8 @@ pub fn apply_by_hand(documents: &mut Documents, event_type: &str, payload: &str)
 #[macro_export]
 macro_rules! all_documents_model {
     ($(#[$attr:meta])* $vis:vis struct $name:ident;) => {
-        $(#[$attr])*
         #[derive(Debug, Default, ::krescent::EventModel)]
+        $(#[$attr])*
         $vis struct $name {
             /// Document id → field name → value.
             #[checkpoint]

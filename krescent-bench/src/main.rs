@@ -1,0 +1,47 @@
+//! The benchmark program: every figure of `WORKLOAD.md` measured against its baseline in the same
+//! run, several repetitions each, medians.
+//!
+//! ```text
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R]
+//! ```
+//!
+//! It prints one line per figure:
+//! `bench <figure> ratio=<krescent/baseline> krescent=<events/s> baseline=<events/s>`.
+
+mod measure;
+mod memory;
+mod postgres;
+
+use std::error::Error;
+
+/// What to run.
+pub(crate) struct Options {
+    /// Events in the stream (1,000,000 for the published figures).
+    pub(crate) events: usize,
+    /// Repetitions of each measurement; the median is reported.
+    pub(crate) reps: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options { events: 1_000_000, reps: 5 };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or_else(|| format!("`{arg}` needs a value"))?;
+        let number = value.parse::<usize>().map_err(|e| format!("`{arg} {value}`: {e}"))?;
+        match arg.as_str() {
+            "--events" => options.events = number.max(1_000),
+            "--reps" => options.reps = number.max(1),
+            other => return Err(format!("unknown argument `{other}`; expected `--events N` or `--reps R`")),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let options = options()?;
+    eprintln!("workload: {} events, seed {}, {} repetitions, medians", options.events, krescent_testkit::workload::SEED, options.reps);
+    memory::run(&options).await?;
+    postgres::run(&options).await?;
+    Ok(())
+}

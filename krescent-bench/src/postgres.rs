@@ -1,0 +1,242 @@
+//! The PostgreSQL figures: append, replay with checkpoints, resume, live latency, large state.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt as _;
+use krescent::checkpoint::{CheckpointBucket, CheckpointStorage, CheckpointSupport, CheckpointVersion, StoredCheckpoint};
+use krescent::prelude::*;
+use krescent::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore};
+use krescent::{CaughtUp, Position};
+use krescent_testkit::all_documents_model;
+use krescent_testkit::workload::{apply_by_hand, DocumentCreated, Documents, Workload, SEED};
+use serde_json::value::RawValue;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{Json, Type};
+use tokio_postgres::{Client, NoTls};
+
+use crate::measure::{median, rate, throughput};
+use crate::Options;
+
+all_documents_model! {
+    #[model(name = "bench.documents", version = 1)]
+    #[checkpoint(strategy = "fixed_events(25)", storage = "postgres")]
+    struct Documents25;
+}
+
+/// A model whose handler notes when it was called.
+#[derive(EventModel, Default)]
+#[model(name = "bench.latency", version = 1)]
+struct Latency {
+    handled: Vec<Instant>,
+}
+
+#[krescent::handlers]
+impl Latency {
+    fn created(&mut self, _: &DocumentCreated) {
+        self.handled.push(Instant::now());
+    }
+}
+
+/// A model with one large checkpointed map.
+#[derive(EventModel, Default)]
+#[model(name = "bench.large", version = 1)]
+#[checkpoint(strategy = "never", storage = "postgres")]
+struct Large {
+    #[checkpoint]
+    entries: HashMap<String, u64>,
+}
+
+#[krescent::handlers]
+impl Large {
+    fn created(&mut self, e: &DocumentCreated) {
+        let next = self.entries.len() as u64;
+        self.entries.insert(e.document_id.clone(), next);
+    }
+}
+
+const BATCH: usize = 1_000;
+
+/// The database: `DATABASE_URL` when set, else a throwaway server started as the tests start it.
+async fn database_url() -> (String, Option<krescent_testkit::postgres::TestDatabase>) {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let database = krescent_testkit::postgres::fresh_database().await;
+            (database.url().to_owned(), Some(database))
+        }
+    }
+}
+
+async fn client(url: &str) -> Result<Client, Box<dyn Error>> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("bench connection: {e}");
+        }
+    });
+    Ok(client)
+}
+
+pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
+    let (url, _database) = database_url().await;
+    let config = PostgresConfig::in_schema("krescent_bench");
+    let client = client(&url).await?;
+    client.batch_execute("DROP SCHEMA IF EXISTS krescent_bench CASCADE; DROP SCHEMA IF EXISTS krescent_bench_live CASCADE").await?;
+    let store = PostgresEventStore::connect_with(&url, config.clone()).await?;
+    store.migrate().await?;
+    let storage = store.checkpoint_storage();
+    storage.migrate().await?;
+    let events = format!("krescent_bench.{}", config.events_table);
+
+    let workload: Vec<_> = Workload::new(SEED).take(options.events).collect();
+    append(options, &store, &client, &events, &workload).await?;
+
+    let krescent = Krescent::new(store).with_storage("postgres", storage.clone());
+    let full = replay(options, &krescent, &storage, &client, &events).await?;
+    resume(options, &krescent, full).await?;
+    live_latency(options, &url).await?;
+    large_state(options, &krescent, &storage).await?;
+    Ok(())
+}
+
+/// `append`: batches of 1,000 through the store, against binary `COPY` of the same rows into an
+/// equally indexed table.
+async fn append(options: &Options, store: &PostgresEventStore, client: &Client, events: &str, workload: &[krescent_testkit::workload::DocumentEvent]) -> Result<(), Box<dyn Error>> {
+    let batches: Vec<Vec<NewEvent>> = workload.chunks(BATCH).map(|chunk| chunk.iter().map(|e| e.to_new_event()).collect()).collect();
+    let rows: Vec<Vec<(String, i64, uuid::Uuid, String, Box<RawValue>)>> = batches
+        .iter()
+        .enumerate()
+        .map(|(b, batch)| {
+            batch
+                .iter()
+                .zip(1..)
+                .map(|(e, v)| Ok((format!("bench-{b}"), v, e.event_id, e.event_type.to_string(), RawValue::from_string(e.payload.to_string())?)))
+                .collect::<Result<_, serde_json::Error>>()
+        })
+        .collect::<Result<_, _>>()?;
+    client.batch_execute(&format!("DROP TABLE IF EXISTS krescent_bench.copy_target; CREATE TABLE krescent_bench.copy_target (LIKE {events} INCLUDING ALL)")).await?;
+
+    let copy = median(options.reps, || async {
+        client.batch_execute("TRUNCATE krescent_bench.copy_target RESTART IDENTITY").await?;
+        let types = [Type::TEXT, Type::INT8, Type::UUID, Type::TEXT, Type::JSONB];
+        for batch in &rows {
+            let sink = client.copy_in("COPY krescent_bench.copy_target (stream_id, stream_version, event_id, event_type, payload) FROM STDIN BINARY").await?;
+            let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+            for (stream, version, id, event_type, payload) in batch {
+                writer.as_mut().write(&[stream, version, id, event_type, &Json(&**payload)]).await?;
+            }
+            writer.finish().await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    })
+    .await?;
+    let appended = median(options.reps, || async {
+        client.batch_execute(&format!("TRUNCATE {events} RESTART IDENTITY")).await?;
+        for (b, batch) in batches.iter().enumerate() {
+            store.append(&format!("bench-{b}"), ExpectedVersion::NoStream, batch.clone()).await?;
+        }
+        Ok::<_, Box<dyn Error>>(())
+    })
+    .await?;
+    throughput("append", workload.len(), appended, copy);
+    Ok(())
+}
+
+/// `postgres_replay`: the whole table into the model with `fixed_events(25)` checkpoints into
+/// Postgres, against one streaming `SELECT` decoding every row.
+async fn replay(options: &Options, krescent: &Krescent<PostgresEventStore>, storage: &impl CheckpointStorage, client: &Client, events: &str) -> Result<Duration, Box<dyn Error>> {
+    let select = format!("SELECT event_type, payload::text FROM {events} ORDER BY position");
+    let baseline = median(options.reps, || async {
+        let rows = client.query_raw(&select, std::iter::empty::<&str>()).await?;
+        let mut rows = pin!(rows);
+        let mut documents = Documents::new();
+        while let Some(row) = rows.try_next().await? {
+            apply_by_hand(&mut documents, row.get(0), row.get(1)).map_err(|e| Box::new(e) as Box<dyn Error>)?;
+        }
+        Ok::<_, Box<dyn Error>>(documents.len())
+    })
+    .await?;
+    let checkpoints = std::cell::Cell::new(0);
+    let replayed = median(options.reps, || async {
+        storage.delete("bench.documents").await?;
+        let run: CaughtUp<Documents25> = krescent.catch_up(Documents25::default()).await?;
+        checkpoints.set(run.checkpoints);
+        Ok::<_, Box<dyn Error>>(run.model.documents.len())
+    })
+    .await?;
+    eprintln!("postgres_replay: {} checkpoints written in the last run", checkpoints.get());
+    throughput("postgres_replay", options.events, replayed, baseline);
+    Ok(replayed)
+}
+
+/// `resume`: with a checkpoint at the tail, 1,000 new events; its time over a full replay's.
+async fn resume(options: &Options, krescent: &Krescent<PostgresEventStore>, full: Duration) -> Result<(), Box<dyn Error>> {
+    let mut fresh = Workload::new(SEED ^ 0x5eed);
+    let mut times = Vec::with_capacity(options.reps);
+    for _ in 0..options.reps {
+        let batch: Vec<NewEvent> = fresh.by_ref().take(BATCH).map(|e| e.to_new_event()).collect();
+        krescent.store().append("bench-resume", ExpectedVersion::Any, batch).await?;
+        let start = Instant::now();
+        let run = krescent.catch_up(Documents25::default()).await?;
+        times.push(start.elapsed());
+        assert!(run.origin.restored_from().is_some() && run.processed == BATCH as u64, "resume starts from the checkpoint at the tail");
+    }
+    times.sort_unstable();
+    let resumed = times[times.len() / 2];
+    println!("bench resume ratio={:.4} krescent={:.0} baseline={:.0}", resumed.as_secs_f64() / full.as_secs_f64(), rate(BATCH, resumed), rate(options.events, full));
+    Ok(())
+}
+
+/// `live_latency`: single appends, each waited for, from before the append to the handler call.
+async fn live_latency(options: &Options, url: &str) -> Result<(), Box<dyn Error>> {
+    let store = PostgresEventStore::connect_with(url, PostgresConfig::in_schema("krescent_bench_live")).await?;
+    store.migrate().await?;
+    let krescent = Krescent::new(store);
+    let count = (options.events / 100).clamp(1_000, 10_000);
+    let running = krescent.stream(Latency::default());
+    let mut sent = Vec::with_capacity(count);
+    for (i, event) in Workload::new(SEED).filter(|e| matches!(e, krescent_testkit::workload::DocumentEvent::Created(_))).take(count).enumerate() {
+        sent.push(Instant::now());
+        let appended = krescent.store().append(&format!("live-{i}"), ExpectedVersion::NoStream, vec![event.to_new_event()]).await?;
+        running.reached(appended.position).await;
+    }
+    let model = running.shutdown().await?.model;
+    let mut latencies: Vec<Duration> = model.handled.iter().zip(&sent).map(|(handled, sent)| handled.saturating_duration_since(*sent)).collect();
+    latencies.sort_unstable();
+    let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_micros();
+    println!("bench live_latency p50_us={} p99_us={}", percentile(50), percentile(99));
+    Ok(())
+}
+
+/// `large_state`: a checkpoint of an N-key map written to Postgres, and restored from it.
+async fn large_state(options: &Options, krescent: &Krescent<PostgresEventStore>, storage: &impl CheckpointStorage) -> Result<(), Box<dyn Error>> {
+    let mut model = Large::default();
+    for (i, event) in Workload::new(SEED).filter_map(|e| match e {
+        krescent_testkit::workload::DocumentEvent::Created(c) => Some(c),
+        _ => None,
+    })
+    .take(options.events)
+    .enumerate()
+    {
+        model.entries.insert(event.document_id, i as u64);
+    }
+    let checkpoint = median(options.reps, || async {
+        let mut bucket = CheckpointBucket::new();
+        model.create_checkpoint(&mut bucket)?;
+        let stored = StoredCheckpoint::new("bench.large", CheckpointVersion::of::<Large>(), Position::new(options.events as u64), bucket);
+        storage.store(&stored).await?;
+        Ok::<_, Box<dyn Error>>(())
+    })
+    .await?;
+    let restore = median(options.reps, || async {
+        let restored = krescent.restore_only(Large::default()).await?;
+        assert_eq!(restored.model.entries.len(), model.entries.len(), "the whole map is restored");
+        Ok::<_, Box<dyn Error>>(())
+    })
+    .await?;
+    println!("bench large_state keys={} checkpoint_ms={} restore_ms={}", model.entries.len(), checkpoint.as_millis(), restore.as_millis());
+    Ok(())
+}
