@@ -52,11 +52,31 @@ impl Listener {
         }
     }
 
-    /// Resolves when a head after `after` is known, or after `timeout`.
-    pub(crate) async fn wait_past(&self, after: Position, timeout: Duration) {
-        let mut head = self.head.clone();
-        // An error means the task is gone (the runtime is shutting down): just time out.
-        let _ = tokio::time::timeout(timeout, head.wait_for(|head| *head > after)).await;
+    /// Whether the task still runs (it ends only with its runtime).
+    pub(crate) fn is_alive(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// The head it publishes.
+    pub(crate) fn head(&self) -> watch::Receiver<Position> {
+        self.head.clone()
+    }
+}
+
+/// Resolves when `head` shows a position after `after`, or after `timeout`.
+pub(crate) async fn wait_past(
+    mut head: watch::Receiver<Position>,
+    after: Position,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let task_gone = matches!(
+        tokio::time::timeout_at(deadline, head.wait_for(|head| *head > after)).await,
+        Ok(Err(_))
+    );
+    if task_gone {
+        // Never return early then, or callers would spin.
+        tokio::time::sleep_until(deadline).await;
     }
 }
 
@@ -122,7 +142,7 @@ async fn listen(to: ListenTo, tx: watch::Sender<Position>) {
                 }
             }
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "cannot open the listening connection")
+                warn!(error = %e, retry_in = ?backoff, "cannot open the listening connection");
             }
         }
         tokio::time::sleep(backoff).await;

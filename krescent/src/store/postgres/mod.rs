@@ -8,7 +8,7 @@ mod schema;
 
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub(crate) use config::Names;
 pub use config::PostgresConfig;
 pub(crate) use error::DbFailure;
-use listener::{ListenTo, Listener};
+use listener::{wait_past, ListenTo, Listener};
 pub(crate) use schema::{migrate, Component};
 
 use super::{Appended, EventStore, ExpectedVersion, StoreError};
@@ -120,7 +120,8 @@ pub struct PostgresEventStore {
     names: Arc<Names>,
     sql: Sql,
     listen_config: tokio_postgres::Config,
-    listener: OnceLock<Listener>,
+    /// Started by the first live read; started again if its runtime went away.
+    listener: Mutex<Option<Listener>>,
 }
 
 /// The statements of a store, with its quoted table name in them.
@@ -193,7 +194,7 @@ impl PostgresEventStore {
             names: Arc::new(names),
             config,
             listen_config: listen,
-            listener: OnceLock::new(),
+            listener: Mutex::new(None),
         })
     }
 
@@ -388,15 +389,23 @@ impl PostgresEventStore {
         }))
     }
 
-    fn listener(&self) -> &Listener {
-        self.listener.get_or_init(|| {
-            Listener::spawn(ListenTo {
-                config: self.listen_config.clone(),
-                listen: self.names.listen.clone(),
-                head_query: self.sql.head.clone(),
-                prefix: notify_prefix(&self.names),
-            })
-        })
+    /// The head the listening connection publishes; starts it if it does not run.
+    fn listened_head(&self) -> tokio::sync::watch::Receiver<Position> {
+        let mut listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*listener {
+            Some(running) if running.is_alive() => running.head(),
+            _ => {
+                let started = Listener::spawn(ListenTo {
+                    config: self.listen_config.clone(),
+                    listen: self.names.listen.clone(),
+                    head_query: self.sql.head.clone(),
+                    prefix: notify_prefix(&self.names),
+                });
+                let head = started.head();
+                *listener = Some(started);
+                head
+            }
+        }
     }
 
     async fn try_read_after(
@@ -484,9 +493,7 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn wait_for_append(&self, after: Position) -> Result<(), StoreError> {
-        self.listener()
-            .wait_past(after, self.config.poll_interval)
-            .await;
+        wait_past(self.listened_head(), after, self.config.poll_interval).await;
         Ok(())
     }
 }
