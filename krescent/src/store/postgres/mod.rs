@@ -326,7 +326,7 @@ impl PostgresEventStore {
         let tx = client.transaction().await?;
         // Sent together, run one after the other: the append's statement starts (and takes its
         // snapshot) only once the lock is held, so it sees every earlier append committed;
-        // see the module documentation.
+        // see the documentation of `PostgresEventStore`.
         let key = self.names.append_lock();
         let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
         let append_params: [&(dyn ToSql + Sync); 7] = [
