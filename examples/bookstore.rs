@@ -97,7 +97,11 @@ struct Options {
 }
 
 fn options() -> Result<Options, String> {
-    let mut options = Options { data_dir: PathBuf::from("krescent-data"), events: 500, database_url: std::env::var("DATABASE_URL").ok() };
+    let mut options = Options {
+        data_dir: PathBuf::from("krescent-data"),
+        events: 500,
+        database_url: std::env::var("DATABASE_URL").ok(),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("`{arg}` needs a value"));
@@ -111,37 +115,60 @@ fn options() -> Result<Options, String> {
     Ok(options)
 }
 
-/// SplitMix64: a tiny seeded generator, so every run appends the same events for the same log.
+/// `SplitMix64`: a tiny seeded generator, so every run appends the same events for the same log.
 struct Rng(u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number in `0..n`.
+    #[allow(clippy::cast_possible_truncation)] // the result is below `n`, which fits
+    fn below(&mut self, n: usize) -> usize {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
+        ((z ^ (z >> 31)) % n as u64) as usize
     }
 }
 
-const TITLES: [&str; 6] = ["Dune", "Emma", "Ulysses", "Beloved", "Middlemarch", "Solaris"];
+const TITLES: [&str; 6] = [
+    "Dune",
+    "Emma",
+    "Ulysses",
+    "Beloved",
+    "Middlemarch",
+    "Solaris",
+];
 
 /// Appends `count` seeded events, one stream per book; the seed is the store's head, so a run
 /// continues the sequence of the previous one.
 async fn append_batch<S: EventStore>(store: &S, count: u32) -> Result<(), Box<dyn Error>> {
     let head = store.head().await?;
-    let mut rng = Rng(42 ^ head.get());
-    let books = 20 + head.get() / 50;
+    let mut rng = Rng(0x2a ^ head.get());
+    let books = 20 + usize::try_from(head.get() / 50)?;
     for _ in 0..count {
         let book_id = format!("book-{}", rng.below(books));
         let user_id = format!("user-{}", rng.below(100));
         let event = match rng.below(10) {
-            0..=2 => NewEvent::new(&BookAdded { title: TITLES[rng.below(6) as usize].to_owned(), copies: 1 + rng.below(3) as u32, book_id: book_id.clone() })?,
-            3..=5 => NewEvent::new(&BookLent { book_id: book_id.clone(), user_id })?,
-            6..=8 => NewEvent::new(&BookReturned { book_id: book_id.clone(), user_id })?,
-            _ => NewEvent::new(&BookRemoved { book_id: book_id.clone() })?,
+            0..=2 => NewEvent::new(&BookAdded {
+                title: TITLES[rng.below(TITLES.len())].to_owned(),
+                copies: [1, 2, 3][rng.below(3)],
+                book_id: book_id.clone(),
+            })?,
+            3..=5 => NewEvent::new(&BookLent {
+                book_id: book_id.clone(),
+                user_id,
+            })?,
+            6..=8 => NewEvent::new(&BookReturned {
+                book_id: book_id.clone(),
+                user_id,
+            })?,
+            _ => NewEvent::new(&BookRemoved {
+                book_id: book_id.clone(),
+            })?,
         };
-        store.append(&book_id, ExpectedVersion::Any, vec![event]).await?;
+        store
+            .append(&book_id, ExpectedVersion::Any, vec![event])
+            .await?;
     }
     Ok(())
 }
@@ -167,8 +194,15 @@ async fn run<S: EventStore>(krescent: Krescent<S>, events: u32) -> Result<(), Bo
         eprintln!("\rreplayed: {head} / {head}      ");
     }
     let caught_up = running.shutdown().await?;
-    let restored_from = caught_up.origin.restored_from().map_or_else(|| "none".to_owned(), |p: Position| p.to_string());
-    println!("summary: restored_from={restored_from} replayed={} books={}", caught_up.processed, caught_up.model.books.len());
+    let restored_from = caught_up
+        .origin
+        .restored_from()
+        .map_or_else(|| "none".to_owned(), |p: Position| p.to_string());
+    println!(
+        "summary: restored_from={restored_from} replayed={} books={}",
+        caught_up.processed,
+        caught_up.model.books.len()
+    );
     Ok(())
 }
 
@@ -180,7 +214,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let store = FileEventStore::open(options.data_dir.join("events.log"))?;
     let storage = FileCheckpointStorage::open(options.data_dir.join("checkpoints"))?;
-    run(Krescent::new(store).with_storage("bookstore", storage), options.events).await
+    run(
+        Krescent::new(store).with_storage("bookstore", storage),
+        options.events,
+    )
+    .await
 }
 
 mod postgres {
@@ -195,6 +233,10 @@ mod postgres {
         store.migrate().await?;
         let storage = store.checkpoint_storage();
         storage.migrate().await?;
-        run(Krescent::new(store).with_storage("bookstore", storage), events).await
+        run(
+            Krescent::new(store).with_storage("bookstore", storage),
+            events,
+        )
+        .await
     }
 }

@@ -6,9 +6,18 @@ use std::process::Command;
 /// The example's binary, which `cargo test` builds beside the test binaries.
 fn bookstore() -> Command {
     let test = std::env::current_exe().expect("test binary");
-    let profile_dir = test.parent().and_then(std::path::Path::parent).expect("target profile directory");
-    let binary: PathBuf = profile_dir.join("examples").join(format!("bookstore{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "{} is missing: `cargo test` builds the examples", binary.display());
+    let profile_dir = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target profile directory");
+    let binary: PathBuf = profile_dir
+        .join("examples")
+        .join(format!("bookstore{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        binary.display()
+    );
     let mut command = Command::new(binary);
     command.env_remove("DATABASE_URL");
     command
@@ -18,19 +27,41 @@ fn bookstore() -> Command {
 fn summary(command: &mut Command) -> (String, u64, u64) {
     let output = command.output().expect("run the example");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "bookstore failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let line = stdout.lines().find_map(|l| l.strip_prefix("summary: ")).unwrap_or_else(|| panic!("no summary line in {stdout:?}"));
+    assert!(
+        output.status.success(),
+        "bookstore failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .unwrap_or_else(|| panic!("no summary line in {stdout:?}"));
     let field = |name: &str| {
-        line.split(' ').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).unwrap_or_else(|| panic!("no `{name}` in {line:?}")).to_owned()
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no `{name}` in {line:?}"))
+            .to_owned()
     };
-    (field("restored_from"), field("replayed").parse().expect("number"), field("books").parse().expect("number"))
+    (
+        field("restored_from"),
+        field("replayed").parse().expect("number"),
+        field("books").parse().expect("number"),
+    )
 }
 
 fn assert_second_run_resumes(mut command: impl FnMut() -> Command) {
     let (restored, replayed, _) = summary(command().args(["--events", "300"]));
-    assert_eq!((restored.as_str(), replayed), ("none", 300), "the first run replays everything");
+    assert_eq!(
+        (restored.as_str(), replayed),
+        ("none", 300),
+        "the first run replays everything"
+    );
     let (restored, replayed, books) = summary(command().args(["--events", "120"]));
-    assert_eq!((restored.as_str(), replayed), ("300", 120), "the second run resumes from the checkpoint");
+    assert_eq!(
+        (restored.as_str(), replayed),
+        ("300", 120),
+        "the second run resumes from the checkpoint"
+    );
     assert!(books > 0);
 }
 

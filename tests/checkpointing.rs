@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use krescent::checkpoint::{CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError, StoredCheckpoint};
+use krescent::checkpoint::{
+    CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
+    StoredCheckpoint,
+};
 use krescent::prelude::*;
 use krescent::store::{EventStore, ExpectedVersion, InMemoryEventStore};
 use krescent::{Error, Origin, Position};
@@ -21,7 +24,7 @@ struct Refused(u32);
 
 /// Declares a counting model with the given strategy and extra `#[checkpoint]` options.
 macro_rules! counter_model {
-    ($name:ident, $namespace:tt, version = $version:tt, $($checkpoint:tt)*) => {
+    ($name:ident, $namespace:literal, version = $version:literal, $($checkpoint:tt)*) => {
         #[derive(Debug, EventModel, Default)]
         #[model(name = $namespace, version = $version)]
         #[checkpoint($($checkpoint)*)]
@@ -60,14 +63,63 @@ macro_rules! counter_model {
     };
 }
 
-counter_model!(Always, "counter.always", version = 1, strategy = "always", storage = "memory");
-counter_model!(Every100, "counter.every100", version = 1, strategy = "fixed_events(100)", storage = "recording");
-counter_model!(Manual, "counter.manual", version = 1, strategy = "manual", storage = "recording");
-counter_model!(FiveOrManual, "counter.five", version = 1, strategy = "fixed_events(5) | manual", storage = "recording");
-counter_model!(FileV1, "counter.file", version = 1, strategy = "always", storage = "file");
-counter_model!(FileV2, "counter.file", version = 2, strategy = "always", storage = "file");
-counter_model!(FileStrict, "counter.file", version = 1, strategy = "always", storage = "file", on_invalid = "fail");
-counter_model!(Unregistered, "counter.nowhere", version = 1, strategy = "always", storage = "nowhere");
+counter_model!(
+    Always,
+    "counter.always",
+    version = 1,
+    strategy = "always",
+    storage = "memory"
+);
+counter_model!(
+    Every100,
+    "counter.every100",
+    version = 1,
+    strategy = "fixed_events(100)",
+    storage = "recording"
+);
+counter_model!(
+    Manual,
+    "counter.manual",
+    version = 1,
+    strategy = "manual",
+    storage = "recording"
+);
+counter_model!(
+    FiveOrManual,
+    "counter.five",
+    version = 1,
+    strategy = "fixed_events(5) | manual",
+    storage = "recording"
+);
+counter_model!(
+    FileV1,
+    "counter.file",
+    version = 1,
+    strategy = "always",
+    storage = "file"
+);
+counter_model!(
+    FileV2,
+    "counter.file",
+    version = 2,
+    strategy = "always",
+    storage = "file"
+);
+counter_model!(
+    FileStrict,
+    "counter.file",
+    version = 1,
+    strategy = "always",
+    storage = "file",
+    on_invalid = "fail"
+);
+counter_model!(
+    Unregistered,
+    "counter.nowhere",
+    version = 1,
+    strategy = "always",
+    storage = "nowhere"
+);
 
 #[derive(EventModel, Default)]
 #[model(name = "counter.plain", version = 1)]
@@ -101,7 +153,10 @@ impl CheckpointStorage for Recording {
         self.inner.load(namespace).await
     }
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
-        self.written.lock().expect("lock").push(checkpoint.position.get());
+        self.written
+            .lock()
+            .expect("lock")
+            .push(checkpoint.position.get());
         self.inner.store(checkpoint).await
     }
     async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
@@ -123,13 +178,28 @@ fn setup() -> Setup {
     let recording = Arc::new(Recording::default());
     let krescent = Krescent::new(InMemoryEventStore::new())
         .with_shared_storage("recording", recording.clone())
-        .with_storage("file", FileCheckpointStorage::open(dir.path()).expect("storage"));
-    Setup { krescent, recording, dir }
+        .with_storage(
+            "file",
+            FileCheckpointStorage::open(dir.path()).expect("storage"),
+        );
+    Setup {
+        krescent,
+        recording,
+        dir,
+    }
 }
 
 async fn append(krescent: &Krescent<InMemoryEventStore>, numbers: impl IntoIterator<Item = u32>) {
     for n in numbers {
-        krescent.store().append("counter", ExpectedVersion::Any, vec![NewEvent::new(&Added { n }).expect("encode")]).await.expect("append");
+        krescent
+            .store()
+            .append(
+                "counter",
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&Added { n }).expect("encode")],
+            )
+            .await
+            .expect("append");
     }
 }
 
@@ -148,85 +218,175 @@ async fn written(recording: &Recording, count: usize) -> Vec<u64> {
 async fn a_failed_handler_stops_the_run_and_its_event_is_delivered_again() {
     let Setup { krescent, .. } = setup();
     append(&krescent, 1..=3).await;
-    let failing = Always { fail_on: Some(2), ..Always::default() };
+    let failing = Always {
+        fail_on: Some(2),
+        ..Always::default()
+    };
     match krescent.catch_up(failing).await {
-        Err(Error::Handler { model, event_type, position, source }) => {
-            assert_eq!((model, event_type.as_str(), position), ("counter.always", "counter.added", Position::new(2)));
+        Err(Error::Handler {
+            model,
+            event_type,
+            position,
+            source,
+        }) => {
+            assert_eq!(
+                (model, event_type.as_str(), position),
+                ("counter.always", "counter.added", Position::new(2))
+            );
             assert_eq!(source.to_string(), "refusing 2");
         }
         other => panic!("expected the handler error, got {other:?}"),
     }
-    let again = krescent.catch_up(Always::default()).await.expect("second run");
-    assert_eq!(again.origin, Origin::Restored { position: Position::new(1) });
-    assert_eq!(again.model.delivered, [2, 3], "only the failed event and those after it are delivered again");
+    let again = krescent
+        .catch_up(Always::default())
+        .await
+        .expect("second run");
+    assert_eq!(
+        again.origin,
+        Origin::Restored {
+            position: Position::new(1)
+        }
+    );
+    assert_eq!(
+        again.model.delivered,
+        [2, 3],
+        "only the failed event and those after it are delivered again"
+    );
     assert_eq!(again.model.seen, [1, 2, 3]);
 }
 
 #[tokio::test]
 async fn a_graceful_shutdown_writes_a_final_checkpoint() {
-    let Setup { krescent, recording, .. } = setup();
+    let Setup {
+        krescent,
+        recording,
+        ..
+    } = setup();
     append(&krescent, 1..=10).await;
     let running = krescent.stream(Every100::default());
     running.reached(Position::new(10)).await;
     let stopped = running.shutdown().await.expect("shutdown");
     assert_eq!(stopped.model.seen.len(), 10);
-    assert_eq!(recording.written(), [10], "fixed_events(100) took no checkpoint before the stop, one at the stop");
+    assert_eq!(
+        recording.written(),
+        [10],
+        "fixed_events(100) took no checkpoint before the stop, one at the stop"
+    );
 
     append(&krescent, 11..=15).await;
-    let next = krescent.catch_up(Every100::default()).await.expect("next run");
-    assert_eq!(next.origin, Origin::Restored { position: Position::new(10) });
+    let next = krescent
+        .catch_up(Every100::default())
+        .await
+        .expect("next run");
+    assert_eq!(
+        next.origin,
+        Origin::Restored {
+            position: Position::new(10)
+        }
+    );
     assert_eq!(next.model.delivered, [11, 12, 13, 14, 15]);
     assert_eq!(next.processed, 5);
 }
 
 #[tokio::test]
 async fn manual_checkpoints_only_when_requested_at_the_next_event() {
-    let Setup { krescent, recording, .. } = setup();
+    let Setup {
+        krescent,
+        recording,
+        ..
+    } = setup();
     append(&krescent, 1..=5).await;
     let running = krescent.stream(Manual::default());
     running.reached(Position::new(5)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(recording.written().is_empty(), "no checkpoint before a request");
+    assert!(
+        recording.written().is_empty(),
+        "no checkpoint before a request"
+    );
     running.request_checkpoint();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(recording.written().is_empty(), "the request waits for the next event");
+    assert!(
+        recording.written().is_empty(),
+        "the request waits for the next event"
+    );
     append(&krescent, [6]).await;
     assert_eq!(written(&recording, 1).await, [6]);
     append(&krescent, 7..=9).await;
     running.reached(Position::new(9)).await;
     let stopped = running.shutdown().await.expect("shutdown");
-    assert_eq!(recording.written(), [6], "manual takes no checkpoint at shutdown without a request");
+    assert_eq!(
+        recording.written(),
+        [6],
+        "manual takes no checkpoint at shutdown without a request"
+    );
     assert_eq!(stopped.model.seen, (1..=9).collect::<Vec<_>>());
 }
 
 #[tokio::test]
 async fn restore_only_without_a_checkpoint_says_so_and_writes_nothing() {
-    let Setup { krescent, recording, .. } = setup();
+    let Setup {
+        krescent,
+        recording,
+        ..
+    } = setup();
     append(&krescent, 1..=3).await;
-    let restored = krescent.restore_only(Every100::default()).await.expect("restore");
+    let restored = krescent
+        .restore_only(Every100::default())
+        .await
+        .expect("restore");
     assert_eq!(restored.origin, Origin::Scratch);
     assert_eq!(restored.position, Position::START);
     assert!(restored.model.seen.is_empty() && restored.model.delivered.is_empty());
     assert!(recording.written().is_empty());
     assert!(recording.list().await.expect("list").is_empty());
 
-    krescent.catch_up(Every100::default()).await.expect("catch up");
-    let restored = krescent.restore_only(Every100::default()).await.expect("restore");
-    assert_eq!(restored.origin, Origin::Restored { position: Position::new(3) });
+    krescent
+        .catch_up(Every100::default())
+        .await
+        .expect("catch up");
+    let restored = krescent
+        .restore_only(Every100::default())
+        .await
+        .expect("restore");
+    assert_eq!(
+        restored.origin,
+        Origin::Restored {
+            position: Position::new(3)
+        }
+    );
     assert_eq!(restored.model.seen, [1, 2, 3]);
-    assert!(restored.model.delivered.is_empty(), "restore_only reads no event");
+    assert!(
+        restored.model.delivered.is_empty(),
+        "restore_only reads no event"
+    );
 }
 
 #[tokio::test]
 async fn bumping_the_model_version_rebuilds_from_scratch() {
-    let Setup { krescent, dir: _dir, .. } = setup();
+    let Setup {
+        krescent,
+        dir: _dir,
+        ..
+    } = setup();
     append(&krescent, 1..=4).await;
     krescent.catch_up(FileV1::default()).await.expect("v1");
     let v2 = krescent.catch_up(FileV2::default()).await.expect("v2");
-    assert!(matches!(&v2.origin, Origin::Rebuilt { reason } if reason.contains("version")), "{:?}", v2.origin);
+    assert!(
+        matches!(&v2.origin, Origin::Rebuilt { reason } if reason.contains("version")),
+        "{:?}",
+        v2.origin
+    );
     assert_eq!(v2.model.delivered, [1, 2, 3, 4]);
-    let v2_again = krescent.catch_up(FileV2::default()).await.expect("v2 again");
-    assert_eq!(v2_again.origin, Origin::Restored { position: Position::new(4) });
+    let v2_again = krescent
+        .catch_up(FileV2::default())
+        .await
+        .expect("v2 again");
+    assert_eq!(
+        v2_again.origin,
+        Origin::Restored {
+            position: Position::new(4)
+        }
+    );
 }
 
 /// Damages the checkpoint file of `counter.file` in one of several ways.
@@ -248,20 +408,44 @@ fn damage(dir: &std::path::Path, how: &str) {
     std::fs::write(&path, damaged).expect("write");
 }
 
-const DAMAGES: [&str; 7] = ["truncated", "garbage", "empty", "wrong version", "malformed position", "missing field", "wrong kind"];
+const DAMAGES: [&str; 7] = [
+    "truncated",
+    "garbage",
+    "empty",
+    "wrong version",
+    "malformed position",
+    "missing field",
+    "wrong kind",
+];
 
 #[tokio::test]
 async fn a_corrupt_checkpoint_rebuilds_by_default() {
     for how in DAMAGES {
         let Setup { krescent, dir, .. } = setup();
         append(&krescent, 1..=4).await;
-        krescent.catch_up(FileV1::default()).await.expect("first run");
+        krescent
+            .catch_up(FileV1::default())
+            .await
+            .expect("first run");
         damage(dir.path(), how);
         let rebuilt = krescent.catch_up(FileV1::default()).await.expect("rebuild");
-        assert!(matches!(rebuilt.origin, Origin::Rebuilt { .. }), "{how}: {:?}", rebuilt.origin);
+        assert!(
+            matches!(rebuilt.origin, Origin::Rebuilt { .. }),
+            "{how}: {:?}",
+            rebuilt.origin
+        );
         assert_eq!(rebuilt.model.seen, [1, 2, 3, 4], "{how}");
-        let after = krescent.catch_up(FileV1::default()).await.expect("after the rebuild");
-        assert_eq!(after.origin, Origin::Restored { position: Position::new(4) }, "{how}: the rebuild wrote a good checkpoint");
+        let after = krescent
+            .catch_up(FileV1::default())
+            .await
+            .expect("after the rebuild");
+        assert_eq!(
+            after.origin,
+            Origin::Restored {
+                position: Position::new(4)
+            },
+            "{how}: the rebuild wrote a good checkpoint"
+        );
     }
 }
 
@@ -270,7 +454,10 @@ async fn a_corrupt_checkpoint_is_an_error_when_the_model_asks_for_it() {
     for how in DAMAGES {
         let Setup { krescent, dir, .. } = setup();
         append(&krescent, 1..=4).await;
-        krescent.catch_up(FileStrict::default()).await.expect("first run");
+        krescent
+            .catch_up(FileStrict::default())
+            .await
+            .expect("first run");
         damage(dir.path(), how);
         match krescent.catch_up(FileStrict::default()).await {
             Err(Error::InvalidCheckpoint { namespace, reason }) => {
@@ -284,19 +471,35 @@ async fn a_corrupt_checkpoint_is_an_error_when_the_model_asks_for_it() {
 
 #[tokio::test]
 async fn fixed_events_counts_again_after_every_checkpoint_also_a_manual_one() {
-    let Setup { krescent, recording, .. } = setup();
+    let Setup {
+        krescent,
+        recording,
+        ..
+    } = setup();
     append(&krescent, 1..=2).await;
     let running = krescent.stream(FiveOrManual::default());
     running.reached(Position::new(2)).await;
     running.request_checkpoint();
     append(&krescent, [3]).await;
-    assert_eq!(written(&recording, 1).await, [3], "the manual request at the next event");
+    assert_eq!(
+        written(&recording, 1).await,
+        [3],
+        "the manual request at the next event"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     append(&krescent, 4..=10).await;
     running.reached(Position::new(10)).await;
-    assert_eq!(written(&recording, 2).await, [3, 8], "five events after the manual checkpoint, not at 5");
+    assert_eq!(
+        written(&recording, 2).await,
+        [3, 8],
+        "five events after the manual checkpoint, not at 5"
+    );
     running.shutdown().await.expect("shutdown");
-    assert_eq!(recording.written(), [3, 8, 10], "and the unsaved rest at the stop");
+    assert_eq!(
+        recording.written(),
+        [3, 8, 10],
+        "and the unsaved rest at the stop"
+    );
 }
 
 #[tokio::test]
@@ -315,7 +518,11 @@ async fn an_unknown_storage_fails_before_any_event() {
     let Setup { krescent, .. } = setup();
     append(&krescent, 1..=3).await;
     match krescent.catch_up(Unregistered::default()).await {
-        Err(Error::UnknownStorage { model, name, registered }) => {
+        Err(Error::UnknownStorage {
+            model,
+            name,
+            registered,
+        }) => {
             assert_eq!((model, name), ("counter.nowhere", "nowhere"));
             assert_eq!(registered, ["file", "memory", "recording"]);
         }
@@ -336,6 +543,15 @@ async fn the_model_learns_how_it_started_and_when_it_caught_up() {
     append(&krescent, [6]).await;
     running.reached(Position::new(6)).await;
     let second = running.shutdown().await.expect("shutdown");
-    assert_eq!(second.model.origin, Some(Origin::Restored { position: Position::new(3) }));
-    assert_eq!(second.model.caught_up_at.first(), Some(&Position::new(5)), "caught up after the history");
+    assert_eq!(
+        second.model.origin,
+        Some(Origin::Restored {
+            position: Position::new(3)
+        })
+    );
+    assert_eq!(
+        second.model.caught_up_at.first(),
+        Some(&Position::new(5)),
+        "caught up after the history"
+    );
 }

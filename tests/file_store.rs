@@ -10,13 +10,22 @@ fn event(n: u32) -> NewEvent {
 async fn store_with_three(path: &std::path::Path) -> Vec<u8> {
     let store = FileEventStore::open(path).expect("open");
     for n in 1..=3 {
-        store.append("s", ExpectedVersion::Any, vec![event(n)]).await.expect("append");
+        store
+            .append("s", ExpectedVersion::Any, vec![event(n)])
+            .await
+            .expect("append");
     }
     std::fs::read(path).expect("read log")
 }
 
 async fn payloads(store: &FileEventStore) -> Vec<String> {
-    store.read_after(Position::START, 100).await.expect("read").iter().map(|e| e.payload.to_string()).collect()
+    store
+        .read_after(Position::START, 100)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.payload.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -25,10 +34,21 @@ async fn events_and_stream_versions_survive_a_reopen() {
     let path = dir.path().join("nested/events.log");
     store_with_three(&path).await;
     let store = FileEventStore::open(&path).expect("reopen");
-    assert_eq!(payloads(&store).await, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
+    assert_eq!(
+        payloads(&store).await,
+        [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]
+    );
     assert_eq!(store.head().await.expect("head"), Position::new(3));
-    assert!(matches!(store.append("s", ExpectedVersion::Exact(2), vec![event(9)]).await, Err(StoreError::Conflict { actual: 3, .. })));
-    let appended = store.append("s", ExpectedVersion::Exact(3), vec![event(4)]).await.expect("append");
+    assert!(matches!(
+        store
+            .append("s", ExpectedVersion::Exact(2), vec![event(9)])
+            .await,
+        Err(StoreError::Conflict { actual: 3, .. })
+    ));
+    let appended = store
+        .append("s", ExpectedVersion::Exact(3), vec![event(4)])
+        .await
+        .expect("append");
     assert_eq!(appended.position, Position::new(4));
 }
 
@@ -40,12 +60,23 @@ async fn a_torn_last_record_is_dropped_and_earlier_ones_kept() {
     for cut in [1, 5, 9, 20] {
         std::fs::write(&path, &bytes[..bytes.len() - cut]).expect("tear");
         let store = FileEventStore::open(&path).expect("open after tear");
-        assert_eq!(payloads(&store).await, [r#"{"n":1}"#, r#"{"n":2}"#], "cut {cut}");
-        let appended = store.append("s", ExpectedVersion::Exact(2), vec![event(3)]).await.expect("append after tear");
+        assert_eq!(
+            payloads(&store).await,
+            [r#"{"n":1}"#, r#"{"n":2}"#],
+            "cut {cut}"
+        );
+        let appended = store
+            .append("s", ExpectedVersion::Exact(2), vec![event(3)])
+            .await
+            .expect("append after tear");
         assert_eq!(appended.position, Position::new(3));
         drop(store);
         let reopened = FileEventStore::open(&path).expect("reopen");
-        assert_eq!(payloads(&reopened).await, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#], "cut {cut}");
+        assert_eq!(
+            payloads(&reopened).await,
+            [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#],
+            "cut {cut}"
+        );
         std::fs::write(&path, &bytes).expect("restore");
     }
 }
@@ -69,11 +100,19 @@ async fn damage_before_the_last_record_is_an_error_naming_the_place() {
     bytes[12] ^= 0x55;
     std::fs::write(&path, &bytes).expect("write");
     match FileEventStore::open(&path) {
-        Err(StoreError::Corrupt { path: p, offset, reason }) => {
+        Err(StoreError::Corrupt {
+            path: p,
+            offset,
+            reason,
+        }) => {
             assert_eq!((p, offset), (path.clone(), 0));
             assert!(reason.contains("checksum"), "{reason}");
         }
         other => panic!("expected a corrupt-log error, got {other:?}"),
     }
-    assert_eq!(std::fs::read(&path).expect("read"), bytes, "a damaged log is left as it was");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        bytes,
+        "a damaged log is left as it was"
+    );
 }

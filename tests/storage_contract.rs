@@ -1,7 +1,9 @@
 //! The checkpoint-storage contract, against the memory and file storages.
 
 mod memory {
-    krescent_testkit::storage_contract!(async { krescent::checkpoint::InMemoryCheckpointStorage::new() });
+    krescent_testkit::storage_contract!(async {
+        krescent::checkpoint::InMemoryCheckpointStorage::new()
+    });
 }
 
 mod file {

@@ -23,15 +23,26 @@ pub(crate) struct Options {
 }
 
 fn options() -> Result<Options, String> {
-    let mut options = Options { events: 1_000_000, reps: 5 };
+    let mut options = Options {
+        events: 1_000_000,
+        reps: 5,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let value = args.next().ok_or_else(|| format!("`{arg}` needs a value"))?;
-        let number = value.parse::<usize>().map_err(|e| format!("`{arg} {value}`: {e}"))?;
+        let value = args
+            .next()
+            .ok_or_else(|| format!("`{arg}` needs a value"))?;
+        let number = value
+            .parse::<usize>()
+            .map_err(|e| format!("`{arg} {value}`: {e}"))?;
         match arg.as_str() {
             "--events" => options.events = number.max(1_000),
             "--reps" => options.reps = number.max(1),
-            other => return Err(format!("unknown argument `{other}`; expected `--events N` or `--reps R`")),
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`; expected `--events N` or `--reps R`"
+                ))
+            }
         }
     }
     Ok(options)
@@ -40,7 +51,12 @@ fn options() -> Result<Options, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let options = options()?;
-    eprintln!("workload: {} events, seed {}, {} repetitions, medians", options.events, krescent_testkit::workload::SEED, options.reps);
+    eprintln!(
+        "workload: {} events, seed {}, {} repetitions, medians",
+        options.events,
+        krescent_testkit::workload::SEED,
+        options.reps
+    );
     memory::run(&options).await?;
     postgres::run(&options).await?;
     Ok(())

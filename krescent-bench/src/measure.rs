@@ -28,5 +28,8 @@ pub(crate) fn rate(events: usize, time: Duration) -> f64 {
 /// Prints a throughput figure: the ratio of krescent's rate to the baseline's.
 pub(crate) fn throughput(figure: &str, events: usize, krescent: Duration, baseline: Duration) {
     let (k, b) = (rate(events, krescent), rate(events, baseline));
-    println!("bench {figure} ratio={:.3} krescent={k:.0} baseline={b:.0}", k / b);
+    println!(
+        "bench {figure} ratio={:.3} krescent={k:.0} baseline={b:.0}",
+        k / b
+    );
 }

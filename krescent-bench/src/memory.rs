@@ -26,7 +26,13 @@ all_documents_model! {
 pub(crate) async fn filled_store(events: usize) -> Result<Arc<InMemoryEventStore>, Box<dyn Error>> {
     let store = Arc::new(InMemoryEventStore::new());
     for event in Workload::new(SEED).take(events) {
-        store.append(event.document_id(), ExpectedVersion::Any, vec![event.to_new_event()]).await?;
+        store
+            .append(
+                event.document_id(),
+                ExpectedVersion::Any,
+                vec![event.to_new_event()],
+            )
+            .await?;
     }
     Ok(store)
 }
@@ -44,7 +50,9 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     })
     .await?;
     let replay = median(options.reps, || async {
-        let caught_up = Krescent::with_shared_store(store.clone()).catch_up(Replayed::default()).await?;
+        let caught_up = Krescent::with_shared_store(store.clone())
+            .catch_up(Replayed::default())
+            .await?;
         Ok::<_, krescent::Error>(caught_up.model.documents.len())
     })
     .await?;
@@ -52,10 +60,17 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
 
     // A fresh Krescent per run: a fresh memory storage, so every run replays from scratch.
     let checkpointed = median(options.reps, || async {
-        let caught_up = Krescent::with_shared_store(store.clone()).catch_up(Checkpointed::default()).await?;
+        let caught_up = Krescent::with_shared_store(store.clone())
+            .catch_up(Checkpointed::default())
+            .await?;
         Ok::<_, krescent::Error>(caught_up.model.documents.len())
     })
     .await?;
-    throughput("memory_replay_checkpoints", options.events, checkpointed, replay);
+    throughput(
+        "memory_replay_checkpoints",
+        options.events,
+        checkpointed,
+        replay,
+    );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The PostgreSQL figures: append, replay with checkpoints, resume, live latency, large state.
+//! The `PostgreSQL` figures: append, replay with checkpoints, resume, live latency, large state.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -6,12 +6,16 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
-use krescent::checkpoint::{CheckpointBucket, CheckpointStorage, CheckpointSupport, CheckpointVersion, StoredCheckpoint};
+use krescent::checkpoint::{
+    CheckpointBucket, CheckpointStorage, CheckpointSupport, CheckpointVersion, StoredCheckpoint,
+};
 use krescent::prelude::*;
 use krescent::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore};
 use krescent::{CaughtUp, Position};
 use krescent_testkit::all_documents_model;
-use krescent_testkit::workload::{apply_by_hand, DocumentCreated, Documents, Workload, SEED};
+use krescent_testkit::workload::{
+    apply_by_hand, DocumentCreated, DocumentEvent, Documents, Workload, SEED,
+};
 use serde_json::value::RawValue;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
@@ -59,6 +63,9 @@ impl Large {
 
 const BATCH: usize = 1_000;
 
+/// A row as the `COPY` baseline writes it: stream, version, id, type, payload.
+type CopyRow = (String, i64, uuid::Uuid, String, Box<RawValue>);
+
 /// The database: `DATABASE_URL` when set, else a throwaway server started as the tests start it.
 async fn database_url() -> (String, Option<krescent_testkit::postgres::TestDatabase>) {
     match std::env::var("DATABASE_URL") {
@@ -104,16 +111,33 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
 
 /// `append`: batches of 1,000 through the store, against binary `COPY` of the same rows into an
 /// equally indexed table.
-async fn append(options: &Options, store: &PostgresEventStore, client: &Client, events: &str, workload: &[krescent_testkit::workload::DocumentEvent]) -> Result<(), Box<dyn Error>> {
-    let batches: Vec<Vec<NewEvent>> = workload.chunks(BATCH).map(|chunk| chunk.iter().map(|e| e.to_new_event()).collect()).collect();
-    let rows: Vec<Vec<(String, i64, uuid::Uuid, String, Box<RawValue>)>> = batches
+async fn append(
+    options: &Options,
+    store: &PostgresEventStore,
+    client: &Client,
+    events: &str,
+    workload: &[DocumentEvent],
+) -> Result<(), Box<dyn Error>> {
+    let batches: Vec<Vec<NewEvent>> = workload
+        .chunks(BATCH)
+        .map(|chunk| chunk.iter().map(DocumentEvent::to_new_event).collect())
+        .collect();
+    let rows: Vec<Vec<CopyRow>> = batches
         .iter()
         .enumerate()
         .map(|(b, batch)| {
             batch
                 .iter()
                 .zip(1..)
-                .map(|(e, v)| Ok((format!("bench-{b}"), v, e.event_id, e.event_type.to_string(), RawValue::from_string(e.payload.to_string())?)))
+                .map(|(e, v)| {
+                    Ok((
+                        format!("bench-{b}"),
+                        v,
+                        e.event_id,
+                        e.event_type.to_string(),
+                        RawValue::from_string(e.payload.to_string())?,
+                    ))
+                })
                 .collect::<Result<_, serde_json::Error>>()
         })
         .collect::<Result<_, _>>()?;
@@ -134,9 +158,17 @@ async fn append(options: &Options, store: &PostgresEventStore, client: &Client, 
     })
     .await?;
     let appended = median(options.reps, || async {
-        client.batch_execute(&format!("TRUNCATE {events} RESTART IDENTITY")).await?;
+        client
+            .batch_execute(&format!("TRUNCATE {events} RESTART IDENTITY"))
+            .await?;
         for (b, batch) in batches.iter().enumerate() {
-            store.append(&format!("bench-{b}"), ExpectedVersion::NoStream, batch.clone()).await?;
+            store
+                .append(
+                    &format!("bench-{b}"),
+                    ExpectedVersion::NoStream,
+                    batch.clone(),
+                )
+                .await?;
         }
         Ok::<_, Box<dyn Error>>(())
     })
@@ -147,14 +179,23 @@ async fn append(options: &Options, store: &PostgresEventStore, client: &Client, 
 
 /// `postgres_replay`: the whole table into the model with `fixed_events(25)` checkpoints into
 /// Postgres, against one streaming `SELECT` decoding every row.
-async fn replay(options: &Options, krescent: &Krescent<PostgresEventStore>, storage: &impl CheckpointStorage, client: &Client, events: &str) -> Result<Duration, Box<dyn Error>> {
+async fn replay(
+    options: &Options,
+    krescent: &Krescent<PostgresEventStore>,
+    storage: &impl CheckpointStorage,
+    client: &Client,
+    events: &str,
+) -> Result<Duration, Box<dyn Error>> {
     let select = format!("SELECT event_type, payload::text FROM {events} ORDER BY position");
     let baseline = median(options.reps, || async {
-        let rows = client.query_raw(&select, std::iter::empty::<&str>()).await?;
+        let rows = client
+            .query_raw(&select, std::iter::empty::<&str>())
+            .await?;
         let mut rows = pin!(rows);
         let mut documents = Documents::new();
         while let Some(row) = rows.try_next().await? {
-            apply_by_hand(&mut documents, row.get(0), row.get(1)).map_err(|e| Box::new(e) as Box<dyn Error>)?;
+            apply_by_hand(&mut documents, row.get(0), row.get(1))
+                .map_err(|e| Box::new(e) as Box<dyn Error>)?;
         }
         Ok::<_, Box<dyn Error>>(documents.len())
     })
@@ -167,76 +208,140 @@ async fn replay(options: &Options, krescent: &Krescent<PostgresEventStore>, stor
         Ok::<_, Box<dyn Error>>(run.model.documents.len())
     })
     .await?;
-    eprintln!("postgres_replay: {} checkpoints written in the last run", checkpoints.get());
+    eprintln!(
+        "postgres_replay: {} checkpoints written in the last run",
+        checkpoints.get()
+    );
     throughput("postgres_replay", options.events, replayed, baseline);
     Ok(replayed)
 }
 
 /// `resume`: with a checkpoint at the tail, 1,000 new events; its time over a full replay's.
-async fn resume(options: &Options, krescent: &Krescent<PostgresEventStore>, full: Duration) -> Result<(), Box<dyn Error>> {
+async fn resume(
+    options: &Options,
+    krescent: &Krescent<PostgresEventStore>,
+    full: Duration,
+) -> Result<(), Box<dyn Error>> {
     let mut fresh = Workload::new(SEED ^ 0x5eed);
     let mut times = Vec::with_capacity(options.reps);
     for _ in 0..options.reps {
-        let batch: Vec<NewEvent> = fresh.by_ref().take(BATCH).map(|e| e.to_new_event()).collect();
-        krescent.store().append("bench-resume", ExpectedVersion::Any, batch).await?;
+        let batch: Vec<NewEvent> = fresh
+            .by_ref()
+            .take(BATCH)
+            .map(|e| e.to_new_event())
+            .collect();
+        krescent
+            .store()
+            .append("bench-resume", ExpectedVersion::Any, batch)
+            .await?;
         let start = Instant::now();
         let run = krescent.catch_up(Documents25::default()).await?;
         times.push(start.elapsed());
-        assert!(run.origin.restored_from().is_some() && run.processed == BATCH as u64, "resume starts from the checkpoint at the tail");
+        assert!(
+            run.origin.restored_from().is_some() && run.processed == BATCH as u64,
+            "resume starts from the checkpoint at the tail"
+        );
     }
     times.sort_unstable();
     let resumed = times[times.len() / 2];
-    println!("bench resume ratio={:.4} krescent={:.0} baseline={:.0}", resumed.as_secs_f64() / full.as_secs_f64(), rate(BATCH, resumed), rate(options.events, full));
+    println!(
+        "bench resume ratio={:.4} krescent={:.0} baseline={:.0}",
+        resumed.as_secs_f64() / full.as_secs_f64(),
+        rate(BATCH, resumed),
+        rate(options.events, full)
+    );
     Ok(())
 }
 
 /// `live_latency`: single appends, each waited for, from before the append to the handler call.
 async fn live_latency(options: &Options, url: &str) -> Result<(), Box<dyn Error>> {
-    let store = PostgresEventStore::connect_with(url, PostgresConfig::in_schema("krescent_bench_live")).await?;
+    let store =
+        PostgresEventStore::connect_with(url, PostgresConfig::in_schema("krescent_bench_live"))
+            .await?;
     store.migrate().await?;
     let krescent = Krescent::new(store);
     let count = (options.events / 100).clamp(1_000, 10_000);
     let running = krescent.stream(Latency::default());
     let mut sent = Vec::with_capacity(count);
-    for (i, event) in Workload::new(SEED).filter(|e| matches!(e, krescent_testkit::workload::DocumentEvent::Created(_))).take(count).enumerate() {
+    for (i, event) in Workload::new(SEED)
+        .filter(|e| matches!(e, DocumentEvent::Created(_)))
+        .take(count)
+        .enumerate()
+    {
         sent.push(Instant::now());
-        let appended = krescent.store().append(&format!("live-{i}"), ExpectedVersion::NoStream, vec![event.to_new_event()]).await?;
+        let appended = krescent
+            .store()
+            .append(
+                &format!("live-{i}"),
+                ExpectedVersion::NoStream,
+                vec![event.to_new_event()],
+            )
+            .await?;
         running.reached(appended.position).await;
     }
     let model = running.shutdown().await?.model;
-    let mut latencies: Vec<Duration> = model.handled.iter().zip(&sent).map(|(handled, sent)| handled.saturating_duration_since(*sent)).collect();
+    let mut latencies: Vec<Duration> = model
+        .handled
+        .iter()
+        .zip(&sent)
+        .map(|(handled, sent)| handled.saturating_duration_since(*sent))
+        .collect();
     latencies.sort_unstable();
-    let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_micros();
-    println!("bench live_latency p50_us={} p99_us={}", percentile(50), percentile(99));
+    let percentile =
+        |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_micros();
+    println!(
+        "bench live_latency p50_us={} p99_us={}",
+        percentile(50),
+        percentile(99)
+    );
     Ok(())
 }
 
 /// `large_state`: a checkpoint of an N-key map written to Postgres, and restored from it.
-async fn large_state(options: &Options, krescent: &Krescent<PostgresEventStore>, storage: &impl CheckpointStorage) -> Result<(), Box<dyn Error>> {
+async fn large_state(
+    options: &Options,
+    krescent: &Krescent<PostgresEventStore>,
+    storage: &impl CheckpointStorage,
+) -> Result<(), Box<dyn Error>> {
     let mut model = Large::default();
-    for (i, event) in Workload::new(SEED).filter_map(|e| match e {
-        krescent_testkit::workload::DocumentEvent::Created(c) => Some(c),
-        _ => None,
-    })
-    .take(options.events)
-    .enumerate()
+    for (i, event) in Workload::new(SEED)
+        .filter_map(|e| match e {
+            DocumentEvent::Created(c) => Some(c),
+            _ => None,
+        })
+        .take(options.events)
+        .enumerate()
     {
         model.entries.insert(event.document_id, i as u64);
     }
     let checkpoint = median(options.reps, || async {
         let mut bucket = CheckpointBucket::new();
         model.create_checkpoint(&mut bucket)?;
-        let stored = StoredCheckpoint::new("bench.large", CheckpointVersion::of::<Large>(), Position::new(options.events as u64), bucket);
+        let stored = StoredCheckpoint::new(
+            "bench.large",
+            CheckpointVersion::of::<Large>(),
+            Position::new(options.events as u64),
+            bucket,
+        );
         storage.store(&stored).await?;
         Ok::<_, Box<dyn Error>>(())
     })
     .await?;
     let restore = median(options.reps, || async {
         let restored = krescent.restore_only(Large::default()).await?;
-        assert_eq!(restored.model.entries.len(), model.entries.len(), "the whole map is restored");
+        assert_eq!(
+            restored.model.entries.len(),
+            model.entries.len(),
+            "the whole map is restored"
+        );
         Ok::<_, Box<dyn Error>>(())
     })
     .await?;
-    println!("bench large_state keys={} checkpoint_ms={} restore_ms={}", model.entries.len(), checkpoint.as_millis(), restore.as_millis());
+    println!(
+        "bench large_state keys={} checkpoint_ms={} restore_ms={}",
+        model.entries.len(),
+        checkpoint.as_millis(),
+        restore.as_millis()
+    );
     Ok(())
 }

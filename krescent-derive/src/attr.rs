@@ -389,10 +389,20 @@ fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
     Ok(())
 }
 
+/// The value of `key = value`, seen through the invisible groups `macro_rules!` wraps around a
+/// `$value:literal` or `$value:expr` it passes on.
+fn value(meta: &ParseNestedMeta) -> syn::Result<Expr> {
+    let mut expr = meta.value()?.parse::<Expr>()?;
+    while let Expr::Group(group) = expr {
+        expr = *group.expr;
+    }
+    Ok(expr)
+}
+
 /// `key = "string"`.
 fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
     let key = meta.path.to_token_stream().to_string();
-    match meta.value()?.parse::<Expr>()? {
+    match value(meta)? {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Str(lit), ..
         }) => Ok(lit),
@@ -406,7 +416,7 @@ fn string(meta: &ParseNestedMeta) -> syn::Result<LitStr> {
 /// `key = 1`, as a `u32`.
 fn integer(meta: &ParseNestedMeta) -> syn::Result<(u32, syn::LitInt)> {
     let key = meta.path.to_token_stream().to_string();
-    match meta.value()?.parse::<Expr>()? {
+    match value(meta)? {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Int(lit), ..
         }) => {

@@ -1,5 +1,8 @@
 //! Test support for krescent: contract suites every store and storage must pass, a throwaway
-//! PostgreSQL server, and the seeded benchmark workload of `WORKLOAD.md`.
+//! `PostgreSQL` server, and the seeded benchmark workload of `WORKLOAD.md`.
+
+// The contract suites and the test server are assertions: panicking is how they report.
+#![allow(clippy::missing_panics_doc)]
 
 pub mod contract;
 #[cfg(feature = "postgres")]

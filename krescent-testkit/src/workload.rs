@@ -103,7 +103,7 @@ impl DocumentEvent {
     }
 }
 
-/// SplitMix64: small, fast and the same everywhere.
+/// `SplitMix64`: small, fast and the same everywhere.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
@@ -127,7 +127,7 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         // Truncation is the point: the low bits of a 64-bit draw, reduced.
         #[allow(clippy::cast_possible_truncation)]
-        let draw = (u128::from(self.next_u64()) * n as u128 >> 64) as usize;
+        let draw = ((u128::from(self.next_u64()) * n as u128) >> 64) as usize;
         draw
     }
 
@@ -136,7 +136,14 @@ impl Rng {
         let (a, b) = (self.next_u64(), self.next_u64());
         let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
         let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-        format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xffff, b >> 48, b & 0xffff_ffff_ffff)
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xffff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        )
     }
 }
 
@@ -156,7 +163,10 @@ impl Workload {
     /// The stream of `seed`.
     #[must_use]
     pub fn new(seed: u64) -> Self {
-        Workload { rng: Rng::new(seed), live: Vec::new() }
+        Workload {
+            rng: Rng::new(seed),
+            live: Vec::new(),
+        }
     }
 
     /// The number of documents that exist after the events generated so far.
@@ -170,29 +180,57 @@ impl Workload {
         match rng.below(4) {
             0 => {
                 let id = rng.uuid();
-                self.live.push(Document { id: id.clone(), fields: Vec::new() });
+                self.live.push(Document {
+                    id: id.clone(),
+                    fields: Vec::new(),
+                });
                 Some(DocumentEvent::Created(DocumentCreated { document_id: id }))
             }
             1 => {
-                let doc = self.live.len().checked_sub(1).map(|_| rng.below(self.live.len()))?;
+                let doc = self
+                    .live
+                    .len()
+                    .checked_sub(1)
+                    .map(|_| rng.below(self.live.len()))?;
                 let doc = &mut self.live[doc];
                 let (field, value) = (rng.below(FIELDS.len()), rng.below(VALUES.len()));
                 if !doc.fields.contains(&field) {
                     doc.fields.push(field);
                 }
-                Some(DocumentEvent::FieldSet(FieldSet { document_id: doc.id.clone(), field_name: FIELDS[field].to_owned(), field_value: VALUES[value].to_owned() }))
+                Some(DocumentEvent::FieldSet(FieldSet {
+                    document_id: doc.id.clone(),
+                    field_name: FIELDS[field].to_owned(),
+                    field_value: VALUES[value].to_owned(),
+                }))
             }
             2 => {
-                let doc = self.live.len().checked_sub(1).map(|_| rng.below(self.live.len()))?;
+                let doc = self
+                    .live
+                    .len()
+                    .checked_sub(1)
+                    .map(|_| rng.below(self.live.len()))?;
                 let doc = &mut self.live[doc];
-                let field = doc.fields.len().checked_sub(1).map(|_| rng.below(doc.fields.len()))?;
+                let field = doc
+                    .fields
+                    .len()
+                    .checked_sub(1)
+                    .map(|_| rng.below(doc.fields.len()))?;
                 let field = doc.fields.swap_remove(field);
-                Some(DocumentEvent::FieldRemoved(FieldRemoved { document_id: doc.id.clone(), field_name: FIELDS[field].to_owned() }))
+                Some(DocumentEvent::FieldRemoved(FieldRemoved {
+                    document_id: doc.id.clone(),
+                    field_name: FIELDS[field].to_owned(),
+                }))
             }
             _ => {
-                let doc = self.live.len().checked_sub(1).map(|_| rng.below(self.live.len()))?;
+                let doc = self
+                    .live
+                    .len()
+                    .checked_sub(1)
+                    .map(|_| rng.below(self.live.len()))?;
                 let doc = self.live.swap_remove(doc);
-                Some(DocumentEvent::Deleted(DocumentDeleted { document_id: doc.id }))
+                Some(DocumentEvent::Deleted(DocumentDeleted {
+                    document_id: doc.id,
+                }))
             }
         }
     }
@@ -218,7 +256,11 @@ pub type Documents = HashMap<String, HashMap<String, String>>;
 ///
 /// # Errors
 /// When the payload does not decode.
-pub fn apply_by_hand(documents: &mut Documents, event_type: &str, payload: &str) -> Result<(), serde_json::Error> {
+pub fn apply_by_hand(
+    documents: &mut Documents,
+    event_type: &str,
+    payload: &str,
+) -> Result<(), serde_json::Error> {
     match event_type {
         "document.created" => {
             let e: DocumentCreated = serde_json::from_str(payload)?;
@@ -309,8 +351,14 @@ mod tests {
             apply_by_hand(&mut documents, &new.event_type, &new.payload).expect("decodes");
         }
         let percent = counts.map(|c| c * 100 / 100_000);
-        assert!((28..=32).contains(&percent[0]) && (28..=32).contains(&percent[1]), "{percent:?}");
-        assert!((9..=13).contains(&percent[2]) && (28..=32).contains(&percent[3]), "{percent:?}");
+        assert!(
+            (28..=32).contains(&percent[0]) && (28..=32).contains(&percent[1]),
+            "{percent:?}"
+        );
+        assert!(
+            (9..=13).contains(&percent[2]) && (28..=32).contains(&percent[3]),
+            "{percent:?}"
+        );
         assert_eq!(documents.len(), workload.live_documents());
         assert!(Rng::new(1).uuid().chars().nth(14) == Some('4'));
     }

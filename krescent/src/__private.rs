@@ -4,7 +4,10 @@ pub use core::future::Future;
 pub use core::num::NonZeroU32;
 pub use core::time::Duration;
 
-pub use crate::checkpoint::{BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport, OnInvalid, Strategy};
+pub use crate::checkpoint::{
+    BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport, OnInvalid,
+    Strategy,
+};
 pub use crate::event::{Event, EventType, RecordedEvent};
 pub use crate::model::{EventModel, HandlerError, HandlerOutput, Handlers};
 pub use crate::{EventMeta, Origin, Position};
@@ -21,9 +24,17 @@ pub fn send<F: Future + Send>(future: F) -> F {
 #[must_use]
 pub fn nested_error(key: &str, error: CheckpointError) -> CheckpointError {
     match error {
-        CheckpointError::Serialize { key: inner, reason } => CheckpointError::Serialize { key: format!("{key}.{inner}"), reason },
-        CheckpointError::Missing { key: inner } => CheckpointError::Missing { key: format!("{key}.{inner}") },
-        CheckpointError::Invalid { key: inner, reason } => CheckpointError::Invalid { key: format!("{key}.{inner}"), reason },
+        CheckpointError::Serialize { key: inner, reason } => CheckpointError::Serialize {
+            key: format!("{key}.{inner}"),
+            reason,
+        },
+        CheckpointError::Missing { key: inner } => CheckpointError::Missing {
+            key: format!("{key}.{inner}"),
+        },
+        CheckpointError::Invalid { key: inner, reason } => CheckpointError::Invalid {
+            key: format!("{key}.{inner}"),
+            reason,
+        },
         other @ CheckpointError::StaleReference { .. } => other,
     }
 }

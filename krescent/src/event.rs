@@ -35,7 +35,10 @@ impl EventType {
     /// The type of `E`.
     #[must_use]
     pub const fn of<E: Event>() -> Self {
-        EventType { name: E::NAME, revision: E::REVISION }
+        EventType {
+            name: E::NAME,
+            revision: E::REVISION,
+        }
     }
 }
 
@@ -134,6 +137,10 @@ impl NewEvent {
     /// When `payload` is not valid JSON.
     pub fn from_json(event_type: &str, payload: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str::<serde::de::IgnoredAny>(payload)?;
-        Ok(NewEvent { event_id: Uuid::new_v4(), event_type: event_type.into(), payload: payload.into() })
+        Ok(NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: event_type.into(),
+            payload: payload.into(),
+        })
     }
 }

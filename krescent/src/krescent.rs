@@ -27,7 +27,10 @@ pub struct Krescent<S> {
 
 impl<S> Clone for Krescent<S> {
     fn clone(&self) -> Self {
-        Krescent { store: self.store.clone(), storages: self.storages.clone() }
+        Krescent {
+            store: self.store.clone(),
+            storages: self.storages.clone(),
+        }
     }
 }
 
@@ -67,18 +70,29 @@ impl<S: EventStore> Krescent<S> {
     #[must_use]
     pub fn with_shared_store(store: Arc<S>) -> Self {
         let memory: Arc<dyn CheckpointStorage> = Arc::new(InMemoryCheckpointStorage::new());
-        Krescent { store, storages: Arc::new(BTreeMap::from([("memory".to_owned(), memory)])) }
+        Krescent {
+            store,
+            storages: Arc::new(BTreeMap::from([("memory".to_owned(), memory)])),
+        }
     }
 
     /// Registers `storage` under `name`, replacing one of the same name.
     #[must_use]
-    pub fn with_storage(self, name: impl Into<String>, storage: impl CheckpointStorage + 'static) -> Self {
+    pub fn with_storage(
+        self,
+        name: impl Into<String>,
+        storage: impl CheckpointStorage + 'static,
+    ) -> Self {
         self.with_shared_storage(name, Arc::new(storage))
     }
 
     /// Registers a storage the application also holds under `name`.
     #[must_use]
-    pub fn with_shared_storage(mut self, name: impl Into<String>, storage: Arc<dyn CheckpointStorage>) -> Self {
+    pub fn with_shared_storage(
+        mut self,
+        name: impl Into<String>,
+        storage: Arc<dyn CheckpointStorage>,
+    ) -> Self {
         Arc::make_mut(&mut self.storages).insert(name.into(), storage);
         self
     }
@@ -97,15 +111,25 @@ impl<S: EventStore> Krescent<S> {
 
     /// The storage `M` checkpoints into, `None` when it does not checkpoint.
     fn storage_of<M: EventModel>(&self) -> Result<Option<Arc<dyn CheckpointStorage>>, Error> {
-        let Some(config) = M::checkpointing() else { return Ok(None) };
-        self.storages.get(config.storage).cloned().map(Some).ok_or_else(|| Error::UnknownStorage {
-            model: M::NAME,
-            name: config.storage,
-            registered: self.storages.keys().cloned().collect(),
-        })
+        let Some(config) = M::checkpointing() else {
+            return Ok(None);
+        };
+        self.storages
+            .get(config.storage)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| Error::UnknownStorage {
+                model: M::NAME,
+                name: config.storage,
+                registered: self.storages.keys().cloned().collect(),
+            })
     }
 
-    async fn start<M: EventModel>(&self, model: M, trigger: CheckpointTrigger) -> Result<Runner<M>, Error> {
+    async fn start<M: EventModel>(
+        &self,
+        model: M,
+        trigger: CheckpointTrigger,
+    ) -> Result<Runner<M>, Error> {
         let storage = self.storage_of::<M>()?;
         let start = restore(model, storage.as_ref()).await?;
         Ok(Runner::new(start, storage, trigger))
@@ -118,7 +142,14 @@ impl<S: EventStore> Krescent<S> {
         async {
             let mut runner = self.start(model, CheckpointTrigger::default()).await?;
             loop {
-                let batch = self.store.read_after(runner.position, BATCH).await.map_err(|source| Error::Store { model: M::NAME, source })?;
+                let batch = self
+                    .store
+                    .read_after(runner.position, BATCH)
+                    .await
+                    .map_err(|source| Error::Store {
+                        model: M::NAME,
+                        source,
+                    })?;
                 if batch.is_empty() {
                     break;
                 }
@@ -136,8 +167,16 @@ impl<S: EventStore> Krescent<S> {
     /// origin is [`Origin::Scratch`].
     pub async fn restore_only<M: EventModel>(&self, model: M) -> Result<Restored<M>, Error> {
         let storage = self.storage_of::<M>()?;
-        let Start { model, origin, position } = restore(model, storage.as_ref()).await?;
-        Ok(Restored { model, origin, position })
+        let Start {
+            model,
+            origin,
+            position,
+        } = restore(model, storage.as_ref()).await?;
+        Ok(Restored {
+            model,
+            origin,
+            position,
+        })
     }
 
     /// Runs `model` in a task of its own: it catches up, then follows live appends until
@@ -145,13 +184,28 @@ impl<S: EventStore> Krescent<S> {
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();
-        Running::spawn(trigger.clone(), move |stop| async move { crate::running::follow(&*krescent.store, krescent.start(model, trigger).await?, stop).await })
+        Running::spawn(trigger.clone(), move |stop| async move {
+            crate::running::follow(
+                &*krescent.store,
+                krescent.start(model, trigger).await?,
+                stop,
+            )
+            .await
+        })
     }
 
     /// Deletes the checkpoint of `M`, so that its next start replays the whole stream; whether
     /// there was one.
     pub async fn delete_checkpoint<M: EventModel>(&self) -> Result<bool, Error> {
-        let Some(storage) = self.storage_of::<M>()? else { return Ok(false) };
-        storage.delete(M::NAME).await.map_err(|source| Error::Storage { namespace: M::NAME.to_owned(), source })
+        let Some(storage) = self.storage_of::<M>()? else {
+            return Ok(false);
+        };
+        storage
+            .delete(M::NAME)
+            .await
+            .map_err(|source| Error::Storage {
+                namespace: M::NAME.to_owned(),
+                source,
+            })
     }
 }

@@ -33,12 +33,16 @@ pub trait Handlers {
 
     /// Whether the model handles events of this recorded type name. Events it does not handle
     /// are skipped without decoding their payload.
+    #[must_use]
     fn handles(event_type: &str) -> bool {
         Self::EVENTS.iter().any(|e| e.name == event_type)
     }
 
     /// Decodes `event` and calls the handler for its type; events of other types are ignored.
-    fn handle<'a>(&'a mut self, event: &'a RecordedEvent) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+    fn handle<'a>(
+        &'a mut self,
+        event: &'a RecordedEvent,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
 
     /// Called once when the model starts, before the first event, with how it started.
     fn on_start(&mut self, _origin: &Origin) {}

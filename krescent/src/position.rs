@@ -57,7 +57,9 @@ impl FromStr for Position {
             .then(|| text.parse().ok())
             .flatten()
             .map(Position)
-            .ok_or_else(|| PositionParseError { text: text.to_owned() })
+            .ok_or_else(|| PositionParseError {
+                text: text.to_owned(),
+            })
     }
 }
 
@@ -76,7 +78,11 @@ mod tests {
     #[test]
     fn rejects_malformed_text() {
         for text in ["", "-1", "+1", "1.0", " 1", "x", "18446744073709551616"] {
-            assert_eq!(text.parse::<Position>(), Err(PositionParseError { text: text.into() }), "{text}");
+            assert_eq!(
+                text.parse::<Position>(),
+                Err(PositionParseError { text: text.into() }),
+                "{text}"
+            );
         }
     }
 }

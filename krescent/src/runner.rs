@@ -7,7 +7,8 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
-    CheckpointBucket, CheckpointStorage, CheckpointTrigger, CheckpointVersion, OnInvalid, StoredCheckpoint, StrategyState,
+    CheckpointBucket, CheckpointStorage, CheckpointTrigger, CheckpointVersion, OnInvalid,
+    StoredCheckpoint, StrategyState,
 };
 use crate::event::RecordedEvent;
 use crate::model::{EventModel, Origin};
@@ -54,27 +55,54 @@ pub(crate) struct Start<M> {
 
 /// Loads and checks the model's checkpoint and restores it; with [`OnInvalid::Rebuild`] an
 /// unusable checkpoint means starting from scratch.
-pub(crate) async fn restore<M: EventModel>(mut model: M, storage: Option<&Arc<dyn CheckpointStorage>>) -> Result<Start<M>, Error> {
-    let scratch = |model| Start { model, origin: Origin::Scratch, position: Position::START };
-    let Some(storage) = storage else { return Ok(scratch(model)) };
+pub(crate) async fn restore<M: EventModel>(
+    mut model: M,
+    storage: Option<&Arc<dyn CheckpointStorage>>,
+) -> Result<Start<M>, Error> {
+    let scratch = |model| Start {
+        model,
+        origin: Origin::Scratch,
+        position: Position::START,
+    };
+    let Some(storage) = storage else {
+        return Ok(scratch(model));
+    };
     let on_invalid = M::checkpointing().map(|c| c.on_invalid).unwrap_or_default();
     let namespace = M::NAME;
     let invalid = |model, reason: String| match on_invalid {
-        OnInvalid::Fail => Err(Error::InvalidCheckpoint { namespace: namespace.to_owned(), reason }),
+        OnInvalid::Fail => Err(Error::InvalidCheckpoint {
+            namespace: namespace.to_owned(),
+            reason,
+        }),
         OnInvalid::Rebuild => {
             warn!(model = namespace, %reason, "discarding the checkpoint and rebuilding from the start of the stream");
-            Ok(Start { model, origin: Origin::Rebuilt { reason }, position: Position::START })
+            Ok(Start {
+                model,
+                origin: Origin::Rebuilt { reason },
+                position: Position::START,
+            })
         }
     };
     let checkpoint = match storage.load(namespace).await {
         Ok(Some(checkpoint)) => checkpoint,
         Ok(None) => return Ok(scratch(model)),
         Err(e) if e.is_corrupt() => return invalid(model, e.to_string()),
-        Err(source) => return Err(Error::Storage { namespace: namespace.to_owned(), source }),
+        Err(source) => {
+            return Err(Error::Storage {
+                namespace: namespace.to_owned(),
+                source,
+            })
+        }
     };
     let version = CheckpointVersion::of::<M>();
     if checkpoint.version != version {
-        return invalid(model, format!("it was written by version `{}`, this build is version `{version}`", checkpoint.version));
+        return invalid(
+            model,
+            format!(
+                "it was written by version `{}`, this build is version `{version}`",
+                checkpoint.version
+            ),
+        );
     }
     if !model.validate_checkpoint(&checkpoint.bucket) {
         return invalid(model, "it failed validation".to_owned());
@@ -83,22 +111,45 @@ pub(crate) async fn restore<M: EventModel>(mut model: M, storage: Option<&Arc<dy
         return invalid(model, e.to_string());
     }
     debug!(model = namespace, position = %checkpoint.position, "restored from checkpoint");
-    Ok(Start { model, origin: Origin::Restored { position: checkpoint.position }, position: checkpoint.position })
+    Ok(Start {
+        model,
+        origin: Origin::Restored {
+            position: checkpoint.position,
+        },
+        position: checkpoint.position,
+    })
 }
 
 impl<M: EventModel> Runner<M> {
     /// A runner from a restored start; `storage` is `None` when the model does not checkpoint.
-    pub(crate) fn new(start: Start<M>, storage: Option<Arc<dyn CheckpointStorage>>, trigger: CheckpointTrigger) -> Self {
-        let Start { mut model, origin, position } = start;
-        let checkpoints = M::checkpointing().zip(storage).map(|(config, storage)| Checkpoints {
-            state: StrategyState::new(&config.strategy, trigger),
-            writer: Writer::new(storage),
-            version: CheckpointVersion::of::<M>(),
-            pending: false,
-            not_before: None,
-        });
+    pub(crate) fn new(
+        start: Start<M>,
+        storage: Option<Arc<dyn CheckpointStorage>>,
+        trigger: CheckpointTrigger,
+    ) -> Self {
+        let Start {
+            mut model,
+            origin,
+            position,
+        } = start;
+        let checkpoints = M::checkpointing()
+            .zip(storage)
+            .map(|(config, storage)| Checkpoints {
+                state: StrategyState::new(&config.strategy, trigger),
+                writer: Writer::new(storage),
+                version: CheckpointVersion::of::<M>(),
+                pending: false,
+                not_before: None,
+            });
         model.on_start(&origin);
-        Runner { model, origin, position, processed: 0, taken: 0, checkpoints }
+        Runner {
+            model,
+            origin,
+            position,
+            processed: 0,
+            taken: 0,
+            checkpoints,
+        }
     }
 
     /// Applies a batch in order, checkpointing when due. On a handler error nothing of the
@@ -108,11 +159,18 @@ impl<M: EventModel> Runner<M> {
             if M::handles(event.event_type()) {
                 if let Err(source) = self.model.handle(event).await {
                     self.settle_quietly().await;
-                    return Err(Error::Handler { model: M::NAME, event_type: event.event_type().to_owned(), position: event.position(), source });
+                    return Err(Error::Handler {
+                        model: M::NAME,
+                        event_type: event.event_type().to_owned(),
+                        position: event.position(),
+                        source,
+                    });
                 }
                 self.processed += 1;
                 self.position = event.position();
-                let Some(c) = &mut self.checkpoints else { continue };
+                let Some(c) = &mut self.checkpoints else {
+                    continue;
+                };
                 if c.state.after_event() {
                     c.pending = true;
                 }
@@ -128,7 +186,9 @@ impl<M: EventModel> Runner<M> {
 
     /// Takes the due checkpoint if the writer is free; otherwise it stays pending.
     async fn checkpoint_if_free(&mut self) -> Result<(), Error> {
-        let Some(c) = &mut self.checkpoints else { return Ok(()) };
+        let Some(c) = &mut self.checkpoints else {
+            return Ok(());
+        };
         if c.writer.is_busy() || c.not_before.is_some_and(|at| Instant::now() < at) {
             return Ok(());
         }
@@ -150,13 +210,17 @@ impl<M: EventModel> Runner<M> {
 
     /// Whether an idle streaming model has a checkpoint to take now.
     pub(crate) fn due_when_idle(&self) -> bool {
-        self.checkpoints.as_ref().is_some_and(|c| c.pending || c.state.due_when_idle())
+        self.checkpoints
+            .as_ref()
+            .is_some_and(|c| c.pending || c.state.due_when_idle())
     }
 
     /// When an idle streaming model should wake to checkpoint, if ever.
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
         let c = self.checkpoints.as_ref()?;
-        let retry = c.pending.then(|| c.not_before.unwrap_or_else(Instant::now) + Duration::from_millis(10));
+        let retry = c
+            .pending
+            .then(|| c.not_before.unwrap_or_else(Instant::now) + Duration::from_millis(10));
         [retry, c.state.idle_deadline()].into_iter().flatten().min()
     }
 
@@ -173,13 +237,21 @@ impl<M: EventModel> Runner<M> {
 
     /// What the run did, with the model.
     pub(crate) fn into_caught_up(self) -> CaughtUp<M> {
-        CaughtUp { model: self.model, origin: self.origin, position: self.position, processed: self.processed, checkpoints: self.taken }
+        CaughtUp {
+            model: self.model,
+            origin: self.origin,
+            position: self.position,
+            processed: self.processed,
+            checkpoints: self.taken,
+        }
     }
 
     /// Ends the run: takes the final checkpoint the strategy asks for and waits until every
     /// write is done.
     pub(crate) async fn finish(&mut self) -> Result<(), Error> {
-        let Some(c) = &mut self.checkpoints else { return Ok(()) };
+        let Some(c) = &mut self.checkpoints else {
+            return Ok(());
+        };
         let earlier = c.writer.settle().await;
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
             let checkpoint = snapshot(&self.model, &c.version, self.position)?;
@@ -187,9 +259,15 @@ impl<M: EventModel> Runner<M> {
             self.taken += 1;
             c.state.checkpoint_taken();
             c.pending = false;
-            return c.writer.settle().await.map_err(|source| Error::Storage { namespace: M::NAME.to_owned(), source });
+            return c.writer.settle().await.map_err(|source| Error::Storage {
+                namespace: M::NAME.to_owned(),
+                source,
+            });
         }
-        earlier.map_err(|source| Error::Storage { namespace: M::NAME.to_owned(), source })
+        earlier.map_err(|source| Error::Storage {
+            namespace: M::NAME.to_owned(),
+            source,
+        })
     }
 
     async fn settle_quietly(&mut self) {
@@ -202,8 +280,22 @@ impl<M: EventModel> Runner<M> {
 }
 
 /// The model's state as a checkpoint at `position`.
-fn snapshot<M: EventModel>(model: &M, version: &CheckpointVersion, position: Position) -> Result<StoredCheckpoint, Error> {
+fn snapshot<M: EventModel>(
+    model: &M,
+    version: &CheckpointVersion,
+    position: Position,
+) -> Result<StoredCheckpoint, Error> {
     let mut bucket = CheckpointBucket::new();
-    model.create_checkpoint(&mut bucket).map_err(|source| Error::Checkpoint { namespace: M::NAME.to_owned(), source })?;
-    Ok(StoredCheckpoint::new(M::NAME, version.clone(), position, bucket))
+    model
+        .create_checkpoint(&mut bucket)
+        .map_err(|source| Error::Checkpoint {
+            namespace: M::NAME.to_owned(),
+            source,
+        })?;
+    Ok(StoredCheckpoint::new(
+        M::NAME,
+        version.clone(),
+        position,
+        bucket,
+    ))
 }

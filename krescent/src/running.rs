@@ -40,8 +40,19 @@ impl<M: EventModel> Running<M> {
         let (stop, stop_rx) = watch::channel(false);
         let (progress_tx, progress) = watch::channel(Position::START);
         let span = tracing::info_span!("stream", model = M::NAME);
-        let task = tokio::spawn(run(Control { stop: stop_rx, progress: progress_tx }).instrument(span));
-        Running { stop, progress, trigger, task }
+        let task = tokio::spawn(
+            run(Control {
+                stop: stop_rx,
+                progress: progress_tx,
+            })
+            .instrument(span),
+        );
+        Running {
+            stop,
+            progress,
+            trigger,
+            task,
+        }
     }
 
     /// Asks for a checkpoint (models with the `manual` strategy).
@@ -79,13 +90,20 @@ impl<M: EventModel> Running<M> {
     pub async fn shutdown(self) -> Result<CaughtUp<M>, Error> {
         // The task may have ended already; its result says why.
         let _ = self.stop.send(true);
-        self.task.await.map_err(|e| Error::Aborted { model: M::NAME, reason: e.to_string() })?
+        self.task.await.map_err(|e| Error::Aborted {
+            model: M::NAME,
+            reason: e.to_string(),
+        })?
     }
 }
 
 /// Catches up, then follows live appends until stopped. Transient store failures are retried
 /// with backoff from the last processed position.
-pub(crate) async fn follow<S: EventStore, M: EventModel>(store: &S, mut runner: Runner<M>, mut control: Control) -> Result<CaughtUp<M>, Error> {
+pub(crate) async fn follow<S: EventStore, M: EventModel>(
+    store: &S,
+    mut runner: Runner<M>,
+    mut control: Control,
+) -> Result<CaughtUp<M>, Error> {
     let mut caught_up_at = None;
     let mut backoff = Duration::from_millis(50);
     while !*control.stop.borrow() {
@@ -99,7 +117,12 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(store: &S, mut runner: 
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
-            Err(source) => return Err(Error::Store { model: M::NAME, source }),
+            Err(source) => {
+                return Err(Error::Store {
+                    model: M::NAME,
+                    source,
+                })
+            }
         };
         backoff = Duration::from_millis(50);
         if !batch.is_empty() {

@@ -12,36 +12,71 @@ fn event(kind: &str, n: u32) -> NewEvent {
 fn numbers(events: &[RecordedEvent]) -> Vec<u64> {
     events
         .iter()
-        .map(|e| serde_json::from_str::<serde_json::Value>(&e.payload).expect("payload is JSON")["n"].as_u64().expect("n"))
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.payload).expect("payload is JSON")["n"]
+                .as_u64()
+                .expect("n")
+        })
         .collect()
 }
 
 fn assert_increasing(events: &[RecordedEvent]) {
     for pair in events.windows(2) {
-        assert!(pair[0].position() < pair[1].position(), "positions must increase: {:?}", events.iter().map(RecordedEvent::position).collect::<Vec<_>>());
+        assert!(
+            pair[0].position() < pair[1].position(),
+            "positions must increase: {:?}",
+            events
+                .iter()
+                .map(RecordedEvent::position)
+                .collect::<Vec<_>>()
+        );
     }
 }
 
 async fn read_all<S: EventStore>(store: &S) -> Vec<RecordedEvent> {
-    store.read_after(Position::START, usize::MAX).await.expect("read")
+    store
+        .read_after(Position::START, usize::MAX)
+        .await
+        .expect("read")
 }
 
 /// An empty store has its head at the start and nothing to read.
 pub async fn empty_store<S: EventStore>(store: &S) {
     assert_eq!(store.head().await.expect("head"), Position::START);
     assert!(read_all(store).await.is_empty());
-    assert!(store.read_after(Position::new(10), 10).await.expect("read").is_empty());
+    assert!(store
+        .read_after(Position::new(10), 10)
+        .await
+        .expect("read")
+        .is_empty());
 }
 
 /// Appended events come back in order, with their metadata and payloads intact.
 pub async fn append_and_read_in_order<S: EventStore>(store: &S) {
     let before = SystemTime::now() - Duration::from_secs(1);
-    let first = vec![event("a.created", 1), event("a.changed", 2), event("a.changed", 3)];
+    let first = vec![
+        event("a.created", 1),
+        event("a.changed", 2),
+        event("a.changed", 3),
+    ];
     let ids: Vec<_> = first.iter().map(|e| e.event_id).collect();
-    let appended = store.append("a-1", ExpectedVersion::NoStream, first).await.expect("append");
+    let appended = store
+        .append("a-1", ExpectedVersion::NoStream, first)
+        .await
+        .expect("append");
     assert_eq!(appended.stream_version, 3);
-    store.append("b-1", ExpectedVersion::Any, vec![event("b.created", 4)]).await.expect("append");
-    let appended = store.append("a-1", ExpectedVersion::Exact(3), vec![event("a.changed", 5)]).await.expect("append");
+    store
+        .append("b-1", ExpectedVersion::Any, vec![event("b.created", 4)])
+        .await
+        .expect("append");
+    let appended = store
+        .append(
+            "a-1",
+            ExpectedVersion::Exact(3),
+            vec![event("a.changed", 5)],
+        )
+        .await
+        .expect("append");
     assert_eq!(appended.stream_version, 4);
 
     let all = read_all(store).await;
@@ -49,42 +84,93 @@ pub async fn append_and_read_in_order<S: EventStore>(store: &S) {
     assert_increasing(&all);
     assert_eq!(store.head().await.expect("head"), all[4].position());
     assert_eq!(appended.position, all[4].position());
-    let streams: Vec<(&str, u64)> = all.iter().map(|e| (&*e.meta.stream_id, e.meta.stream_version)).collect();
-    assert_eq!(streams, [("a-1", 1), ("a-1", 2), ("a-1", 3), ("b-1", 1), ("a-1", 4)]);
-    assert_eq!(all.iter().take(3).map(|e| e.meta.event_id).collect::<Vec<_>>(), ids);
+    let streams: Vec<(&str, u64)> = all
+        .iter()
+        .map(|e| (&*e.meta.stream_id, e.meta.stream_version))
+        .collect();
+    assert_eq!(
+        streams,
+        [("a-1", 1), ("a-1", 2), ("a-1", 3), ("b-1", 1), ("a-1", 4)]
+    );
+    assert_eq!(
+        all.iter()
+            .take(3)
+            .map(|e| e.meta.event_id)
+            .collect::<Vec<_>>(),
+        ids
+    );
     assert_eq!(all[0].event_type(), "a.created");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&all[0].payload).expect("json")["text"], "é \"quoted\"");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&all[0].payload).expect("json")["text"],
+        "é \"quoted\""
+    );
     for e in &all {
-        assert!(e.meta.recorded_at >= before && e.meta.recorded_at <= SystemTime::now() + Duration::from_secs(1));
+        assert!(
+            e.meta.recorded_at >= before
+                && e.meta.recorded_at <= SystemTime::now() + Duration::from_secs(1)
+        );
     }
 }
 
 /// Reading after a position returns what follows it, at most `limit` events.
 pub async fn read_after_with_limit<S: EventStore>(store: &S) {
     let events = (1..=10).map(|n| event("x", n)).collect();
-    store.append("x-1", ExpectedVersion::NoStream, events).await.expect("append");
+    store
+        .append("x-1", ExpectedVersion::NoStream, events)
+        .await
+        .expect("append");
     let all = read_all(store).await;
     let third = all[2].position();
-    assert_eq!(numbers(&store.read_after(third, 4).await.expect("read")), [4, 5, 6, 7]);
-    assert_eq!(numbers(&store.read_after(third, 100).await.expect("read")), [4, 5, 6, 7, 8, 9, 10]);
-    assert!(store.read_after(all[9].position(), 5).await.expect("read").is_empty());
-    assert_eq!(numbers(&store.read_after(Position::START, 1).await.expect("read")), [1]);
+    assert_eq!(
+        numbers(&store.read_after(third, 4).await.expect("read")),
+        [4, 5, 6, 7]
+    );
+    assert_eq!(
+        numbers(&store.read_after(third, 100).await.expect("read")),
+        [4, 5, 6, 7, 8, 9, 10]
+    );
+    assert!(store
+        .read_after(all[9].position(), 5)
+        .await
+        .expect("read")
+        .is_empty());
+    assert_eq!(
+        numbers(&store.read_after(Position::START, 1).await.expect("read")),
+        [1]
+    );
 }
 
 async fn next<S: EventStore>(subscription: &mut Subscription<'_, S>) -> Vec<RecordedEvent> {
-    tokio::time::timeout(Duration::from_secs(10), subscription.next_batch()).await.expect("subscription woke in time").expect("read")
+    tokio::time::timeout(Duration::from_secs(10), subscription.next_batch())
+        .await
+        .expect("subscription woke in time")
+        .expect("read")
 }
 
 /// A subscription from the start reads the history, then the events appended later.
 pub async fn subscription_from_history_into_live<S: EventStore>(store: &S) {
-    store.append("s", ExpectedVersion::NoStream, vec![event("x", 1), event("x", 2)]).await.expect("append");
+    store
+        .append(
+            "s",
+            ExpectedVersion::NoStream,
+            vec![event("x", 1), event("x", 2)],
+        )
+        .await
+        .expect("append");
     let mut subscription = store.subscribe(Position::START);
     let mut seen = numbers(&next(&mut subscription).await);
     assert_eq!(seen, [1, 2]);
     let (append, batch) = tokio::join!(
         async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            store.append("s", ExpectedVersion::Exact(2), vec![event("x", 3), event("x", 4)]).await.expect("append");
+            store
+                .append(
+                    "s",
+                    ExpectedVersion::Exact(2),
+                    vec![event("x", 3), event("x", 4)],
+                )
+                .await
+                .expect("append");
         },
         next(&mut subscription)
     );
@@ -98,37 +184,96 @@ pub async fn subscription_from_history_into_live<S: EventStore>(store: &S) {
 
 /// A subscription from the tail sees only events appended after it started.
 pub async fn subscription_from_tail_sees_only_new<S: EventStore>(store: &S) {
-    store.append("s", ExpectedVersion::NoStream, vec![event("x", 1), event("x", 2)]).await.expect("append");
+    store
+        .append(
+            "s",
+            ExpectedVersion::NoStream,
+            vec![event("x", 1), event("x", 2)],
+        )
+        .await
+        .expect("append");
     let mut subscription = Subscription::from_tail(store).await.expect("head");
-    store.append("s", ExpectedVersion::Any, vec![event("x", 3)]).await.expect("append");
+    store
+        .append("s", ExpectedVersion::Any, vec![event("x", 3)])
+        .await
+        .expect("append");
     assert_eq!(numbers(&next(&mut subscription).await), [3]);
 }
 
-fn assert_conflict(result: Result<krescent::store::Appended, StoreError>, stream: &str, actual: u64) {
+fn assert_conflict(
+    result: Result<krescent::store::Appended, StoreError>,
+    stream: &str,
+    actual: u64,
+) {
     match result {
-        Err(StoreError::Conflict { stream: s, actual: a, .. }) => assert_eq!((s.as_str(), a), (stream, actual)),
+        Err(StoreError::Conflict {
+            stream: s,
+            actual: a,
+            ..
+        }) => assert_eq!((s.as_str(), a), (stream, actual)),
         other => panic!("expected a conflict on `{stream}` at version {actual}, got {other:?}"),
     }
 }
 
 /// Appends with a wrong expected version fail with a conflict naming the stream and versions.
 pub async fn expected_version_conflicts<S: EventStore>(store: &S) {
-    store.append("c", ExpectedVersion::NoStream, vec![event("x", 1)]).await.expect("append");
-    assert_conflict(store.append("c", ExpectedVersion::NoStream, vec![event("x", 2)]).await, "c", 1);
-    assert_conflict(store.append("c", ExpectedVersion::Exact(5), vec![event("x", 2)]).await, "c", 1);
-    assert_conflict(store.append("other", ExpectedVersion::Exact(1), vec![event("x", 2)]).await, "other", 0);
-    store.append("c", ExpectedVersion::Exact(1), vec![event("x", 2)]).await.expect("append");
-    store.append("c", ExpectedVersion::Any, vec![event("x", 3)]).await.expect("append");
-    let message = store.append("c", ExpectedVersion::Exact(1), vec![event("x", 4)]).await.expect_err("conflict").to_string();
-    assert!(message.contains("`c`") && message.contains("version 1") && message.contains('3'), "{message}");
+    store
+        .append("c", ExpectedVersion::NoStream, vec![event("x", 1)])
+        .await
+        .expect("append");
+    assert_conflict(
+        store
+            .append("c", ExpectedVersion::NoStream, vec![event("x", 2)])
+            .await,
+        "c",
+        1,
+    );
+    assert_conflict(
+        store
+            .append("c", ExpectedVersion::Exact(5), vec![event("x", 2)])
+            .await,
+        "c",
+        1,
+    );
+    assert_conflict(
+        store
+            .append("other", ExpectedVersion::Exact(1), vec![event("x", 2)])
+            .await,
+        "other",
+        0,
+    );
+    store
+        .append("c", ExpectedVersion::Exact(1), vec![event("x", 2)])
+        .await
+        .expect("append");
+    store
+        .append("c", ExpectedVersion::Any, vec![event("x", 3)])
+        .await
+        .expect("append");
+    let message = store
+        .append("c", ExpectedVersion::Exact(1), vec![event("x", 4)])
+        .await
+        .expect_err("conflict")
+        .to_string();
+    assert!(
+        message.contains("`c`") && message.contains("version 1") && message.contains('3'),
+        "{message}"
+    );
     assert_eq!(numbers(&read_all(store).await), [1, 2, 3]);
 }
 
 /// A batch that conflicts writes none of its events.
 pub async fn conflicting_batch_writes_nothing<S: EventStore>(store: &S) {
-    store.append("c", ExpectedVersion::NoStream, vec![event("x", 1)]).await.expect("append");
+    store
+        .append("c", ExpectedVersion::NoStream, vec![event("x", 1)])
+        .await
+        .expect("append");
     let batch = (2..=5).map(|n| event("x", n)).collect();
-    assert_conflict(store.append("c", ExpectedVersion::NoStream, batch).await, "c", 1);
+    assert_conflict(
+        store.append("c", ExpectedVersion::NoStream, batch).await,
+        "c",
+        1,
+    );
     let head = store.head().await.expect("head");
     assert_eq!(numbers(&read_all(store).await), [1]);
     assert_eq!(read_all(store).await[0].position(), head);

@@ -135,9 +135,15 @@ impl CheckpointBucket {
     ///
     /// # Errors
     /// [`CheckpointError::Serialize`] naming the key when serde fails.
-    pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), CheckpointError> {
-        let value = BucketValue::from_serde(value)
-            .map_err(|e| CheckpointError::Serialize { key: key.to_owned(), reason: e.to_string() })?;
+    pub fn put<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), CheckpointError> {
+        let value = BucketValue::from_serde(value).map_err(|e| CheckpointError::Serialize {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
         self.insert(key, value);
         Ok(())
     }
@@ -160,7 +166,10 @@ impl CheckpointBucket {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, CheckpointError> {
         self.require(key)?
             .to_serde()
-            .map_err(|reason| CheckpointError::Invalid { key: key.to_owned(), reason })
+            .map_err(|reason| CheckpointError::Invalid {
+                key: key.to_owned(),
+                reason,
+            })
     }
 
     /// The binary data under `key`.
@@ -170,7 +179,10 @@ impl CheckpointBucket {
     pub fn get_bytes(&self, key: &str) -> Result<Vec<u8>, CheckpointError> {
         match self.require(key)? {
             BucketValue::Bytes(bytes) => Ok(bytes.clone()),
-            other => Err(CheckpointError::Invalid { key: key.to_owned(), reason: format!("expected bytes, found {}", other.kind()) }),
+            other => Err(CheckpointError::Invalid {
+                key: key.to_owned(),
+                reason: format!("expected bytes, found {}", other.kind()),
+            }),
         }
     }
 
@@ -181,12 +193,19 @@ impl CheckpointBucket {
     pub fn bucket(&self, key: &str) -> Result<&CheckpointBucket, CheckpointError> {
         match self.require(key)? {
             BucketValue::Bucket(bucket) => Ok(bucket),
-            other => Err(CheckpointError::Invalid { key: key.to_owned(), reason: format!("expected a bucket, found {}", other.kind()) }),
+            other => Err(CheckpointError::Invalid {
+                key: key.to_owned(),
+                reason: format!("expected a bucket, found {}", other.kind()),
+            }),
         }
     }
 
     fn require(&self, key: &str) -> Result<&BucketValue, CheckpointError> {
-        self.values.get(key).ok_or_else(|| CheckpointError::Missing { key: key.to_owned() })
+        self.values
+            .get(key)
+            .ok_or_else(|| CheckpointError::Missing {
+                key: key.to_owned(),
+            })
     }
 
     /// Removes and returns the value under `key`.
@@ -227,13 +246,16 @@ mod bytes {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
     }
 }
 
 mod float {
     use super::{Deserialize, Deserializer, Serializer};
 
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `with` passes a reference
     pub(super) fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
         if value.is_finite() {
             s.serialize_f64(*value)
@@ -263,11 +285,26 @@ mod tests {
 
     #[test]
     fn primitives_stay_primitives() {
-        assert_eq!(BucketValue::from_serde("a").unwrap(), BucketValue::Str("a".into()));
-        assert_eq!(BucketValue::from_serde(&-3i32).unwrap(), BucketValue::Int(-3));
-        assert_eq!(BucketValue::from_serde(&u64::MAX).unwrap(), BucketValue::Uint(u64::MAX));
-        assert_eq!(BucketValue::from_serde(&1.5f64).unwrap(), BucketValue::Float(1.5));
-        assert_eq!(BucketValue::from_serde(&true).unwrap(), BucketValue::Bool(true));
+        assert_eq!(
+            BucketValue::from_serde("a").unwrap(),
+            BucketValue::Str("a".into())
+        );
+        assert_eq!(
+            BucketValue::from_serde(&-3i32).unwrap(),
+            BucketValue::Int(-3)
+        );
+        assert_eq!(
+            BucketValue::from_serde(&u64::MAX).unwrap(),
+            BucketValue::Uint(u64::MAX)
+        );
+        assert_eq!(
+            BucketValue::from_serde(&1.5f64).unwrap(),
+            BucketValue::Float(1.5)
+        );
+        assert_eq!(
+            BucketValue::from_serde(&true).unwrap(),
+            BucketValue::Bool(true)
+        );
         assert_eq!(BucketValue::from_serde(&vec![1, 2]).unwrap().kind(), "json");
         assert_eq!(BucketValue::from_serde(&None::<u8>).unwrap().kind(), "json");
     }
@@ -280,7 +317,9 @@ mod tests {
         bucket.put("s", "text").unwrap();
         bucket.put("f", &f64::NAN).unwrap();
         bucket.put("g", &f64::NEG_INFINITY).unwrap();
-        bucket.put("j", &std::collections::BTreeMap::from([("k", [1, 2])])).unwrap();
+        bucket
+            .put("j", &std::collections::BTreeMap::from([("k", [1, 2])]))
+            .unwrap();
         bucket.put_bytes("b", &[0, 255, 7]);
         bucket.insert("nested", BucketValue::Bucket(inner));
         let text = serde_json::to_string(&bucket).unwrap();
@@ -297,7 +336,10 @@ mod tests {
         let mut bucket = CheckpointBucket::new();
         bucket.put("option", &Some("a")).unwrap();
         bucket.put("newtype", &BookId("b".into())).unwrap();
-        assert_eq!(bucket.get::<Option<String>>("option").unwrap(), Some("a".to_owned()));
+        assert_eq!(
+            bucket.get::<Option<String>>("option").unwrap(),
+            Some("a".to_owned())
+        );
         assert_eq!(bucket.get::<BookId>("newtype").unwrap(), BookId("b".into()));
     }
 
@@ -305,8 +347,14 @@ mod tests {
     fn missing_and_mistyped_keys_are_named() {
         let mut bucket = CheckpointBucket::new();
         bucket.put("s", "text").unwrap();
-        assert!(matches!(bucket.get::<u32>("x"), Err(CheckpointError::Missing { key }) if key == "x"));
-        assert!(matches!(bucket.get::<u32>("s"), Err(CheckpointError::Invalid { key, .. }) if key == "s"));
-        assert!(matches!(bucket.get_bytes("s"), Err(CheckpointError::Invalid { key, .. }) if key == "s"));
+        assert!(
+            matches!(bucket.get::<u32>("x"), Err(CheckpointError::Missing { key }) if key == "x")
+        );
+        assert!(
+            matches!(bucket.get::<u32>("s"), Err(CheckpointError::Invalid { key, .. }) if key == "s")
+        );
+        assert!(
+            matches!(bucket.get_bytes("s"), Err(CheckpointError::Invalid { key, .. }) if key == "s")
+        );
     }
 }

@@ -13,7 +13,9 @@ pub(crate) mod writer;
 pub use bucket::{BucketValue, CheckpointBucket};
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
-pub use storage::{CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError};
+pub use storage::{
+    CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
+};
 pub use stored::StoredCheckpoint;
 pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};
 pub(crate) use strategy::StrategyState;

@@ -38,8 +38,19 @@ struct Encoded<'a> {
 impl StoredCheckpoint {
     /// A checkpoint taken now.
     #[must_use]
-    pub fn new(namespace: impl Into<String>, version: CheckpointVersion, position: Position, bucket: CheckpointBucket) -> Self {
-        StoredCheckpoint { namespace: namespace.into(), version, position, taken_at: truncate_to_micros(SystemTime::now()), bucket }
+    pub fn new(
+        namespace: impl Into<String>,
+        version: CheckpointVersion,
+        position: Position,
+        bucket: CheckpointBucket,
+    ) -> Self {
+        StoredCheckpoint {
+            namespace: namespace.into(),
+            version,
+            position,
+            taken_at: truncate_to_micros(SystemTime::now()),
+            bucket,
+        }
     }
 
     /// Encodes the checkpoint as one JSON document (the file storage's format).
@@ -55,7 +66,10 @@ impl StoredCheckpoint {
             taken_at_micros: to_micros(self.taken_at),
             bucket: std::borrow::Cow::Borrowed(&self.bucket),
         };
-        serde_json::to_vec(&encoded).map_err(|e| StorageError::Encode { namespace: self.namespace.clone(), reason: e.to_string() })
+        serde_json::to_vec(&encoded).map_err(|e| StorageError::Encode {
+            namespace: self.namespace.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Decodes a document written by [`encode`](Self::encode).
@@ -63,12 +77,22 @@ impl StoredCheckpoint {
     /// # Errors
     /// [`StorageError::Corrupt`] naming `origin` (a file, a row) and what is wrong.
     pub fn decode(bytes: &[u8], origin: &str) -> Result<Self, StorageError> {
-        let corrupt = |reason: String| StorageError::Corrupt { origin: origin.to_owned(), reason };
-        let encoded: Encoded<'_> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let corrupt = |reason: String| StorageError::Corrupt {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let encoded: Encoded<'_> =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if encoded.format != FORMAT {
-            return Err(corrupt(format!("unknown format {} (this build reads {FORMAT})", encoded.format)));
+            return Err(corrupt(format!(
+                "unknown format {} (this build reads {FORMAT})",
+                encoded.format
+            )));
         }
-        let position = encoded.position.parse().map_err(|e: crate::position::PositionParseError| corrupt(e.to_string()))?;
+        let position = encoded
+            .position
+            .parse()
+            .map_err(|e: crate::position::PositionParseError| corrupt(e.to_string()))?;
         Ok(StoredCheckpoint {
             namespace: encoded.namespace.into_owned(),
             version: CheckpointVersion::from_text(encoded.version.into_owned()),

@@ -121,7 +121,9 @@ impl StrategyState {
             Strategy::FixedEvents(n) => {
                 state.every_events = Some(state.every_events.map_or(n.get(), |m| m.min(n.get())));
             }
-            Strategy::FixedTime(d) => state.every_time = Some(state.every_time.map_or(*d, |m| m.min(*d))),
+            Strategy::FixedTime(d) => {
+                state.every_time = Some(state.every_time.map_or(*d, |m| m.min(*d)));
+            }
             Strategy::Always => state.always = true,
             Strategy::Manual => state.manual = true,
             Strategy::OnShutdown | Strategy::Never | Strategy::Any(_) => {}
@@ -133,21 +135,29 @@ impl StrategyState {
     pub(crate) fn after_event(&mut self) -> bool {
         self.since_checkpoint = self.since_checkpoint.saturating_add(1);
         self.always
-            || self.every_events.is_some_and(|n| self.since_checkpoint >= n)
-            || self.every_time.is_some_and(|d| self.last_checkpoint.elapsed() >= d)
+            || self
+                .every_events
+                .is_some_and(|n| self.since_checkpoint >= n)
+            || self
+                .every_time
+                .is_some_and(|d| self.last_checkpoint.elapsed() >= d)
             || (self.manual && self.trigger.is_requested())
     }
 
     /// Whether an idle model has a checkpoint due: time has run out with unsaved events. (A
     /// manual request waits for the next event, or for the stop.)
     pub(crate) fn due_when_idle(&self) -> bool {
-        self.since_checkpoint > 0 && self.every_time.is_some_and(|d| self.last_checkpoint.elapsed() >= d)
+        self.since_checkpoint > 0
+            && self
+                .every_time
+                .is_some_and(|d| self.last_checkpoint.elapsed() >= d)
     }
 
     /// Whether a graceful stop should checkpoint the events processed since the last one: the
     /// strategy says so, or a manual request is still open.
     pub(crate) fn due_on_shutdown(&self) -> bool {
-        self.since_checkpoint > 0 && (self.on_shutdown || (self.manual && self.trigger.is_requested()))
+        self.since_checkpoint > 0
+            && (self.on_shutdown || (self.manual && self.trigger.is_requested()))
     }
 
     /// Whether any processed event is not yet covered by a checkpoint.
@@ -164,7 +174,10 @@ impl StrategyState {
 
     /// How long an idle streaming model may sleep before a time-based checkpoint falls due.
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
-        (self.since_checkpoint > 0).then_some(()).and(self.every_time).map(|d| self.last_checkpoint + d)
+        (self.since_checkpoint > 0)
+            .then_some(())
+            .and(self.every_time)
+            .map(|d| self.last_checkpoint + d)
     }
 }
 
@@ -189,12 +202,18 @@ mod tests {
     #[test]
     fn any_is_due_when_the_first_part_is() {
         let trigger = CheckpointTrigger::default();
-        let mut s = StrategyState::new(&Strategy::Any(vec![events(100), Strategy::Manual]), trigger.clone());
+        let mut s = StrategyState::new(
+            &Strategy::Any(vec![events(100), Strategy::Manual]),
+            trigger.clone(),
+        );
         assert!(!s.after_event());
         trigger.request();
         assert!(s.after_event());
         s.checkpoint_taken();
-        assert!(!s.after_event(), "the manual checkpoint also reset the event count");
+        assert!(
+            !s.after_event(),
+            "the manual checkpoint also reset the event count"
+        );
     }
 
     #[test]
@@ -202,12 +221,19 @@ mod tests {
         assert!(events(5).checkpoints_on_shutdown());
         assert!(Strategy::OnShutdown.checkpoints_on_shutdown());
         assert!(!Strategy::Manual.checkpoints_on_shutdown());
-        assert!(Strategy::Any(vec![Strategy::Manual, Strategy::FixedTime(Duration::from_secs(1))]).checkpoints_on_shutdown());
+        assert!(Strategy::Any(vec![
+            Strategy::Manual,
+            Strategy::FixedTime(Duration::from_secs(1))
+        ])
+        .checkpoints_on_shutdown());
     }
 
     #[test]
     fn displays_as_written() {
-        let s = Strategy::Any(vec![events(25), Strategy::FixedTime(Duration::from_secs(5))]);
+        let s = Strategy::Any(vec![
+            events(25),
+            Strategy::FixedTime(Duration::from_secs(5)),
+        ]);
         assert_eq!(s.to_string(), "fixed_events(25) | fixed_time(5000ms)");
     }
 }

@@ -69,7 +69,13 @@ impl StoreError {
     /// Whether retrying may succeed: a lost or refused connection.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Database { transient: true, .. })
+        matches!(
+            self,
+            StoreError::Database {
+                transient: true,
+                ..
+            }
+        )
     }
 
     pub(crate) fn conflict(stream: &str, expected: super::ExpectedVersion, actual: u64) -> Self {
@@ -78,6 +84,10 @@ impl StoreError {
             super::ExpectedVersion::NoStream => "no stream".to_owned(),
             super::ExpectedVersion::Exact(v) => format!("version {v}"),
         };
-        StoreError::Conflict { stream: stream.to_owned(), expected, actual }
+        StoreError::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual,
+        }
     }
 }

@@ -51,21 +51,35 @@ impl FileEventStore {
     /// record other than the last is damaged.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let path = path.into();
-        let io = |source| StoreError::Io { path: path.clone(), source };
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io)?;
         let bytes = fs::read(&path).map_err(io)?;
         let log = Log::default();
         let (records, valid_len) = decode_all(&path, &bytes)?;
         if valid_len < bytes.len() {
             tracing::warn!(path = %path.display(), offset = valid_len, dropped = bytes.len() - valid_len, "dropping a torn record at the end of the event log");
-            file.set_len(valid_len as u64).and_then(|()| file.sync_all()).map_err(io)?;
+            file.set_len(valid_len as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io)?;
         }
         file.flush().map_err(io)?;
         log.commit(records);
-        Ok(FileEventStore { path, file: Arc::new(Mutex::new(file)), log })
+        Ok(FileEventStore {
+            path,
+            file: Arc::new(Mutex::new(file)),
+            log,
+        })
     }
 
     /// The log file.
@@ -85,8 +99,12 @@ fn encode(records: &[RecordedEvent]) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::new();
     for record in records {
         let m = &record.meta;
-        let encode_error = |reason: String| StoreError::Encode { position: m.position, reason };
-        let payload: &RawValue = serde_json::from_str(&record.payload).map_err(|e| encode_error(e.to_string()))?;
+        let encode_error = |reason: String| StoreError::Encode {
+            position: m.position,
+            reason,
+        };
+        let payload: &RawValue =
+            serde_json::from_str(&record.payload).map_err(|e| encode_error(e.to_string()))?;
         let body = Body {
             position: m.position.get(),
             stream: &m.stream_id,
@@ -97,7 +115,8 @@ fn encode(records: &[RecordedEvent]) -> Result<Vec<u8>, StoreError> {
             payload,
         };
         let body = serde_json::to_vec(&body).map_err(|e| encode_error(e.to_string()))?;
-        let len = u32::try_from(body.len()).map_err(|_| encode_error(format!("record of {} bytes is too large", body.len())))?;
+        let len = u32::try_from(body.len())
+            .map_err(|_| encode_error(format!("record of {} bytes is too large", body.len())))?;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         out.extend_from_slice(&body);
@@ -111,24 +130,38 @@ fn decode_all(path: &Path, bytes: &[u8]) -> Result<(Vec<RecordedEvent>, usize), 
     let mut streams: std::collections::HashMap<Arc<str>, u64> = std::collections::HashMap::new();
     let mut offset = 0;
     while offset < bytes.len() {
-        let corrupt = |reason: String| StoreError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason };
-        let Some(header) = bytes.get(offset..offset + HEADER) else { break };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason,
+        };
+        let Some(header) = bytes.get(offset..offset + HEADER) else {
+            break;
+        };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let end = offset + HEADER + len;
-        let Some(body) = bytes.get(offset + HEADER..end) else { break };
+        let Some(body) = bytes.get(offset + HEADER..end) else {
+            break;
+        };
         if crc32fast::hash(body) != crc {
             if end == bytes.len() {
                 break;
             }
             return Err(corrupt("checksum mismatch".into()));
         }
-        let body: Body<'_> = serde_json::from_slice(body).map_err(|e| corrupt(format!("undecodable record: {e}")))?;
+        let body: Body<'_> = serde_json::from_slice(body)
+            .map_err(|e| corrupt(format!("undecodable record: {e}")))?;
         let expected = records.len() as u64 + 1;
         if body.position != expected {
-            return Err(corrupt(format!("position {} where {expected} was expected", body.position)));
+            return Err(corrupt(format!(
+                "position {} where {expected} was expected",
+                body.position
+            )));
         }
-        let stream_id = streams.get_key_value(body.stream).map_or_else(|| Arc::from(body.stream), |(k, _)| k.clone());
+        let stream_id = streams
+            .get_key_value(body.stream)
+            .map_or_else(|| Arc::from(body.stream), |(k, _)| k.clone());
         streams.insert(stream_id.clone(), body.version);
         records.push(RecordedEvent {
             meta: EventMeta {
@@ -147,7 +180,12 @@ fn decode_all(path: &Path, bytes: &[u8]) -> Result<(Vec<RecordedEvent>, usize), 
 }
 
 impl EventStore for FileEventStore {
-    async fn append(&self, stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
         let _guard = self.log.append_lock.lock().await;
         let records = self.log.prepare(stream_id, expected, events)?;
         let bytes = encode(&records)?;
@@ -164,11 +202,18 @@ impl EventStore for FileEventStore {
         })
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-        written.map_err(|source| StoreError::Io { path: self.path.clone(), source })?;
+        written.map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         Ok(self.log.commit(records))
     }
 
-    async fn read_after(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_after(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         Ok(self.log.read_after(after, limit))
     }
 

@@ -29,7 +29,11 @@ pub(crate) struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { append_lock: tokio::sync::Mutex::new(()), events: RwLock::default(), head: watch::Sender::new(Position::START) }
+        Log {
+            append_lock: tokio::sync::Mutex::new(()),
+            events: RwLock::default(),
+            head: watch::Sender::new(Position::START),
+        }
     }
 }
 
@@ -40,13 +44,21 @@ impl Log {
     }
 
     /// The records `events` would become, checked against `expected`. Call with `append_lock` held.
-    pub(crate) fn prepare(&self, stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub(crate) fn prepare(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let log = self.read();
         let actual = log.streams.get(stream_id).copied().unwrap_or(0);
         if !expected.matches(actual) {
             return Err(StoreError::conflict(stream_id, expected, actual));
         }
-        let stream_id: Arc<str> = log.streams.get_key_value(stream_id).map_or_else(|| stream_id.into(), |(k, _)| k.clone());
+        let stream_id: Arc<str> = log
+            .streams
+            .get_key_value(stream_id)
+            .map_or_else(|| stream_id.into(), |(k, _)| k.clone());
         let recorded_at = truncate_to_micros(SystemTime::now());
         let first = log.all.len() as u64 + 1;
         Ok(events
@@ -71,10 +83,17 @@ impl Log {
         let mut log = self.events.write().unwrap_or_else(PoisonError::into_inner);
         let appended = match records.last() {
             Some(last) => {
-                log.streams.insert(last.meta.stream_id.clone(), last.meta.stream_version);
-                Appended { position: last.meta.position, stream_version: last.meta.stream_version }
+                log.streams
+                    .insert(last.meta.stream_id.clone(), last.meta.stream_version);
+                Appended {
+                    position: last.meta.position,
+                    stream_version: last.meta.stream_version,
+                }
             }
-            None => Appended { position: Position::new(log.all.len() as u64), stream_version: 0 },
+            None => Appended {
+                position: Position::new(log.all.len() as u64),
+                stream_version: 0,
+            },
         };
         log.all.extend(records);
         drop(log);
@@ -93,7 +112,9 @@ impl Log {
 
     pub(crate) fn read_after(&self, after: Position, limit: usize) -> Vec<RecordedEvent> {
         let log = self.read();
-        let start = usize::try_from(after.get()).unwrap_or(usize::MAX).min(log.all.len());
+        let start = usize::try_from(after.get())
+            .unwrap_or(usize::MAX)
+            .min(log.all.len());
         let end = start.saturating_add(limit).min(log.all.len());
         log.all[start..end].to_vec()
     }

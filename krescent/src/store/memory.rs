@@ -26,13 +26,22 @@ impl InMemoryEventStore {
 }
 
 impl EventStore for InMemoryEventStore {
-    async fn append(&self, stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
         let _guard = self.log.append_lock.lock().await;
         let records = self.log.prepare(stream_id, expected, events)?;
         Ok(self.log.commit(records))
     }
 
-    async fn read_after(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_after(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         Ok(self.log.read_after(after, limit))
     }
 

@@ -72,14 +72,21 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// Up to `limit` events after `after`, in order.
-    fn read_after(&self, after: Position, limit: usize) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+    fn read_after(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// The position of the last event ([`Position::START`] when empty).
     fn head(&self) -> impl Future<Output = Result<Position, StoreError>> + Send;
 
     /// Resolves when events after `after` may have been appended. It may wake without new events;
     /// callers read again and wait again.
-    fn wait_for_append(&self, after: Position) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn wait_for_append(
+        &self,
+        after: Position,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Follows the store from `after`: history first, then live appends.
     fn subscribe(&self, after: Position) -> Subscription<'_, Self>

@@ -18,7 +18,11 @@ pub struct Subscription<'s, S> {
 impl<'s, S: EventStore> Subscription<'s, S> {
     /// Follows `store` after `after`.
     pub fn new(store: &'s S, after: Position) -> Self {
-        Subscription { store, position: after, batch: DEFAULT_BATCH }
+        Subscription {
+            store,
+            position: after,
+            batch: DEFAULT_BATCH,
+        }
     }
 
     /// Follows `store` from its current head: only events appended from now on.

@@ -1,5 +1,6 @@
 //! Checkpoints kept as files, one per namespace, replaced atomically.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -26,8 +27,14 @@ impl FileCheckpointStorage {
     /// [`StorageError::Io`] when the directory cannot be created.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StorageError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| StorageError::Io { path: dir.clone(), source })?;
-        Ok(FileCheckpointStorage { dir: dir.into(), write_lock: Arc::default() })
+        fs::create_dir_all(&dir).map_err(|source| StorageError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(FileCheckpointStorage {
+            dir: dir.into(),
+            write_lock: Arc::default(),
+        })
     }
 
     /// The directory.
@@ -41,10 +48,12 @@ impl FileCheckpointStorage {
     pub fn path_of(&self, namespace: &str) -> PathBuf {
         let mut name = String::with_capacity(namespace.len() + SUFFIX.len());
         for byte in namespace.bytes() {
-            if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') && !(name.is_empty() && byte == b'.') {
+            if byte.is_ascii_alphanumeric()
+                || matches!(byte, b'.' | b'_' | b'-') && !(name.is_empty() && byte == b'.')
+            {
                 name.push(char::from(byte));
             } else {
-                name.push_str(&format!("%{byte:02X}"));
+                let _ = write!(name, "%{byte:02X}");
             }
         }
         name.push_str(SUFFIX);
@@ -56,20 +65,27 @@ impl FileCheckpointStorage {
         work: impl FnOnce(&Path) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || work(&dir)).await.map_err(|e| StorageError::Io {
-            path: self.dir.to_path_buf(),
-            source: io::Error::other(e.to_string()),
-        })?
+        tokio::task::spawn_blocking(move || work(&dir))
+            .await
+            .map_err(|e| StorageError::Io {
+                path: self.dir.to_path_buf(),
+                source: io::Error::other(e.to_string()),
+            })?
     }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io { path: path.to_path_buf(), source }
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn read(path: &Path) -> Result<Option<StoredCheckpoint>, StorageError> {
     match fs::read(path) {
-        Ok(bytes) => StoredCheckpoint::decode(&bytes, &format!("file `{}`", path.display())).map(Some),
+        Ok(bytes) => {
+            StoredCheckpoint::decode(&bytes, &format!("file `{}`", path.display())).map(Some)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(path)(e)),
     }
@@ -81,10 +97,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     temp.push(format!(".tmp-{}", std::process::id()));
     let temp = PathBuf::from(temp);
     let mut file = fs::File::create(&temp).map_err(io_error(&temp))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error(&temp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&temp))?;
     drop(file);
     fs::rename(&temp, path).map_err(io_error(path))?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
 }
 
 fn namespace_of(file_name: &str) -> Option<String> {
@@ -118,7 +138,11 @@ impl CheckpointStorage for FileCheckpointStorage {
         let _guard = self.write_lock.lock().await;
         self.blocking(move |_| {
             // An unreadable old checkpoint is replaced: it could never be restored anyway.
-            if read(&path).ok().flatten().is_some_and(|old| !replaces(&old, &checkpoint)) {
+            if read(&path)
+                .ok()
+                .flatten()
+                .is_some_and(|old| !replaces(&old, &checkpoint))
+            {
                 return Ok(());
             }
             write_atomically(&path, &bytes)
@@ -159,7 +183,10 @@ mod tests {
 
     #[test]
     fn file_names_round_trip_to_namespaces() {
-        let storage = FileCheckpointStorage { dir: Path::new("/x").into(), write_lock: Arc::default() };
+        let storage = FileCheckpointStorage {
+            dir: Path::new("/x").into(),
+            write_lock: Arc::default(),
+        };
         for namespace in ["books.available", "a/b", "..", "ü%", ".hidden", ""] {
             let path = storage.path_of(namespace);
             let name = path.file_name().unwrap().to_str().unwrap();

@@ -21,7 +21,9 @@ impl InMemoryCheckpointStorage {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, StoredCheckpoint>> {
         // A panic while holding the lock cannot leave the map half-updated: every change is one call.
-        self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner)
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -33,7 +35,10 @@ impl CheckpointStorage for InMemoryCheckpointStorage {
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
         let mut checkpoints = self.lock();
-        if checkpoints.get(&checkpoint.namespace).is_none_or(|old| replaces(old, checkpoint)) {
+        if checkpoints
+            .get(&checkpoint.namespace)
+            .is_none_or(|old| replaces(old, checkpoint))
+        {
             checkpoints.insert(checkpoint.namespace.clone(), checkpoint.clone());
         }
         Ok(())
