@@ -3,7 +3,7 @@
 //! Each suite is a set of async functions plus a macro that turns them into `#[tokio::test]`s
 //! for one implementation:
 //!
-//! ```ignore
+//! ```
 //! mod memory {
 //!     krescent_testkit::store_contract!(async { krescent::store::InMemoryEventStore::new() });
 //! }
