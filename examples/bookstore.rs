@@ -17,36 +17,13 @@ use std::time::Duration;
 
 use krescent::checkpoint::FileCheckpointStorage;
 use krescent::prelude::*;
-use krescent::store::{EventStore, ExpectedVersion, FileEventStore};
+use krescent::store::{EventStore, FileEventStore};
 use krescent::Position;
 
-#[derive(Event, Serialize, Deserialize)]
-#[event(name = "book.added")]
-struct BookAdded {
-    book_id: String,
-    title: String,
-    copies: u32,
-}
+#[path = "shared/bookstore.rs"]
+mod bookstore;
 
-#[derive(Event, Serialize, Deserialize)]
-#[event(name = "book.lent")]
-struct BookLent {
-    book_id: String,
-    user_id: String,
-}
-
-#[derive(Event, Serialize, Deserialize)]
-#[event(name = "book.returned")]
-struct BookReturned {
-    book_id: String,
-    user_id: String,
-}
-
-#[derive(Event, Serialize, Deserialize)]
-#[event(name = "book.removed")]
-struct BookRemoved {
-    book_id: String,
-}
+use bookstore::{append_batch, BookAdded, BookLent, BookRemoved, BookReturned};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Book {
@@ -113,64 +90,6 @@ fn options() -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-/// `SplitMix64`: a tiny seeded generator, so every run appends the same events for the same log.
-struct Rng(u64);
-
-impl Rng {
-    /// A number in `0..n`.
-    #[allow(clippy::cast_possible_truncation)] // the result is below `n`, which fits
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
-
-const TITLES: [&str; 6] = [
-    "Dune",
-    "Emma",
-    "Ulysses",
-    "Beloved",
-    "Middlemarch",
-    "Solaris",
-];
-
-/// Appends `count` seeded events, one stream per book; the seed is the store's head, so a run
-/// continues the sequence of the previous one.
-async fn append_batch<S: EventStore>(store: &S, count: u32) -> Result<(), Box<dyn Error>> {
-    let head = store.head().await?;
-    let mut rng = Rng(0x2a ^ head.get());
-    let books = 20 + usize::try_from(head.get() / 50)?;
-    for _ in 0..count {
-        let book_id = format!("book-{}", rng.below(books));
-        let user_id = format!("user-{}", rng.below(100));
-        let event = match rng.below(10) {
-            0..=2 => NewEvent::new(&BookAdded {
-                title: TITLES[rng.below(TITLES.len())].to_owned(),
-                copies: [1, 2, 3][rng.below(3)],
-                book_id: book_id.clone(),
-            })?,
-            3..=5 => NewEvent::new(&BookLent {
-                book_id: book_id.clone(),
-                user_id,
-            })?,
-            6..=8 => NewEvent::new(&BookReturned {
-                book_id: book_id.clone(),
-                user_id,
-            })?,
-            _ => NewEvent::new(&BookRemoved {
-                book_id: book_id.clone(),
-            })?,
-        };
-        store
-            .append(&book_id, ExpectedVersion::Any, vec![event])
-            .await?;
-    }
-    Ok(())
 }
 
 /// Appends the run's batch, catches the model up (showing progress on a terminal) and prints

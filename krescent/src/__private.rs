@@ -5,8 +5,8 @@ pub use core::num::NonZeroU32;
 pub use core::time::Duration;
 
 pub use crate::checkpoint::{
-    BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport, OnInvalid,
-    Strategy,
+    BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport,
+    CheckpointTransaction, OnInvalid, Strategy,
 };
 pub use crate::event::{Event, EventType, RecordedEvent};
 pub use crate::model::{EventModel, HandlerError, HandlerOutput, Handlers};

@@ -132,7 +132,7 @@ impl<S: EventStore> Krescent<S> {
     ) -> Result<Runner<M>, Error> {
         let storage = self.storage_of::<M>()?;
         let start = restore(model, storage.as_ref()).await?;
-        Ok(Runner::new(start, storage, trigger))
+        Runner::begin(start, storage, trigger).await
     }
 
     /// Restores `model` from its checkpoint (if any), replays every later event, and returns

@@ -68,6 +68,7 @@ pub mod event;
 mod krescent;
 pub mod model;
 mod position;
+pub mod projection;
 mod runner;
 mod running;
 pub mod store;

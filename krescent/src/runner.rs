@@ -33,6 +33,11 @@ pub(crate) struct Runner<M> {
     /// Checkpoints taken in this run.
     pub(crate) taken: u64,
     checkpoints: Option<Checkpoints>,
+    /// The model writes into a database transaction that each checkpoint commits
+    /// ([`CheckpointTransaction`](crate::checkpoint::CheckpointTransaction)).
+    transactional: bool,
+    /// The open transaction holds writes (or a reset) that no checkpoint has committed yet.
+    uncommitted: bool,
 }
 
 /// The checkpointing part of a runner: strategy state, writer and the pending flag.
@@ -83,6 +88,15 @@ pub(crate) async fn restore<M: EventModel>(
             })
         }
     };
+    if let Some(transaction) = model.transaction() {
+        transaction
+            .prepare()
+            .await
+            .map_err(|source| Error::Storage {
+                namespace: namespace.to_owned(),
+                source,
+            })?;
+    }
     let checkpoint = match storage.load(namespace).await {
         Ok(Some(checkpoint)) => checkpoint,
         Ok(None) => return Ok(scratch(model)),
@@ -122,16 +136,33 @@ pub(crate) async fn restore<M: EventModel>(
 
 impl<M: EventModel> Runner<M> {
     /// A runner from a restored start; `storage` is `None` when the model does not checkpoint.
-    pub(crate) fn new(
+    /// A transactional model that starts without a checkpoint resets its data first.
+    pub(crate) async fn begin(
         start: Start<M>,
         storage: Option<Arc<dyn CheckpointStorage>>,
         trigger: CheckpointTrigger,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let Start {
             mut model,
             origin,
             position,
         } = start;
+        let storage_error = |source| Error::Storage {
+            namespace: M::NAME.to_owned(),
+            source,
+        };
+        let transactional = model.transaction().is_some();
+        if transactional && (M::checkpointing().is_none() || storage.is_none()) {
+            return Err(Error::InvalidCheckpoint {
+                namespace: M::NAME.to_owned(),
+                reason: "a model with a transactional extension needs `#[checkpoint(strategy = ..., storage = ...)]`".to_owned(),
+            });
+        }
+        let mut uncommitted = false;
+        if let (Some(transaction), None) = (model.transaction(), origin.restored_from()) {
+            transaction.reset(M::NAME).await.map_err(storage_error)?;
+            uncommitted = true;
+        }
         let checkpoints = M::checkpointing()
             .zip(storage)
             .map(|(config, storage)| Checkpoints {
@@ -142,14 +173,16 @@ impl<M: EventModel> Runner<M> {
                 not_before: None,
             });
         model.on_start(&origin);
-        Runner {
+        Ok(Runner {
             model,
             origin,
             position,
             processed: 0,
             taken: 0,
             checkpoints,
-        }
+            transactional,
+            uncommitted,
+        })
     }
 
     /// Applies a batch in order, checkpointing when due. On a handler error nothing of the
@@ -158,7 +191,7 @@ impl<M: EventModel> Runner<M> {
         for event in batch {
             if M::handles(event.event_type()) {
                 if let Err(source) = self.model.handle(event).await {
-                    self.settle_quietly().await;
+                    self.abandon().await;
                     return Err(Error::Handler {
                         model: M::NAME,
                         event_type: event.event_type().to_owned(),
@@ -168,13 +201,16 @@ impl<M: EventModel> Runner<M> {
                 }
                 self.processed += 1;
                 self.position = event.position();
+                self.uncommitted = self.transactional;
                 let Some(c) = &mut self.checkpoints else {
                     continue;
                 };
                 if c.state.after_event() {
                     c.pending = true;
                 }
-                if c.pending {
+                if c.pending && self.transactional {
+                    self.commit().await?;
+                } else if c.pending {
                     self.checkpoint_if_free().await?;
                 }
             } else {
@@ -182,6 +218,44 @@ impl<M: EventModel> Runner<M> {
             }
         }
         Ok(())
+    }
+
+    /// Commits the model's transaction with a checkpoint of its state, in line: the next
+    /// events' writes go into the next transaction.
+    async fn commit(&mut self) -> Result<(), Error> {
+        let Some(c) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        if let Some(transaction) = self.model.transaction() {
+            transaction
+                .commit(&checkpoint)
+                .await
+                .map_err(|source| Error::Storage {
+                    namespace: M::NAME.to_owned(),
+                    source,
+                })?;
+        }
+        self.taken += 1;
+        self.uncommitted = false;
+        c.state.checkpoint_taken();
+        c.pending = false;
+        Ok(())
+    }
+
+    /// After a handler failed: rolls back the open transaction, or waits for the write in
+    /// flight, so that the next run finds the last checkpoint in place.
+    async fn abandon(&mut self) {
+        let result = match self.model.transaction() {
+            Some(transaction) => transaction.rollback().await,
+            None => match &mut self.checkpoints {
+                Some(c) => c.writer.settle().await,
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            warn!(model = M::NAME, error = %e, "cleaning up after the failed handler failed too");
+        }
     }
 
     /// Takes the due checkpoint if the writer is free; otherwise it stays pending.
@@ -210,9 +284,11 @@ impl<M: EventModel> Runner<M> {
 
     /// Whether an idle streaming model has a checkpoint to take now.
     pub(crate) fn due_when_idle(&self) -> bool {
-        self.checkpoints
-            .as_ref()
-            .is_some_and(|c| c.pending || c.state.due_when_idle())
+        self.uncommitted
+            || self
+                .checkpoints
+                .as_ref()
+                .is_some_and(|c| c.pending || c.state.due_when_idle())
     }
 
     /// When an idle streaming model should wake to checkpoint, if ever.
@@ -226,6 +302,9 @@ impl<M: EventModel> Runner<M> {
 
     /// Takes the checkpoint an idle model has due, waiting for the writer if needed.
     pub(crate) async fn checkpoint_idle(&mut self) -> Result<(), Error> {
+        if self.transactional {
+            return self.commit().await;
+        }
         if let Some(c) = &mut self.checkpoints {
             if c.writer.is_busy() {
                 return Ok(());
@@ -249,6 +328,9 @@ impl<M: EventModel> Runner<M> {
     /// Ends the run: takes the final checkpoint the strategy asks for and waits until every
     /// write is done.
     pub(crate) async fn finish(&mut self) -> Result<(), Error> {
+        if self.uncommitted {
+            return self.commit().await;
+        }
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
@@ -268,14 +350,6 @@ impl<M: EventModel> Runner<M> {
             namespace: M::NAME.to_owned(),
             source,
         })
-    }
-
-    async fn settle_quietly(&mut self) {
-        if let Some(c) = &mut self.checkpoints {
-            if let Err(e) = c.writer.settle().await {
-                warn!(model = M::NAME, error = %e, "checkpoint write failed");
-            }
-        }
     }
 }
 

@@ -41,6 +41,7 @@ fn generate(c: &Container) -> TokenStream {
     let create = create(&p, c);
     let restore = restore(&p, c);
     let validate = validate(&p, c);
+    let transaction = transaction(&p, c);
     quote! {
         const _: () = {
             #guard
@@ -61,6 +62,7 @@ fn generate(c: &Container) -> TokenStream {
                 #create
                 #restore
                 #validate
+                #transaction
             }
         };
     }
@@ -319,6 +321,33 @@ fn validate(p: &TokenStream, c: &Container) -> TokenStream {
     quote! {
         fn validate_checkpoint(&self, #bucket: &#p::CheckpointBucket) -> ::core::primitive::bool {
             #body
+        }
+    }
+}
+
+/// `transaction`: the first `#[checkpoint(support)]` field that has one; nothing without
+/// support fields (the trait's default).
+fn transaction(p: &TokenStream, c: &Container) -> TokenStream {
+    let supports: Vec<TokenStream> = c
+        .checkpointed()
+        .filter(|(field, _)| matches!(field.kind(), Kind::Support))
+        .map(|(field, _)| {
+            let member = field.ident;
+            let ty = field.ty;
+            quote! {
+                if let ::core::option::Option::Some(__transaction) = <#ty as #p::CheckpointSupport>::transaction(&mut self.#member) {
+                    return ::core::option::Option::Some(__transaction);
+                }
+            }
+        })
+        .collect();
+    if supports.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        fn transaction(&mut self) -> ::core::option::Option<&mut dyn #p::CheckpointTransaction> {
+            #(#supports)*
+            ::core::option::Option::None
         }
     }
 }

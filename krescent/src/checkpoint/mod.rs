@@ -7,6 +7,7 @@ pub mod storage;
 mod stored;
 mod strategy;
 mod support;
+mod transaction;
 mod version;
 pub(crate) mod writer;
 
@@ -21,4 +22,5 @@ pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};
 pub(crate) use strategy::StrategyState;
 pub use strategy::{CheckpointTrigger, Strategy};
 pub use support::CheckpointSupport;
+pub use transaction::CheckpointTransaction;
 pub use version::CheckpointVersion;

@@ -1,6 +1,6 @@
 //! The trait by which a model or an extension writes itself into a checkpoint.
 
-use super::{CheckpointBucket, CheckpointError};
+use super::{CheckpointBucket, CheckpointError, CheckpointTransaction};
 
 /// Writes a model's (or an extension's) state into a [`CheckpointBucket`] and reads it back.
 ///
@@ -24,4 +24,11 @@ pub trait CheckpointSupport {
     /// Whether `bucket` holds what [`restore_checkpoint`](Self::restore_checkpoint) needs: every
     /// expected key, each of the right kind, and any referenced outside data still in place.
     fn validate_checkpoint(&self, bucket: &CheckpointBucket) -> bool;
+
+    /// The database transaction this state's checkpoints commit in, if it writes to a database
+    /// (see [`CheckpointTransaction`]). The derive forwards to the `#[checkpoint(support)]`
+    /// fields; other impls have none.
+    fn transaction(&mut self) -> Option<&mut dyn CheckpointTransaction> {
+        None
+    }
 }

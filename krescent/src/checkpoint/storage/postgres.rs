@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{ClientWrapper, Pool};
 
 use super::{CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::{truncate_to_micros, CheckpointBucket, CheckpointVersion};
@@ -89,6 +89,54 @@ impl PostgresCheckpointStorage {
         &self.pool
     }
 
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The bucket of `checkpoint` as the `data` column holds it.
+    pub(crate) fn encode(checkpoint: &StoredCheckpoint) -> Result<String, StorageError> {
+        serde_json::to_string(&checkpoint.bucket).map_err(|e| StorageError::Encode {
+            namespace: checkpoint.namespace.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Upserts `checkpoint`, its bucket encoded as `data`, through `client`, in whatever
+    /// transaction it has open.
+    pub(crate) async fn store_in(
+        &self,
+        client: &ClientWrapper,
+        checkpoint: &StoredCheckpoint,
+        data: &str,
+    ) -> Result<(), DbFailure> {
+        let position = checkpoint.position.to_string();
+        let taken_at = truncate_to_micros(checkpoint.taken_at);
+        let statement = client.prepare_cached(&self.sql.store).await?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &checkpoint.namespace,
+                    &checkpoint.version.as_str(),
+                    &position,
+                    &taken_at,
+                    &data,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the checkpoint of `namespace` through `client`, in whatever transaction it has open.
+    pub(crate) async fn delete_in(
+        &self,
+        client: &ClientWrapper,
+        namespace: &str,
+    ) -> Result<u64, DbFailure> {
+        let statement = client.prepare_cached(&self.sql.delete).await?;
+        Ok(client.execute(&statement, &[&namespace]).await?)
+    }
+
     /// Where a namespace's row is, for error messages.
     fn origin(&self, namespace: &str) -> String {
         format!(
@@ -154,26 +202,13 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
-        let namespace = &checkpoint.namespace;
-        let data = serde_json::to_string(&checkpoint.bucket).map_err(|e| StorageError::Encode {
-            namespace: namespace.clone(),
-            reason: e.to_string(),
-        })?;
-        let position = checkpoint.position.to_string();
-        let taken_at = truncate_to_micros(checkpoint.taken_at);
-        self.execute(
-            &self.sql.store,
-            &[
-                namespace,
-                &checkpoint.version.as_str(),
-                &position,
-                &taken_at,
-                &data,
-            ],
-        )
-        .await
-        .map(drop)
-        .map_err(|e| e.storage(format!("store into {}", self.origin(namespace))))
+        let data = Self::encode(checkpoint)?;
+        let run = async {
+            let client = self.pool.get().await?;
+            self.store_in(&client, checkpoint, &data).await
+        };
+        run.await
+            .map_err(|e| e.storage(format!("store into {}", self.origin(&checkpoint.namespace))))
     }
 
     async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {

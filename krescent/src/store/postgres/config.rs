@@ -141,7 +141,7 @@ fn invalid(what: &'static str, name: &str, reason: &'static str) -> StoreError {
 }
 
 /// `name` quoted, if it matches `[a-z_][a-z0-9_]{0,62}`.
-fn identifier(what: &'static str, name: &str) -> Result<String, StoreError> {
+pub(crate) fn identifier(what: &'static str, name: &str) -> Result<String, StoreError> {
     let Some(first) = name.bytes().next() else {
         return Err(invalid(what, name, "it is empty"));
     };

@@ -16,8 +16,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-pub(crate) use config::Names;
 pub use config::PostgresConfig;
+pub(crate) use config::{identifier, Names};
 pub(crate) use error::DbFailure;
 use listener::{wait_past, ListenTo, Listener};
 pub(crate) use schema::{migrate, Component};

@@ -1,0 +1,31 @@
+//! Checkpoints that commit in the same database transaction as a model's writes.
+
+use super::{StorageError, StoredCheckpoint};
+
+/// A model extension whose writes go into a database transaction that the runner commits
+/// together with the checkpoint, so that a crash can never separate the two (a Postgres
+/// projection). Reached through [`CheckpointSupport::transaction`](super::CheckpointSupport::transaction).
+///
+/// The runner drives it: [`prepare`](Self::prepare) before the stored checkpoint is validated,
+/// [`reset`](Self::reset) when the model starts without a usable checkpoint,
+/// [`commit`](Self::commit) whenever the strategy takes a checkpoint (and when a streaming model
+/// goes idle or stops, so that written rows never wait), and [`rollback`](Self::rollback) when a
+/// handler fails.
+#[async_trait::async_trait]
+pub trait CheckpointTransaction: Send {
+    /// Reads what validating the stored checkpoint needs, such as the current shape of the
+    /// extension's tables.
+    async fn prepare(&mut self) -> Result<(), StorageError>;
+
+    /// Starts over: discards the extension's data (drops and recreates its tables) and the
+    /// checkpoint of `namespace`, in the open transaction, so that both become visible with the
+    /// first new checkpoint.
+    async fn reset(&mut self, namespace: &str) -> Result<(), StorageError>;
+
+    /// Writes `checkpoint` in the open transaction and commits it with everything written since
+    /// the last commit.
+    async fn commit(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError>;
+
+    /// Discards everything written since the last commit.
+    async fn rollback(&mut self) -> Result<(), StorageError>;
+}

@@ -1,0 +1,335 @@
+//! Tables in Postgres, written in the transaction that commits the model's checkpoint.
+
+use std::collections::BTreeMap;
+
+use deadpool_postgres::{ClientWrapper, Object, PoolError};
+use tokio_postgres::types::ToSql;
+
+use crate::checkpoint::storage::PostgresCheckpointStorage;
+use crate::checkpoint::{
+    CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, StorageError,
+    StoredCheckpoint,
+};
+use crate::store::postgres::{identifier, DbFailure};
+use crate::store::StoreError;
+
+const REVISION: &str = "revision";
+const TABLES: &str = "tables";
+
+/// What a projection handler's database work failed with.
+#[derive(Debug, thiserror::Error)]
+#[error("projection write failed: {0}")]
+pub struct ProjectionError(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl From<tokio_postgres::Error> for ProjectionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ProjectionError(Box::new(e))
+    }
+}
+
+impl From<PoolError> for ProjectionError {
+    fn from(e: PoolError) -> Self {
+        ProjectionError(Box::new(e))
+    }
+}
+
+/// A table of the projection: its quoted name, plain name and `CREATE TABLE` statement.
+#[derive(Debug, Clone)]
+struct Table {
+    quoted: String,
+    plain: String,
+    create: String,
+}
+
+/// Tables a model projects into, exactly once: handlers write through
+/// [`transaction`](Self::transaction), and the runner commits that transaction together with the
+/// checkpoint row, so a crash can never separate the rows from the position they reflect.
+///
+/// Use it as a `#[checkpoint(support)]` field of a model whose storage is the
+/// [`PostgresCheckpointStorage`] it was built from. Its checkpoint is a reference, not the
+/// data: the revision and the shape (columns and types) of each table. On restore it is
+/// checked against the database, so tables dropped or altered behind the model's back make the
+/// checkpoint invalid: the model rebuilds (dropping and recreating its tables in the rebuild's
+/// first transaction) or fails, as its `on_invalid` says.
+///
+/// With `always` the transaction spans one event; with `fixed_events(N)` up to N events. A
+/// streaming model also commits when it has caught up and when it stops, so rows never wait
+/// for more events. A handler error rolls back every write since the last checkpoint; the next
+/// run resumes from that checkpoint.
+#[derive(Debug)]
+pub struct PostgresProjection {
+    storage: PostgresCheckpointStorage,
+    revision: u32,
+    tables: Vec<Table>,
+    /// The connection of the open transaction (kept between transactions).
+    client: Option<Object>,
+    open: bool,
+    /// The tables' shapes as the database has them, read by `prepare` and after a reset.
+    shapes: BTreeMap<String, String>,
+}
+
+impl PostgresProjection {
+    /// A projection whose checkpoints go into `storage`'s table, at `revision` (bump it when the
+    /// tables' meaning changes without their shape changing).
+    #[must_use]
+    pub fn new(storage: &PostgresCheckpointStorage, revision: u32) -> Self {
+        PostgresProjection {
+            storage: storage.clone(),
+            revision,
+            tables: Vec::new(),
+            client: None,
+            open: false,
+            shapes: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the table `name` (in the storage's schema), created by `create`, a `CREATE TABLE`
+    /// statement in which `{table}` stands for the quoted, schema-qualified name.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidName`] when `name` is not a safe identifier.
+    pub fn table(mut self, name: &str, create: &str) -> Result<Self, StoreError> {
+        let quoted = format!(
+            "{}.{}",
+            self.storage.names().schema,
+            identifier("projection table", name)?
+        );
+        let plain = format!("{}.{name}", self.storage.names().schema_plain);
+        self.tables.push(Table {
+            create: create.replace("{table}", &quoted),
+            quoted,
+            plain,
+        });
+        Ok(self)
+    }
+
+    /// The quoted, schema-qualified name of the table `name`, for the handlers' SQL.
+    #[must_use]
+    pub fn name_of(&self, name: &str) -> Option<&str> {
+        let plain = format!("{}.{name}", self.storage.names().schema_plain);
+        self.tables
+            .iter()
+            .find(|t| t.plain == plain)
+            .map(|t| t.quoted.as_str())
+    }
+
+    /// The open transaction's connection, beginning a transaction if none is open. Everything a
+    /// handler writes through it commits with the next checkpoint.
+    ///
+    /// # Errors
+    /// When no connection can be had or `BEGIN` fails.
+    pub async fn transaction(&mut self) -> Result<&ClientWrapper, ProjectionError> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => self.storage.pool().get().await?,
+        };
+        if !self.open {
+            // On failure the connection is dropped: its state is unknown.
+            client.batch_execute("BEGIN").await?;
+            self.open = true;
+        }
+        Ok(&**self.client.insert(client))
+    }
+
+    /// Runs `sql` with `params` in the open transaction (beginning one if needed), as a
+    /// statement prepared once per connection; the number of rows it changed.
+    ///
+    /// # Errors
+    /// When the statement fails.
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, ProjectionError> {
+        let client = self.transaction().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
+    }
+
+    /// Deletes the model completely: drops its tables and deletes its checkpoint (of
+    /// `namespace`, the model's name), in one transaction. Its next start rebuilds from scratch.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] when the database refuses; nothing is deleted then.
+    pub async fn delete_model(&self, namespace: &str) -> Result<(), StorageError> {
+        let run = async {
+            let client = self.storage.pool().get().await?;
+            client.batch_execute("BEGIN").await?;
+            for table in &self.tables {
+                client
+                    .batch_execute(&format!("DROP TABLE IF EXISTS {}", table.quoted))
+                    .await?;
+            }
+            self.storage.delete_in(&client, namespace).await?;
+            client.batch_execute("COMMIT").await?;
+            Ok::<_, DbFailure>(())
+        };
+        run.await
+            .map_err(|e| e.storage(format!("delete model `{namespace}`")))
+    }
+
+    /// Reads the shape of every table: `column type, …`; a missing table has none.
+    async fn read_shapes(
+        &self,
+        client: &ClientWrapper,
+    ) -> Result<BTreeMap<String, String>, DbFailure> {
+        let statement = client
+            .prepare_cached(
+                "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+                 FROM pg_catalog.pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+            )
+            .await?;
+        let mut shapes = BTreeMap::new();
+        for table in &self.tables {
+            let shape: Option<String> = client
+                .query_one(&statement, &[&table.quoted])
+                .await?
+                .try_get(0)?;
+            if let Some(shape) = shape {
+                shapes.insert(table.plain.clone(), shape);
+            }
+        }
+        Ok(shapes)
+    }
+
+    async fn open_transaction(&mut self) -> Result<(), StorageError> {
+        self.transaction()
+            .await
+            .map(drop)
+            .map_err(|e| StorageError::Database(Box::new(e)))
+    }
+
+    /// After a failure the connection's state is unknown: forget it.
+    fn discard(&mut self) {
+        self.client = None;
+        self.open = false;
+    }
+}
+
+impl CheckpointSupport for PostgresProjection {
+    fn create_checkpoint(&self, bucket: &mut CheckpointBucket) -> Result<(), CheckpointError> {
+        bucket.put(REVISION, &self.revision)?;
+        bucket.put(TABLES, &self.shapes)
+    }
+
+    fn restore_checkpoint(&mut self, bucket: &CheckpointBucket) -> Result<(), CheckpointError> {
+        // The data is in the tables; the reference must still hold.
+        let revision: u32 = bucket.get(REVISION)?;
+        let shapes: BTreeMap<String, String> = bucket.get(TABLES)?;
+        if revision != self.revision {
+            return Err(CheckpointError::StaleReference {
+                reference: "projection revision".to_owned(),
+                reason: format!(
+                    "the checkpoint is of revision {revision}, the projection is at {}",
+                    self.revision
+                ),
+            });
+        }
+        if shapes != self.shapes {
+            let tables: Vec<&str> = self.tables.iter().map(|t| t.plain.as_str()).collect();
+            return Err(CheckpointError::StaleReference {
+                reference: tables.join(", "),
+                reason: "the tables were dropped or changed since the checkpoint".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_checkpoint(&self, bucket: &CheckpointBucket) -> bool {
+        bucket
+            .get::<u32>(REVISION)
+            .is_ok_and(|r| r == self.revision)
+            && bucket
+                .get::<BTreeMap<String, String>>(TABLES)
+                .is_ok_and(|shapes| shapes == self.shapes && shapes.len() == self.tables.len())
+    }
+
+    fn transaction(&mut self) -> Option<&mut dyn CheckpointTransaction> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl CheckpointTransaction for PostgresProjection {
+    async fn prepare(&mut self) -> Result<(), StorageError> {
+        let run = async {
+            let client = self.storage.pool().get().await?;
+            self.read_shapes(&client).await
+        };
+        self.shapes = run
+            .await
+            .map_err(|e| e.storage("read the projection's tables"))?;
+        Ok(())
+    }
+
+    async fn reset(&mut self, namespace: &str) -> Result<(), StorageError> {
+        self.open_transaction().await?;
+        let Some(client) = self.client.as_deref() else {
+            return Err(StorageError::Database(
+                "the projection has no connection".into(),
+            ));
+        };
+        let run = async {
+            for table in &self.tables {
+                client
+                    .batch_execute(&format!(
+                        "DROP TABLE IF EXISTS {}; {}",
+                        table.quoted, table.create
+                    ))
+                    .await?;
+            }
+            // The old checkpoint goes in the same transaction: it described the dropped rows.
+            self.storage.delete_in(client, namespace).await?;
+            self.read_shapes(client).await
+        };
+        match run.await {
+            Ok(shapes) => {
+                self.shapes = shapes;
+                Ok(())
+            }
+            Err(e) => {
+                self.discard();
+                Err(e.storage(format!("reset the tables of `{namespace}`")))
+            }
+        }
+    }
+
+    async fn commit(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
+        let data = PostgresCheckpointStorage::encode(checkpoint)?;
+        self.open_transaction().await?;
+        let Some(client) = self.client.as_deref() else {
+            return Err(StorageError::Database(
+                "the projection has no connection".into(),
+            ));
+        };
+        let run = async {
+            self.storage.store_in(client, checkpoint, &data).await?;
+            client.batch_execute("COMMIT").await?;
+            Ok::<_, DbFailure>(())
+        };
+        let result = run.await;
+        self.open = false;
+        result.map_err(|e| {
+            self.discard();
+            e.storage(format!(
+                "commit the projection of `{}` at position {}",
+                checkpoint.namespace, checkpoint.position
+            ))
+        })
+    }
+
+    async fn rollback(&mut self) -> Result<(), StorageError> {
+        if !self.open {
+            return Ok(());
+        }
+        let result = match &self.client {
+            Some(client) => client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| DbFailure::from(e).storage("roll back the projection")),
+            None => Ok(()),
+        };
+        self.discard();
+        result
+    }
+}
