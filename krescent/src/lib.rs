@@ -54,6 +54,12 @@
 //! | `#[checkpoint(key = "...")]` | field | … under another key |
 //! | `#[checkpoint(support)]` | field | an extension with its own [`CheckpointSupport`], under its key |
 //!
+//! In a `#[krescent::handlers]` block every method handles one event type, named by its first
+//! parameter (`&BookAdded`); it may also take `&EventMeta`, be `async`, and return `()` or
+//! `Result<(), E>`. Two hooks may join them: `#[on_start] fn started(&mut self, origin: &Origin)`
+//! and `#[on_caught_up] fn caught_up(&mut self, position: Position)`. Other methods belong in
+//! another `impl` block.
+//!
 //! Strategies: `fixed_events(N)`, `fixed_time(D)` (`ms`, `s`, `m`, `h`), `always`, `manual`,
 //! `on_shutdown`, `never`, and any of them joined with `|`.
 //! Storages: `"memory"` (always registered), `"file"`, `"postgres"` (feature `postgres`), or any
