@@ -278,3 +278,33 @@ pub async fn conflicting_batch_writes_nothing<S: EventStore>(store: &S) {
     assert_eq!(numbers(&read_all(store).await), [1]);
     assert_eq!(read_all(store).await[0].position(), head);
 }
+
+/// An empty append writes nothing and reports the store's head and the stream's version.
+pub async fn empty_append_reports_the_stream<S: EventStore>(store: &S) {
+    store
+        .append(
+            "e",
+            ExpectedVersion::NoStream,
+            vec![event("x", 1), event("x", 2)],
+        )
+        .await
+        .expect("append");
+    store
+        .append("other", ExpectedVersion::NoStream, vec![event("x", 3)])
+        .await
+        .expect("append");
+    let head = store.head().await.expect("head");
+    let appended = store
+        .append("e", ExpectedVersion::Exact(2), Vec::new())
+        .await
+        .expect("empty append");
+    assert_eq!((appended.position, appended.stream_version), (head, 2));
+    assert_conflict(
+        store
+            .append("e", ExpectedVersion::NoStream, Vec::new())
+            .await,
+        "e",
+        2,
+    );
+    assert_eq!(numbers(&read_all(store).await), [1, 2, 3]);
+}

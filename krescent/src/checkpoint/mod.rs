@@ -14,6 +14,8 @@ pub(crate) mod writer;
 pub use bucket::{BucketValue, CheckpointBucket};
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
+#[cfg(feature = "postgres")]
+pub use storage::PostgresCheckpointStorage;
 pub use storage::{
     CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
 };

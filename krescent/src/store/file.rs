@@ -206,7 +206,7 @@ impl EventStore for FileEventStore {
             path: self.path.clone(),
             source,
         })?;
-        Ok(self.log.commit(records))
+        Ok(self.log.append(stream_id, records))
     }
 
     async fn read_after(

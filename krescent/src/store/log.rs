@@ -78,6 +78,18 @@ impl Log {
             .collect())
     }
 
+    /// Makes the records of an append to `stream_id` visible; an empty append reports where
+    /// the store and the stream are. Call with `append_lock` held.
+    pub(crate) fn append(&self, stream_id: &str, records: Vec<RecordedEvent>) -> Appended {
+        if records.is_empty() {
+            return Appended {
+                position: self.head(),
+                stream_version: self.stream_version(stream_id),
+            };
+        }
+        self.commit(records)
+    }
+
     /// Makes `records` visible and wakes subscribers. Call with `append_lock` held.
     pub(crate) fn commit(&self, records: Vec<RecordedEvent>) -> Appended {
         let mut log = self.events.write().unwrap_or_else(PoisonError::into_inner);

@@ -34,7 +34,7 @@ impl EventStore for InMemoryEventStore {
     ) -> Result<Appended, StoreError> {
         let _guard = self.log.append_lock.lock().await;
         let records = self.log.prepare(stream_id, expected, events)?;
-        Ok(self.log.commit(records))
+        Ok(self.log.append(stream_id, records))
     }
 
     async fn read_after(
