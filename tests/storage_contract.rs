@@ -8,7 +8,8 @@ mod memory {
 
 mod file {
     krescent_testkit::storage_contract!(async {
-        let dir = tempfile::tempdir().expect("temp dir").keep();
+        // Kept for the test's whole run, under `target/tmp` rather than the system's temp dir.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir").keep();
         krescent::checkpoint::FileCheckpointStorage::open(dir).expect("open")
     });
 }

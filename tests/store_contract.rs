@@ -6,7 +6,8 @@ mod memory {
 
 mod file {
     krescent_testkit::store_contract!(async {
-        let dir = tempfile::tempdir().expect("temp dir").keep();
+        // Kept for the test's whole run, under `target/tmp` rather than the system's temp dir.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir").keep();
         krescent::store::FileEventStore::open(dir.join("events.log")).expect("open")
     });
 }
