@@ -2,7 +2,7 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|postgres]
 //! ```
 //!
 //! It prints one line per figure:
@@ -20,18 +20,28 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
+    /// Only the in-memory figures, or only the Postgres ones.
+    pub(crate) only: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
         events: 1_000_000,
         reps: 5,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args
             .next()
             .ok_or_else(|| format!("`{arg}` needs a value"))?;
+        if arg == "--only" {
+            if !matches!(value.as_str(), "memory" | "postgres") {
+                return Err(format!("`--only {value}`: expected `memory` or `postgres`"));
+            }
+            options.only = Some(value);
+            continue;
+        }
         let number = value
             .parse::<usize>()
             .map_err(|e| format!("`{arg} {value}`: {e}"))?;
@@ -40,7 +50,7 @@ fn options() -> Result<Options, String> {
             "--reps" => options.reps = number.max(1),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected `--events N` or `--reps R`"
+                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|postgres`"
                 ))
             }
         }
@@ -57,7 +67,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         krescent_testkit::workload::SEED,
         options.reps
     );
-    memory::run(&options).await?;
-    postgres::run(&options).await?;
+    if options.only.as_deref() != Some("postgres") {
+        memory::run(&options).await?;
+    }
+    if options.only.as_deref() != Some("memory") {
+        postgres::run(&options).await?;
+    }
     Ok(())
 }
