@@ -144,7 +144,7 @@ impl<S: EventStore> Krescent<S> {
             loop {
                 let batch = self
                     .store
-                    .read_after(runner.position, BATCH)
+                    .read_batch(runner.position, BATCH)
                     .await
                     .map_err(|source| Error::Store {
                         model: M::NAME,

@@ -107,7 +107,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
     let mut caught_up_at = None;
     let mut backoff = Duration::from_millis(50);
     while !*control.stop.borrow() {
-        let batch = match store.read_after(runner.position, BATCH).await {
+        let batch = match store.read_batch(runner.position, BATCH).await {
             Ok(batch) => batch,
             Err(e) if e.is_transient() => {
                 warn!(error = %e, retry_in = ?backoff, "event store unavailable; retrying");

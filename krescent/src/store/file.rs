@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::log::Log;
-use super::{Appended, EventStore, ExpectedVersion, StoreError};
+use super::{Appended, EventBatch, EventStore, ExpectedVersion, StoreError};
 use crate::checkpoint::{from_micros, to_micros};
 use crate::event::{EventMeta, NewEvent, RecordedEvent};
 use crate::Position;
@@ -215,6 +215,10 @@ impl EventStore for FileEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         Ok(self.log.read_after(after, limit))
+    }
+
+    async fn read_batch(&self, after: Position, limit: usize) -> Result<EventBatch, StoreError> {
+        Ok(self.log.read_batch(after, limit))
     }
 
     async fn head(&self) -> Result<Position, StoreError> {

@@ -6,16 +6,57 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use super::{Appended, ExpectedVersion, StoreError};
+use super::{Appended, EventBatch, ExpectedVersion, StoreError};
 use crate::checkpoint::truncate_to_micros;
 use crate::event::{EventMeta, NewEvent, RecordedEvent};
 use crate::Position;
 
+/// The number of events in a sealed chunk of the log.
+const CHUNK: usize = 1024;
+
 /// Events in position order, position `n` at index `n - 1`, with each stream's version.
+///
+/// The events are kept in chunks of [`CHUNK`]: once full, a chunk is sealed behind an `Arc` and
+/// never changes again, so that a reader gets a batch of it by cloning one `Arc` instead of
+/// every event (three `Arc` counters each). Only the open chunk at the end is copied.
 #[derive(Debug, Default)]
 struct Events {
-    all: Vec<RecordedEvent>,
+    sealed: Vec<Arc<[RecordedEvent]>>,
+    /// The events after the sealed chunks; fewer than [`CHUNK`].
+    open: Vec<RecordedEvent>,
     streams: HashMap<Arc<str>, u64>,
+}
+
+impl Events {
+    fn len(&self) -> usize {
+        self.sealed.len() * CHUNK + self.open.len()
+    }
+
+    fn push(&mut self, event: RecordedEvent) {
+        if self.open.capacity() == 0 {
+            self.open.reserve_exact(CHUNK);
+        }
+        self.open.push(event);
+        if self.open.len() == CHUNK {
+            let full = std::mem::take(&mut self.open);
+            self.sealed.push(full.into());
+        }
+    }
+
+    /// The events at indexes `start..end` (within `0..len`) that lie in one chunk, starting at
+    /// `start`: a whole chunk at most.
+    fn chunk_from(&self, start: usize, end: usize) -> &[RecordedEvent] {
+        let (chunk, offset) = (start / CHUNK, start % CHUNK);
+        let events: &[RecordedEvent] = self.sealed.get(chunk).map_or(&self.open, |c| c);
+        &events[offset..(offset + (end - start)).min(events.len())]
+    }
+
+    /// `start..end` clamped to the log, from a position and a limit.
+    fn range(&self, after: Position, limit: usize) -> (usize, usize) {
+        let len = self.len();
+        let start = usize::try_from(after.get()).unwrap_or(usize::MAX).min(len);
+        (start, start.saturating_add(limit).min(len))
+    }
 }
 
 /// An append-only log in memory. Appends are serialized by `append_lock`; between
@@ -60,7 +101,7 @@ impl Log {
             .get_key_value(stream_id)
             .map_or_else(|| stream_id.into(), |(k, _)| k.clone());
         let recorded_at = truncate_to_micros(SystemTime::now());
-        let first = log.all.len() as u64 + 1;
+        let first = log.len() as u64 + 1;
         Ok(events
             .into_iter()
             .zip(0..)
@@ -103,11 +144,13 @@ impl Log {
                 }
             }
             None => Appended {
-                position: Position::new(log.all.len() as u64),
+                position: Position::new(log.len() as u64),
                 stream_version: 0,
             },
         };
-        log.all.extend(records);
+        for record in records {
+            log.push(record);
+        }
         drop(log);
         self.head.send_if_modified(|head| {
             let moved = *head != appended.position && appended.position > *head;
@@ -124,11 +167,31 @@ impl Log {
 
     pub(crate) fn read_after(&self, after: Position, limit: usize) -> Vec<RecordedEvent> {
         let log = self.read();
-        let start = usize::try_from(after.get())
-            .unwrap_or(usize::MAX)
-            .min(log.all.len());
-        let end = start.saturating_add(limit).min(log.all.len());
-        log.all[start..end].to_vec()
+        let (mut start, end) = log.range(after, limit);
+        let mut events = Vec::with_capacity(end - start);
+        while start < end {
+            let part = log.chunk_from(start, end);
+            events.extend_from_slice(part);
+            start += part.len();
+        }
+        events
+    }
+
+    /// Up to `limit` events after `after`, within one chunk: a sealed chunk is shared, not
+    /// copied. Shorter than `limit` at a chunk's end; empty only at the head.
+    pub(crate) fn read_batch(&self, after: Position, limit: usize) -> EventBatch {
+        let log = self.read();
+        let (start, end) = log.range(after, limit);
+        if start == end {
+            return EventBatch::default();
+        }
+        let (chunk, offset) = (start / CHUNK, start % CHUNK);
+        match log.sealed.get(chunk) {
+            Some(sealed) => {
+                EventBatch::shared(sealed.clone(), offset..(offset + (end - start)).min(CHUNK))
+            }
+            None => EventBatch::from(log.chunk_from(start, end).to_vec()),
+        }
     }
 
     pub(crate) fn head(&self) -> Position {
@@ -139,5 +202,87 @@ impl Log {
         let mut head = self.head.subscribe();
         // The sender lives as long as `self`, so `wait_for` cannot fail while we borrow it.
         let _ = head.wait_for(|head| *head > after).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_of(n: usize) -> Log {
+        let log = Log::default();
+        for i in 0..n {
+            let event = NewEvent::from_json("t", &i.to_string()).unwrap();
+            let records = log
+                .prepare(&format!("s{}", i % 7), ExpectedVersion::Any, vec![event])
+                .unwrap();
+            log.commit(records);
+        }
+        log
+    }
+
+    fn positions(events: &[RecordedEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.position().get()).collect()
+    }
+
+    #[test]
+    fn batches_are_the_events_read_after_across_chunks() {
+        let n = 2 * CHUNK + 100;
+        let log = log_of(n);
+        for after in [
+            0,
+            1,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            2 * CHUNK,
+            n - 1,
+            n,
+            n + 5,
+        ] {
+            for limit in [0, 1, 7, CHUNK, CHUNK + 3, usize::MAX] {
+                let at = Position::new(after as u64);
+                let read = log.read_after(at, limit);
+                assert_eq!(
+                    positions(&read),
+                    ((after + 1) as u64..=n as u64)
+                        .take(limit)
+                        .collect::<Vec<_>>()
+                );
+                let batch = log.read_batch(at, limit);
+                assert!(read.starts_with(&batch), "after {after}, limit {limit}");
+                assert_eq!(
+                    batch.is_empty(),
+                    read.is_empty(),
+                    "after {after}, limit {limit}"
+                );
+                let chunk_end = (after / CHUNK + 1) * CHUNK;
+                assert_eq!(batch.len(), read.len().min(chunk_end - after));
+            }
+        }
+    }
+
+    #[test]
+    fn a_sealed_chunk_is_shared_and_the_open_one_copied() {
+        let log = log_of(CHUNK + 10);
+        let first = log.read_batch(Position::START, usize::MAX);
+        let again = log.read_batch(Position::START, usize::MAX);
+        assert_eq!(first.len(), CHUNK);
+        assert!(std::ptr::eq(first.as_ptr(), again.as_ptr()), "shared");
+        let open = log.read_batch(Position::new(CHUNK as u64), usize::MAX);
+        assert_eq!(
+            positions(&open),
+            (CHUNK as u64 + 1..=CHUNK as u64 + 10).collect::<Vec<_>>()
+        );
+        log.commit(
+            log.prepare(
+                "s",
+                ExpectedVersion::Any,
+                vec![NewEvent::from_json("t", "1").unwrap()],
+            )
+            .unwrap(),
+        );
+        assert_eq!(open.len(), 10, "a batch does not change after an append");
+        assert_eq!(first.into_vec(), log.read_after(Position::START, CHUNK));
     }
 }

@@ -1,7 +1,7 @@
 //! Events kept in memory.
 
 use super::log::Log;
-use super::{Appended, EventStore, ExpectedVersion, StoreError};
+use super::{Appended, EventBatch, EventStore, ExpectedVersion, StoreError};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::Position;
 
@@ -43,6 +43,10 @@ impl EventStore for InMemoryEventStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         Ok(self.log.read_after(after, limit))
+    }
+
+    async fn read_batch(&self, after: Position, limit: usize) -> Result<EventBatch, StoreError> {
+        Ok(self.log.read_batch(after, limit))
     }
 
     async fn head(&self) -> Result<Position, StoreError> {

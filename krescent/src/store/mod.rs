@@ -1,5 +1,6 @@
 //! Event stores: where events are appended and read back in one global order.
 
+mod batch;
 mod error;
 mod file;
 mod log;
@@ -10,6 +11,7 @@ mod subscription;
 
 use std::future::Future;
 
+pub use batch::EventBatch;
 pub use error::StoreError;
 pub use file::FileEventStore;
 pub use memory::InMemoryEventStore;
@@ -77,6 +79,20 @@ pub trait EventStore: Send + Sync + 'static {
         after: Position,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Like [`read_after`](Self::read_after), as a batch the store may share rather than copy;
+    /// what runners read with. It may hold fewer than `limit` events while more follow, but is
+    /// empty only when no event follows `after`.
+    ///
+    /// The default copies [`read_after`](Self::read_after)'s events into a batch; stores that
+    /// keep events in memory override it.
+    fn read_batch(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<EventBatch, StoreError>> + Send {
+        async move { self.read_after(after, limit).await.map(EventBatch::from) }
+    }
 
     /// The position of the last event ([`Position::START`] when empty).
     fn head(&self) -> impl Future<Output = Result<Position, StoreError>> + Send;
