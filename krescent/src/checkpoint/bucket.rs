@@ -70,9 +70,12 @@ impl BucketValue {
     /// # Errors
     /// When serde cannot serialize the value as JSON.
     pub fn from_serde<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        let json = serde_json::to_string(value)?;
+        // Serialized straight into a `RawValue`: serde_json's own output needs no second pass
+        // to check that it is JSON (`RawValue::from_string` would parse it all again).
+        let raw = serde_json::value::to_raw_value(value)?;
+        let json = raw.get();
         Ok(match json.as_bytes().first() {
-            Some(b'"') => BucketValue::Str(serde_json::from_str(&json)?),
+            Some(b'"') => BucketValue::Str(serde_json::from_str(json)?),
             Some(b't') => BucketValue::Bool(true),
             Some(b'f') => BucketValue::Bool(false),
             Some(b'-' | b'0'..=b'9') => {
@@ -81,10 +84,10 @@ impl BucketValue {
                 } else if let Ok(u) = json.parse::<u64>() {
                     BucketValue::Uint(u)
                 } else {
-                    BucketValue::Float(serde_json::from_str(&json)?)
+                    BucketValue::Float(serde_json::from_str(json)?)
                 }
             }
-            _ => BucketValue::Json(RawValue::from_string(json)?),
+            _ => BucketValue::Json(raw),
         })
     }
 
