@@ -1,6 +1,7 @@
 //! Checkpointing: buckets, the support trait, strategies, stored checkpoints and storages.
 
 mod bucket;
+mod budget;
 mod config;
 mod error;
 pub mod storage;
@@ -12,6 +13,7 @@ mod version;
 pub(crate) mod writer;
 
 pub use bucket::{BucketValue, CheckpointBucket};
+pub(crate) use budget::SnapshotBudget;
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
 #[cfg(feature = "postgres")]

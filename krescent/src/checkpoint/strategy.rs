@@ -86,6 +86,7 @@ impl CheckpointTrigger {
         self.requested.swap(false, Ordering::AcqRel)
     }
 
+    #[inline]
     pub(crate) fn is_requested(&self) -> bool {
         self.requested.load(Ordering::Acquire)
     }
@@ -132,6 +133,7 @@ impl StrategyState {
     }
 
     /// Counts one processed event; whether a checkpoint is now due.
+    #[inline]
     pub(crate) fn after_event(&mut self) -> bool {
         self.since_checkpoint = self.since_checkpoint.saturating_add(1);
         self.always

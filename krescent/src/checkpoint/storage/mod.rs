@@ -22,6 +22,10 @@ use super::StoredCheckpoint;
 /// `store` replaces the namespace's checkpoint unless the stored one has the same version and a
 /// later position (a position never moves backwards except through `delete`), and `load` returns
 /// exactly what was stored (data, position, and time to the microsecond).
+///
+/// A running model starts each `store` on its own task and moves it into a task of its own
+/// only once it has to wait, so a `store` that completes at once (as the in-memory one does)
+/// costs no task switch; keep the work before its first wait small (no blocking I/O there).
 #[async_trait::async_trait]
 pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// The checkpoint of `namespace`, if there is one.
