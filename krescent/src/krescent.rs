@@ -141,19 +141,24 @@ impl<S: EventStore> Krescent<S> {
         let span = tracing::info_span!("catch_up", model = M::NAME);
         async {
             let mut runner = self.start(model, CheckpointTrigger::default()).await?;
-            loop {
-                let batch = self
-                    .store
-                    .read_batch(runner.position, BATCH)
-                    .await
-                    .map_err(|source| Error::Store {
-                        model: M::NAME,
-                        source,
-                    })?;
-                if batch.is_empty() {
-                    break;
-                }
-                runner.apply(&batch).await?;
+            let store_error = |source| Error::Store {
+                model: M::NAME,
+                source,
+            };
+            let mut batch = self
+                .store
+                .read_batch(runner.position, BATCH)
+                .await
+                .map_err(store_error)?;
+            while let Some(last) = batch.last() {
+                // The next batch is read while this one is applied: a store that waits for a
+                // database keeps it busy meanwhile.
+                let (next, applied) = tokio::join!(
+                    self.store.read_batch(last.position(), BATCH),
+                    runner.apply(&batch)
+                );
+                applied?;
+                batch = next.map_err(store_error)?;
             }
             runner.model.on_caught_up(runner.position);
             runner.finish().await?;

@@ -14,8 +14,10 @@ use crate::event::RecordedEvent;
 use crate::model::{EventModel, Origin};
 use crate::{CaughtUp, Error, Position};
 
-/// How many events the runner reads at once.
-pub(crate) const BATCH: usize = 1024;
+/// How many events the runner reads at once, at most. (The in-memory log hands out at most
+/// one chunk of 1024; for Postgres, 4096 rows a query cost the server ~10 % less per event than
+/// 1024 in the benchmark's replay, and 16384 no less than 4096.)
+pub(crate) const BATCH: usize = 4096;
 /// The pause before retrying a checkpoint write that failed.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Checkpoints may take at most 1 / (1 + this) of the model task's time: after a checkpoint that

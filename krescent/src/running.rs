@@ -106,8 +106,14 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
 ) -> Result<CaughtUp<M>, Error> {
     let mut caught_up_at = None;
     let mut backoff = Duration::from_millis(50);
+    // The batch after the one applied last, read while it was applied.
+    let mut read_ahead = None;
     while !*control.stop.borrow() {
-        let batch = match store.read_batch(runner.position, BATCH).await {
+        let read = match read_ahead.take() {
+            Some((after, read)) if after == runner.position => read,
+            _ => store.read_batch(runner.position, BATCH).await,
+        };
+        let batch = match read {
             Ok(batch) => batch,
             Err(e) if e.is_transient() => {
                 warn!(error = %e, retry_in = ?backoff, "event store unavailable; retrying");
@@ -125,8 +131,12 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
             }
         };
         backoff = Duration::from_millis(50);
-        if !batch.is_empty() {
-            runner.apply(&batch).await?;
+        if let Some(last) = batch.last() {
+            let after = last.position();
+            let (next, applied) =
+                tokio::join!(store.read_batch(after, BATCH), runner.apply(&batch));
+            applied?;
+            read_ahead = Some((after, next));
             control.progress.send_replace(runner.position);
             continue;
         }
