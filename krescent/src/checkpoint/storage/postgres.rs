@@ -4,6 +4,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use deadpool_postgres::{ClientWrapper, Pool};
+use serde_json::value::RawValue;
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::Row;
 
 use super::{CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::{truncate_to_micros, CheckpointBucket, CheckpointVersion};
@@ -55,7 +58,7 @@ impl PostgresCheckpointStorage {
             load: format!("SELECT version, position::text, taken_at, data::text FROM {table} WHERE namespace = $1"),
             store: format!(
                 "INSERT INTO {table} AS stored (namespace, version, position, taken_at, data)
-                 VALUES ($1, $2, $3::text::numeric, $4, $5::text::json)
+                 VALUES ($1, $2, $3::text::numeric, $4, $5::json)
                  ON CONFLICT (namespace) DO UPDATE
                  SET version = excluded.version, position = excluded.position, taken_at = excluded.taken_at, data = excluded.data
                  WHERE stored.version <> excluded.version OR stored.position <= excluded.position"
@@ -94,8 +97,8 @@ impl PostgresCheckpointStorage {
     }
 
     /// The bucket of `checkpoint` as the `data` column holds it.
-    pub(crate) fn encode(checkpoint: &StoredCheckpoint) -> Result<String, StorageError> {
-        serde_json::to_string(&checkpoint.bucket).map_err(|e| StorageError::Encode {
+    pub(crate) fn encode(checkpoint: &StoredCheckpoint) -> Result<Box<RawValue>, StorageError> {
+        serde_json::value::to_raw_value(&checkpoint.bucket).map_err(|e| StorageError::Encode {
             namespace: checkpoint.namespace.clone(),
             reason: e.to_string(),
         })
@@ -107,7 +110,19 @@ impl PostgresCheckpointStorage {
         &self,
         client: &ClientWrapper,
         checkpoint: &StoredCheckpoint,
-        data: &str,
+        data: &RawValue,
+    ) -> Result<(), DbFailure> {
+        self.upsert(client, checkpoint, &Json(data)).await
+    }
+
+    /// The upsert, with `data` a `json` parameter: sent as JSON, the server checks it once
+    /// (`$5::text::json` had it take the text in and then parse a copy: ~0.1 s more for the
+    /// 45 MB checkpoint of a 1,000,000-key map).
+    async fn upsert(
+        &self,
+        client: &ClientWrapper,
+        checkpoint: &StoredCheckpoint,
+        data: &(dyn ToSql + Sync),
     ) -> Result<(), DbFailure> {
         let position = checkpoint.position.to_string();
         let taken_at = truncate_to_micros(checkpoint.taken_at);
@@ -120,7 +135,7 @@ impl PostgresCheckpointStorage {
                     &checkpoint.version.as_str(),
                     &position,
                     &taken_at,
-                    &data,
+                    data,
                 ],
             )
             .await?;
@@ -145,21 +160,12 @@ impl PostgresCheckpointStorage {
         )
     }
 
-    async fn try_load(
-        &self,
-        namespace: &str,
-    ) -> Result<Option<(String, String, SystemTime, String)>, DbFailure> {
+    /// The row of `namespace`; its `data` column is read in place, not copied out (a large
+    /// state's checkpoint is tens of MB).
+    async fn try_load(&self, namespace: &str) -> Result<Option<Row>, DbFailure> {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(&self.sql.load).await?;
-        let Some(row) = client.query_opt(&statement, &[&namespace]).await? else {
-            return Ok(None);
-        };
-        Ok(Some((
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        )))
+        Ok(client.query_opt(&statement, &[&namespace]).await?)
     }
 
     async fn execute(
@@ -180,9 +186,19 @@ impl CheckpointStorage for PostgresCheckpointStorage {
             .try_load(namespace)
             .await
             .map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
-        let Some((version, position, taken_at, data)) = loaded else {
+        let Some(row) = loaded else {
             return Ok(None);
         };
+        let columns = || -> Result<(String, String, SystemTime, &str), DbFailure> {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ))
+        };
+        let (version, position, taken_at, data) =
+            columns().map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
         let corrupt = |reason: String| StorageError::Corrupt {
             origin: self.origin(namespace),
             reason,
@@ -191,7 +207,7 @@ impl CheckpointStorage for PostgresCheckpointStorage {
             .parse()
             .map_err(|e: crate::PositionParseError| corrupt(e.to_string()))?;
         let bucket: CheckpointBucket =
-            serde_json::from_str(&data).map_err(|e| corrupt(format!("undecodable data: {e}")))?;
+            serde_json::from_str(data).map_err(|e| corrupt(format!("undecodable data: {e}")))?;
         Ok(Some(StoredCheckpoint {
             namespace: namespace.to_owned(),
             version: CheckpointVersion::from_text(version),
@@ -202,10 +218,12 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
-        let data = Self::encode(checkpoint)?;
         let run = async {
             let client = self.pool.get().await?;
-            self.store_in(&client, checkpoint, &data).await
+            // Serialized straight into the statement's message, with no copy in between (a
+            // bucket always serializes: string keys, and non-finite floats as text).
+            self.upsert(&client, checkpoint, &Json(&checkpoint.bucket))
+                .await
         };
         run.await
             .map_err(|e| e.storage(format!("store into {}", self.origin(&checkpoint.namespace))))
