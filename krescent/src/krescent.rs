@@ -154,7 +154,7 @@ impl<S: EventStore> Krescent<S> {
                 // The next batch is read while this one is applied: a store that waits for a
                 // database keeps it busy meanwhile.
                 let (next, applied) = tokio::join!(
-                    self.store.read_batch(last.position(), BATCH),
+                    self.store.read_ahead(last.position(), BATCH),
                     runner.apply(&batch)
                 );
                 applied?;

@@ -14,6 +14,9 @@ use crate::runner::{Runner, BATCH};
 use crate::store::EventStore;
 use crate::{Error, Position};
 
+/// A batch of at least this many events means a backlog: the next batch is read while it is
+/// applied.
+const READ_AHEAD_FROM: usize = 64;
 /// The longest pause between retries after the store failed transiently.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -133,10 +136,16 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
         backoff = Duration::from_millis(50);
         if let Some(last) = batch.last() {
             let after = last.position();
-            let (next, applied) =
-                tokio::join!(store.read_batch(after, BATCH), runner.apply(&batch));
-            applied?;
-            read_ahead = Some((after, next));
+            if batch.len() < READ_AHEAD_FROM {
+                // Live events, a few at a time: the handler runs without waiting for a read
+                // to be started, and the next read is most likely empty anyway.
+                runner.apply(&batch).await?;
+            } else {
+                let (next, applied) =
+                    tokio::join!(store.read_ahead(after, BATCH), runner.apply(&batch));
+                applied?;
+                read_ahead = Some((after, next));
+            }
             control.progress.send_replace(runner.position);
             continue;
         }

@@ -94,6 +94,17 @@ pub trait EventStore: Send + Sync + 'static {
         async move { self.read_after(after, limit).await.map(EventBatch::from) }
     }
 
+    /// [`read_batch`](Self::read_batch) for a runner that reads ahead: it is awaited while the
+    /// runner applies the batch before, so a store may do the reading on a task of its own,
+    /// alongside. By default, `read_batch`.
+    fn read_ahead(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<EventBatch, StoreError>> + Send {
+        self.read_batch(after, limit)
+    }
+
     /// The position of the last event ([`Position::START`] when empty).
     fn head(&self) -> impl Future<Output = Result<Position, StoreError>> + Send;
 
