@@ -135,12 +135,16 @@ pub(crate) struct HandlerImpl {
     pub(crate) hooks: Vec<Hook>,
 }
 
-/// A handler method: `fn name(&mut self, e: &Event[, meta: &EventMeta]) [-> Output]`.
+/// A handler method: `fn name(&mut self, e: &Event[, meta: &EventMeta]) [-> Output]`, or with
+/// the event by value: `e: Event`.
 pub(crate) struct Handler {
     /// The method's name.
     pub(crate) method: Ident,
     /// The event type, without the reference.
     pub(crate) event: Type,
+    /// Whether it takes the decoded event by value (it is decoded for this handler alone, so
+    /// it can move the event's strings into its state instead of cloning them).
+    pub(crate) by_value: bool,
     /// Whether it takes `&EventMeta` too.
     pub(crate) meta: bool,
     /// Whether it is `async`.
@@ -322,7 +326,7 @@ fn handler(cx: &Ctxt, method: &ImplItemFn) -> Option<Handler> {
     let Some(first) = params.first() else {
         // Most likely a helper method: say that alone, not also what its receiver lacks.
         let message = format!(
-            "`{name}` handles no event; a handler takes `&mut self` and a reference to the event, as in `fn {name}(&mut self, e: &BookAdded)`; move other methods to another `impl` block"
+            "`{name}` handles no event; a handler takes `&mut self` and the event (or a reference to it), as in `fn {name}(&mut self, e: &BookAdded)`; move other methods to another `impl` block"
         );
         cx.error_spanned_by(name, message);
         return None;
@@ -333,10 +337,12 @@ fn handler(cx: &Ctxt, method: &ImplItemFn) -> Option<Handler> {
         fits = false;
     };
     check_method(sig, &mut fail);
+    let by_value = matches!(&*first.ty, Type::Path(_));
     let event = match &*first.ty {
         Type::Reference(reference) if reference.mutability.is_none() => {
             Some((*reference.elem).clone())
         }
+        ty @ Type::Path(_) => Some(ty.clone()),
         Type::Reference(reference) => {
             let elem = type_string(&reference.elem);
             fail(
@@ -349,7 +355,7 @@ fn handler(cx: &Ctxt, method: &ImplItemFn) -> Option<Handler> {
             fail(
                 ty,
                 format!(
-                    "handler parameter must be a reference: `&{}`",
+                    "handler parameter must be an event type or a shared reference to one, found `{}`",
                     type_string(ty)
                 ),
             );
@@ -384,6 +390,7 @@ fn handler(cx: &Ctxt, method: &ImplItemFn) -> Option<Handler> {
     Some(Handler {
         method: name.clone(),
         event,
+        by_value,
         meta,
         asyncness: sig.asyncness.is_some(),
         output: sig.output.clone(),

@@ -302,12 +302,12 @@ macro_rules! all_documents_model {
 
         #[::krescent::handlers]
         impl $name {
-            fn created(&mut self, e: &$crate::workload::DocumentCreated) {
-                self.documents.insert(e.document_id.clone(), ::std::collections::HashMap::new());
+            fn created(&mut self, e: $crate::workload::DocumentCreated) {
+                self.documents.insert(e.document_id, ::std::collections::HashMap::new());
             }
-            fn field_set(&mut self, e: &$crate::workload::FieldSet) {
+            fn field_set(&mut self, e: $crate::workload::FieldSet) {
                 if let Some(doc) = self.documents.get_mut(&e.document_id) {
-                    doc.insert(e.field_name.clone(), e.field_value.clone());
+                    doc.insert(e.field_name, e.field_value);
                 }
             }
             fn field_removed(&mut self, e: &$crate::workload::FieldRemoved) {

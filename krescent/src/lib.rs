@@ -55,7 +55,8 @@
 //! | `#[checkpoint(support)]` | field | an extension with its own [`CheckpointSupport`], under its key |
 //!
 //! In a `#[krescent::handlers]` block every method handles one event type, named by its first
-//! parameter (`&BookAdded`); it may also take `&EventMeta`, be `async`, and return `()` or
+//! parameter: `&BookAdded`, or `BookAdded` by value to move the event's data into the model
+//! without cloning it. It may also take `&EventMeta`, be `async`, and return `()` or
 //! `Result<(), E>`. Two hooks may join them: `#[on_start] fn started(&mut self, origin: &Origin)`
 //! and `#[on_caught_up] fn caught_up(&mut self, position: Position)`. Other methods belong in
 //! another `impl` block.

@@ -89,10 +89,16 @@ fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
     let Handler {
         method,
         event,
+        by_value,
         meta,
         asyncness,
         output,
     } = handler;
+    let decoded = if *by_value {
+        quote!(__decoded)
+    } else {
+        quote!(&__decoded)
+    };
     let meta = meta.then(|| quote!(, &__event.meta));
     let (span, returns_unit) = match output {
         ReturnType::Default => (method.span(), true),
@@ -104,10 +110,10 @@ fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
         // Each handler's future must be `Send` on its own, so that a handler holding something
         // that is not `Send` across an `.await` is reported at its name, not at `#[handlers]`.
         let name_span = handler.method.span();
-        let future = quote_spanned!(span=> Self::#method(self, &__decoded #meta));
+        let future = quote_spanned!(span=> Self::#method(self, #decoded #meta));
         quote_spanned!(name_span=> #p::send(#future).await)
     } else {
-        quote_spanned!(span=> Self::#method(self, &__decoded #meta))
+        quote_spanned!(span=> Self::#method(self, #decoded #meta))
     };
     let outcome = if returns_unit {
         quote! {

@@ -14,7 +14,7 @@ struct Books {
 
 #[krescent::handlers]
 impl Books {
-    fn added(&mut self, e: BookAdded) {
+    fn added(&mut self, e: &mut BookAdded) {
         self.copies += e.copies;
     }
 }
