@@ -39,8 +39,6 @@ pub(crate) struct Runner<M> {
     pub(crate) origin: Origin,
     pub(crate) position: Position,
     pub(crate) processed: u64,
-    /// Checkpoints taken in this run.
-    pub(crate) taken: u64,
     checkpoints: Option<Checkpoints>,
     /// The model writes into a database transaction that each checkpoint commits
     /// ([`CheckpointTransaction`](crate::checkpoint::CheckpointTransaction)).
@@ -58,6 +56,25 @@ struct Checkpoints {
     pending: bool,
     /// No snapshot before an instant: the snapshot budget, or the pause after a failed write.
     budget: SnapshotBudget,
+    /// Checkpoints taken in this run.
+    taken: u64,
+}
+
+impl Checkpoints {
+    /// Counts a checkpoint just taken, whatever asked for it; the strategy's counters restart.
+    fn record_taken(&mut self) {
+        self.taken += 1;
+        self.state.checkpoint_taken();
+        self.pending = false;
+    }
+}
+
+/// A storage failure of model `M`.
+fn storage_failed<M: EventModel>(source: crate::checkpoint::StorageError) -> Error {
+    Error::Storage {
+        namespace: M::NAME.to_owned(),
+        source,
+    }
 }
 
 /// Where a runner's model starts, before any event.
@@ -98,24 +115,13 @@ pub(crate) async fn restore<M: EventModel>(
         }
     };
     if let Some(transaction) = model.transaction() {
-        transaction
-            .prepare()
-            .await
-            .map_err(|source| Error::Storage {
-                namespace: namespace.to_owned(),
-                source,
-            })?;
+        transaction.prepare().await.map_err(storage_failed::<M>)?;
     }
     let checkpoint = match storage.load(namespace).await {
         Ok(Some(checkpoint)) => checkpoint,
         Ok(None) => return Ok(scratch(model)),
         Err(e) if e.is_corrupt() => return invalid(model, e.to_string()),
-        Err(source) => {
-            return Err(Error::Storage {
-                namespace: namespace.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(storage_failed::<M>(source)),
     };
     let version = CheckpointVersion::of::<M>();
     if checkpoint.version != version {
@@ -156,10 +162,6 @@ impl<M: EventModel> Runner<M> {
             origin,
             position,
         } = start;
-        let storage_error = |source| Error::Storage {
-            namespace: M::NAME.to_owned(),
-            source,
-        };
         let transactional = model.transaction().is_some();
         if transactional && (M::checkpointing().is_none() || storage.is_none()) {
             return Err(Error::InvalidCheckpoint {
@@ -169,7 +171,10 @@ impl<M: EventModel> Runner<M> {
         }
         let mut uncommitted = false;
         if let (Some(transaction), None) = (model.transaction(), origin.restored_from()) {
-            transaction.reset(M::NAME).await.map_err(storage_error)?;
+            transaction
+                .reset(M::NAME)
+                .await
+                .map_err(storage_failed::<M>)?;
             uncommitted = true;
         }
         let checkpoints = M::checkpointing()
@@ -180,6 +185,7 @@ impl<M: EventModel> Runner<M> {
                 version: CheckpointVersion::of::<M>(),
                 pending: false,
                 budget: SnapshotBudget::default(),
+                taken: 0,
             });
         model.on_start(&origin);
         Ok(Runner {
@@ -187,7 +193,6 @@ impl<M: EventModel> Runner<M> {
             origin,
             position,
             processed: 0,
-            taken: 0,
             checkpoints,
             transactional,
             uncommitted,
@@ -242,15 +247,10 @@ impl<M: EventModel> Runner<M> {
             transaction
                 .commit(&checkpoint)
                 .await
-                .map_err(|source| Error::Storage {
-                    namespace: M::NAME.to_owned(),
-                    source,
-                })?;
+                .map_err(storage_failed::<M>)?;
         }
-        self.taken += 1;
         self.uncommitted = false;
-        c.state.checkpoint_taken();
-        c.pending = false;
+        c.record_taken();
         Ok(())
     }
 
@@ -292,9 +292,7 @@ impl<M: EventModel> Runner<M> {
         let now = Instant::now();
         let spacing = now.saturating_duration_since(started) * SNAPSHOT_SPACING;
         c.budget.wait_until(now + spacing, now, self.processed);
-        self.taken += 1;
-        c.state.checkpoint_taken();
-        c.pending = false;
+        c.record_taken();
         Ok(())
     }
 
@@ -338,7 +336,7 @@ impl<M: EventModel> Runner<M> {
             origin: self.origin,
             position: self.position,
             processed: self.processed,
-            checkpoints: self.taken,
+            checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.taken),
         }
     }
 
@@ -355,18 +353,10 @@ impl<M: EventModel> Runner<M> {
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
             let checkpoint = snapshot(&self.model, &c.version, self.position)?;
             c.writer.start(checkpoint);
-            self.taken += 1;
-            c.state.checkpoint_taken();
-            c.pending = false;
-            return c.writer.settle().await.map_err(|source| Error::Storage {
-                namespace: M::NAME.to_owned(),
-                source,
-            });
+            c.record_taken();
+            return c.writer.settle().await.map_err(storage_failed::<M>);
         }
-        earlier.map_err(|source| Error::Storage {
-            namespace: M::NAME.to_owned(),
-            source,
-        })
+        earlier.map_err(storage_failed::<M>)
     }
 }
 
