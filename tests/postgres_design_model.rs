@@ -42,6 +42,7 @@ impl AvailableBooks {
     }
     async fn lent(&mut self, e: &BookLent, meta: &EventMeta) -> Result<(), MyError> {
         self.lookups += 1;
+        tokio::task::yield_now().await; // an async handler may await anything
         let copies = self.available.get_mut(&e.book_id).filter(|c| **c > 0);
         *copies.ok_or_else(|| MyError(format!("{} at {}", e.book_id, meta.position)))? -= 1;
         Ok(())
