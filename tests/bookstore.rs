@@ -1,24 +1,12 @@
 //! The main job, run as a user runs it: twice, on the file store and on PostgreSQL.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-/// The example's binary, which `cargo test` builds beside the test binaries.
+use krescent_testkit::examples::example_binary;
+
+/// The bookstore example, on its default file store unless a test says otherwise.
 fn bookstore() -> Command {
-    let test = std::env::current_exe().expect("test binary");
-    let profile_dir = test
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target profile directory");
-    let binary: PathBuf = profile_dir
-        .join("examples")
-        .join(format!("bookstore{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        binary.display()
-    );
-    let mut command = Command::new(binary);
+    let mut command = Command::new(example_binary("bookstore"));
     command.env_remove("DATABASE_URL");
     command
 }

@@ -9,6 +9,7 @@ use krescent::prelude::*;
 use krescent::projection::{PostgresProjection, ProjectionError};
 use krescent::store::{EventStore, ExpectedVersion, PostgresEventStore};
 use krescent::{Error, Origin, Position};
+use krescent_testkit::examples::example_binary;
 use krescent_testkit::postgres::{fresh_database, tokio_postgres, TestDatabase};
 
 #[path = "../examples/shared/bookstore.rs"]
@@ -278,24 +279,6 @@ async fn postgres_projection_streaming_commits_when_idle() {
     running.shutdown().await.expect("shutdown");
 }
 
-/// The example's binary, which `cargo test` builds beside the test binaries.
-fn projection_example() -> std::path::PathBuf {
-    let test = std::env::current_exe().expect("test binary");
-    let profile_dir = test
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target profile directory");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("projection{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        binary.display()
-    );
-    binary
-}
-
 async fn shelf(database: &TestDatabase) -> Vec<(String, String, i32, i32)> {
     let client = database.client().await;
     let rows = client
@@ -313,7 +296,7 @@ async fn shelf(database: &TestDatabase) -> Vec<(String, String, i32, i32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_projection_killed_twenty_times_equals_one_uninterrupted_replay() {
     const EVENTS: u32 = 50_000;
-    let binary = projection_example();
+    let binary = example_binary("projection");
     let crashed = fresh_database().await;
     let reference = fresh_database().await;
     for database in [&crashed, &reference] {

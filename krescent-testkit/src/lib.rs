@@ -5,6 +5,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 pub mod contract;
+pub mod examples;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod workload;
