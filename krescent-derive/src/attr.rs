@@ -112,6 +112,31 @@ fn default_krate() -> Path {
     syn::parse_quote!(::krescent)
 }
 
+/// Reports a missing `name` of the `#[attribute]` on `ident`: at the type when the attribute
+/// is absent, at the attribute when it lacks the key; `example` is a name to show.
+fn require_name(
+    cx: &Ctxt,
+    ident: &syn::Ident,
+    attrs: &[Attribute],
+    attribute: &str,
+    named: bool,
+    example: &str,
+) {
+    if named {
+        return;
+    }
+    match attrs.iter().find(|a| a.path().is_ident(attribute)) {
+        None => cx.error_spanned_by(
+            ident,
+            format!("missing `#[{attribute}(name = \"...\")]` on `{ident}`, as in `#[{attribute}(name = \"{example}\")]`"),
+        ),
+        Some(attr) => cx.error_spanned_by(
+            attr,
+            format!("missing `name` in `#[{attribute}]`, as in `#[{attribute}(name = \"{example}\")]`"),
+        ),
+    }
+}
+
 /// Parses `#[event(...)]` of the type `ident`.
 pub(crate) fn event(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Event {
     let mut name = Slot::new(cx, "#[event]", "name");
@@ -144,15 +169,7 @@ pub(crate) fn event(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Event
         });
         parsed.unwrap_or_else(|e| cx.syn_error(e));
     }
-    if !seen {
-        cx.error_spanned_by(ident, format!("missing `#[event(name = \"...\")]` on `{ident}`, as in `#[event(name = \"book.added\")]`"));
-    } else if !name.given {
-        let attr = attrs.iter().find(|a| a.path().is_ident("event"));
-        cx.error_spanned_by(
-            attr,
-            "missing `name` in `#[event]`, as in `#[event(name = \"book.added\")]`",
-        );
-    }
+    require_name(cx, ident, attrs, "event", seen && name.given, "book.added");
     Event {
         name: name.value.map(|s| s.value()).unwrap_or_default(),
         revision: revision.value.unwrap_or(1),
@@ -188,15 +205,14 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
         });
         parsed.unwrap_or_else(|e| cx.syn_error(e));
     }
-    if !seen {
-        cx.error_spanned_by(ident, format!("missing `#[model(name = \"...\")]` on `{ident}`, as in `#[model(name = \"books.available\")]`"));
-    } else if !name.given {
-        let attr = attrs.iter().find(|a| a.path().is_ident("model"));
-        cx.error_spanned_by(
-            attr,
-            "missing `name` in `#[model]`, as in `#[model(name = \"books.available\")]`",
-        );
-    }
+    require_name(
+        cx,
+        ident,
+        attrs,
+        "model",
+        seen && name.given,
+        "books.available",
+    );
     Model {
         name: name.value.map(|s| s.value()).unwrap_or_default(),
         version: version.value.unwrap_or(1),
