@@ -131,7 +131,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if let Some(url) = &options.database_url {
         return postgres::run_on(url, options.events).await;
     }
-    let store = FileEventStore::open(options.data_dir.join("events.log"))?;
+    let store = FileEventStore::open(options.data_dir.join("events"))?;
+    // A data directory of krescent 0.1 kept its events in one file: import them once.
+    let legacy = options.data_dir.join("events.log");
+    if legacy.is_file() && store.head().await? == Position::START {
+        let imported = store.import_legacy(&legacy).await?;
+        std::fs::rename(&legacy, options.data_dir.join("events.log.imported"))?;
+        eprintln!("imported {imported} events from {}", legacy.display());
+    }
     let storage = FileCheckpointStorage::open(options.data_dir.join("checkpoints"))?;
     run(
         Krescent::new(store).with_storage("bookstore", storage),

@@ -10,6 +10,6 @@ mod file {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir")
             .keep();
-        krescent::store::FileEventStore::open(dir.join("events.log")).expect("open")
+        krescent::store::FileEventStore::open(dir.join("events")).expect("open")
     });
 }

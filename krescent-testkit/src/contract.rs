@@ -21,7 +21,8 @@ macro_rules! store_contract {
             empty_store, append_and_read_in_order, read_after_with_limit,
             subscription_from_history_into_live, subscription_from_tail_sees_only_new,
             expected_version_conflicts, conflicting_batch_writes_nothing,
-            empty_append_reports_the_stream);
+            empty_append_reports_the_stream, odd_strings_round_trip,
+            non_json_payload_is_refused);
     };
     (@tests $make:expr; $($case:ident),*) => {
         $(

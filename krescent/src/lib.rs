@@ -70,6 +70,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+mod durable;
 mod error;
 pub mod event;
 mod krescent;

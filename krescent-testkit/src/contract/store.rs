@@ -308,3 +308,67 @@ pub async fn empty_append_reports_the_stream<S: EventStore>(store: &S) {
     );
     assert_eq!(numbers(&read_all(store).await), [1, 2, 3]);
 }
+
+/// Stream ids, types and payloads with the characters a careless format trips over.
+#[must_use]
+pub fn odd_strings() -> Vec<(String, String, String)> {
+    let texts = [
+        "quote \" and backslash \\".to_owned(),
+        "NUL \0 inside".to_owned(),
+        "controls \t\n\r\u{1}\u{1b}\u{7f}".to_owned(),
+        "non-ASCII é 漢字 🙂".to_owned(),
+        String::new(),
+        "long ".repeat(200),
+    ];
+    texts
+        .iter()
+        .map(|text| {
+            let payload = serde_json::json!({ "text": text, "list": [text] }).to_string();
+            (format!("stream {text}"), format!("type {text}"), payload)
+        })
+        .collect()
+}
+
+/// Any string a user may append comes back byte for byte, or the store refuses it with
+/// [`StoreError::Rejected`] before writing anything.
+pub async fn odd_strings_round_trip<S: EventStore>(store: &S) {
+    for (stream, event_type, payload) in odd_strings() {
+        let head = store.head().await.expect("head");
+        let event = NewEvent::from_json(&event_type, &payload).expect("JSON");
+        match store.append(&stream, ExpectedVersion::Any, vec![event.clone()]).await {
+            Ok(appended) => {
+                let read = store.read_after(head, 10).await.expect("read");
+                assert_eq!(read.len(), 1, "{stream:?}");
+                assert_eq!(read[0].position(), appended.position);
+                assert_eq!(&*read[0].meta.stream_id, stream.as_str());
+                assert_eq!(read[0].event_type(), event_type.as_str());
+                assert_eq!(read[0].meta.event_id, event.event_id);
+                let value = |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("JSON");
+                assert_eq!(value(&read[0].payload), value(&payload), "{stream:?}");
+            }
+            Err(StoreError::Rejected { stream: refused, .. }) => {
+                assert_eq!(refused, stream);
+                assert_eq!(store.head().await.expect("head"), head, "a refused append writes nothing");
+            }
+            Err(other) => panic!("appending {stream:?}: expected success or a refusal, got {other}"),
+        }
+    }
+}
+
+/// A payload that is not JSON is refused with [`StoreError::Rejected`], and nothing is written.
+pub async fn non_json_payload_is_refused<S: EventStore>(store: &S) {
+    store
+        .append("j", ExpectedVersion::NoStream, vec![event("x", 1)])
+        .await
+        .expect("append");
+    let mut bad = event("x", 2);
+    bad.payload = "not { json".into();
+    let result = store
+        .append("j", ExpectedVersion::Exact(1), vec![event("x", 3), bad])
+        .await;
+    assert!(
+        matches!(&result, Err(StoreError::Rejected { stream, reason }) if stream == "j" && reason.contains("not JSON")),
+        "{result:?}"
+    );
+    assert_eq!(numbers(&read_all(store).await), [1]);
+}

@@ -36,6 +36,38 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A store directory of another format than this build reads; nothing was changed.
+    #[error("event log `{}` has format {found}; this build reads format {supported}", path.display())]
+    UnsupportedFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// The format it says it has.
+        found: u32,
+        /// The format this build reads and writes.
+        supported: u32,
+    },
+    /// A path that does not hold an event store (and is not made one).
+    #[error("`{}` is not a krescent event store: {reason}", path.display())]
+    NotAStore {
+        /// The path.
+        path: PathBuf,
+        /// What is there instead.
+        reason: String,
+    },
+    /// Another process has the store open.
+    #[error("event store `{}` is open in another process", path.display())]
+    Locked {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// The store cannot hold these events as they are; nothing was written.
+    #[error("append to stream `{stream}` refused: {reason}")]
+    Rejected {
+        /// The stream appended to.
+        stream: String,
+        /// What the store cannot hold.
+        reason: String,
+    },
     /// An event could not be encoded.
     #[error("cannot encode event at position {position}: {reason}")]
     Encode {

@@ -32,6 +32,7 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
+        super::check_payloads(stream_id, &events)?;
         let _guard = self.log.append_lock.lock().await;
         let records = self.log.prepare(stream_id, expected, events)?;
         Ok(self.log.append(stream_id, records))

@@ -13,7 +13,7 @@ use std::future::Future;
 
 pub use batch::EventBatch;
 pub use error::StoreError;
-pub use file::FileEventStore;
+pub use file::{FileEventStore, FileStoreOptions, DEFAULT_SEGMENT_BYTES};
 pub use memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresEventStore};
@@ -21,6 +21,20 @@ pub use subscription::Subscription;
 
 use crate::event::{NewEvent, RecordedEvent};
 use crate::Position;
+
+/// Refuses an append whose payloads are not JSON, before anything is written: every store
+/// holds payloads as JSON text, and agrees on refusing what is not.
+pub(crate) fn check_payloads(stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
+    for (i, event) in events.iter().enumerate() {
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&event.payload) {
+            return Err(StoreError::Rejected {
+                stream: stream_id.to_owned(),
+                reason: format!("the payload of event {i} (`{}`) is not JSON: {e}", event.event_type),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// What the writer of an append expects its stream's version to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

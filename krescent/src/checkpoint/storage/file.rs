@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -92,19 +92,7 @@ fn read(path: &Path) -> Result<Option<StoredCheckpoint>, StorageError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".tmp-{}", std::process::id()));
-    let temp = PathBuf::from(temp);
-    let mut file = fs::File::create(&temp).map_err(io_error(&temp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&temp))?;
-    drop(file);
-    fs::rename(&temp, path).map_err(io_error(path))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
+    crate::durable::write_atomically(path, bytes).map_err(io_error(path))
 }
 
 fn namespace_of(file_name: &str) -> Option<String> {

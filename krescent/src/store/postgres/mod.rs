@@ -287,6 +287,8 @@ impl PostgresEventStore {
         events: Vec<NewEvent>,
         before_commit: impl Future<Output = Result<(), StoreError>> + Send,
     ) -> Result<Appended, StoreError> {
+        super::check_payloads(stream_id, &events)?;
+        refuse_nul(stream_id, &events)?;
         match self
             .try_append(stream_id, expected, events, before_commit)
             .await
@@ -567,4 +569,35 @@ pub(crate) fn pool(config: tokio_postgres::Config) -> Result<Pool, DbFailure> {
 fn non_negative(value: i64, what: &str) -> Result<u64, DbFailure> {
     u64::try_from(value)
         .map_err(|_| DbFailure::Other(format!("the database returned a negative {what}: {value}")))
+}
+
+/// PostgreSQL's `text` holds no NUL character and its `jsonb` no `\u0000` escape: such events
+/// are refused before the append starts, rather than failing inside it.
+fn refuse_nul(stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
+    let refuse = |what: String| {
+        Err(StoreError::Rejected {
+            stream: stream_id.to_owned(),
+            reason: format!("{what} holds a NUL character, which PostgreSQL cannot store"),
+        })
+    };
+    if stream_id.contains('\0') {
+        return refuse("the stream id".into());
+    }
+    for (i, event) in events.iter().enumerate() {
+        if event.event_type.contains('\0') {
+            return refuse(format!("the type of event {i}"));
+        }
+        if escapes_nul(&event.payload) {
+            return refuse(format!("the payload of event {i} (`{}`)", event.event_type));
+        }
+    }
+    Ok(())
+}
+
+/// Whether JSON text holds the escape `\u0000` (not an escaped backslash followed by `u0000`).
+fn escapes_nul(json: &str) -> bool {
+    json.match_indices("u0000").any(|(at, _)| {
+        let backslashes = json[..at].bytes().rev().take_while(|&b| b == b'\\').count();
+        backslashes % 2 == 1
+    })
 }
