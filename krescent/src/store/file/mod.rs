@@ -538,7 +538,8 @@ fn check_segment_header(path: &Path, file: &mut File, first: u64) -> Result<(), 
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.writer.get_mut().unsaved > 0 {
+        // Worth a write only where the next open would otherwise scan much.
+        if self.writer.get_mut().unsaved >= 64 * 1024 {
             self.save_state();
         }
     }
@@ -585,9 +586,12 @@ impl Inner {
                 "an earlier append failed and could not be undone; reopen the store",
             )));
         }
-        if segment_len >= self.segment_bytes && !segment_empty {
+        let segment_len = if segment_len >= self.segment_bytes && !segment_empty {
             self.roll(&mut writer)?;
-        }
+            SEGMENT_HEADER as u64
+        } else {
+            segment_len
+        };
         let path = segment_path(&self.dir, self.read_state().segments.last().expect("a segment").first);
         let mut file = writer.file.take().expect("checked above");
         let len = bytes.len() as u64;
