@@ -20,18 +20,37 @@ fn small_segments() -> FileStoreOptions {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// What a reader compares: everything an event is, its id and time included.
-type Seen = (u64, String, u64, uuid::Uuid, String, String, std::time::SystemTime);
+type Seen = (
+    u64,
+    String,
+    u64,
+    uuid::Uuid,
+    String,
+    String,
+    std::time::SystemTime,
+);
 
 fn seen(events: &[RecordedEvent]) -> Vec<Seen> {
     events
         .iter()
         .map(|e| {
             let m = &e.meta;
-            (m.position.get(), m.stream_id.to_string(), m.stream_version, m.event_id, m.event_type.to_string(), e.payload.to_string(), m.recorded_at)
+            (
+                m.position.get(),
+                m.stream_id.to_string(),
+                m.stream_version,
+                m.event_id,
+                m.event_type.to_string(),
+                e.payload.to_string(),
+                m.recorded_at,
+            )
         })
         .collect()
 }
@@ -58,7 +77,10 @@ async fn events_and_stream_versions_survive_a_reopen() {
     let store = FileEventStore::open_with(&path, small_segments()).expect("open");
     for n in 1..=200 {
         let stream = format!("s{}", n % 3);
-        store.append(&stream, ExpectedVersion::Any, vec![event(n)]).await.expect("append");
+        store
+            .append(&stream, ExpectedVersion::Any, vec![event(n)])
+            .await
+            .expect("append");
     }
     let before = seen(&read_all(&store).await.expect("read"));
     drop(store);
@@ -68,15 +90,30 @@ async fn events_and_stream_versions_survive_a_reopen() {
     assert_eq!(store.head().await.expect("head"), Position::new(200));
     assert_eq!(store.stream_version("s1"), 67);
     assert!(matches!(
-        store.append("s1", ExpectedVersion::Exact(66), vec![event(9)]).await,
+        store
+            .append("s1", ExpectedVersion::Exact(66), vec![event(9)])
+            .await,
         Err(StoreError::Conflict { actual: 67, .. })
     ));
-    let appended = store.append("s1", ExpectedVersion::Exact(67), vec![event(201)]).await.expect("append");
-    assert_eq!((appended.position, appended.stream_version), (Position::new(201), 68));
+    let appended = store
+        .append("s1", ExpectedVersion::Exact(67), vec![event(201)])
+        .await
+        .expect("append");
+    assert_eq!(
+        (appended.position, appended.stream_version),
+        (Position::new(201), 68)
+    );
     for after in [0, 1, 57, 199, 200, 201, 500] {
-        let read = store.read_after(Position::new(after), 10).await.expect("read");
+        let read = store
+            .read_after(Position::new(after), 10)
+            .await
+            .expect("read");
         let expected: Vec<u64> = (after + 1..=201).take(10).collect();
-        assert_eq!(read.iter().map(|e| e.position().get()).collect::<Vec<_>>(), expected, "after {after}");
+        assert_eq!(
+            read.iter().map(|e| e.position().get()).collect::<Vec<_>>(),
+            expected,
+            "after {after}"
+        );
     }
 }
 
@@ -85,15 +122,31 @@ async fn odd_strings_and_a_megabyte_id_read_back_after_a_reopen() {
     let dir = temp_dir();
     let store = FileEventStore::open(dir.path()).expect("open");
     let mut cases = krescent_testkit::contract::store::odd_strings();
-    cases.push(("i".repeat(1 << 20), "t".repeat(1 << 20), format!("{:?}", "p".repeat(1 << 20))));
+    cases.push((
+        "i".repeat(1 << 20),
+        "t".repeat(1 << 20),
+        format!("{:?}", "p".repeat(1 << 20)),
+    ));
     for (stream, event_type, payload) in &cases {
         let event = NewEvent::from_json(event_type, payload).expect("JSON");
-        store.append(stream, ExpectedVersion::NoStream, vec![event]).await.expect("append");
+        store
+            .append(stream, ExpectedVersion::NoStream, vec![event])
+            .await
+            .expect("append");
     }
     drop(store);
     let store = FileEventStore::open(dir.path()).expect("reopen");
     let read = read_all(&store).await.expect("read");
-    let got: Vec<_> = read.iter().map(|e| (e.meta.stream_id.to_string(), e.event_type().to_owned(), e.payload.to_string())).collect();
+    let got: Vec<_> = read
+        .iter()
+        .map(|e| {
+            (
+                e.meta.stream_id.to_string(),
+                e.event_type().to_owned(),
+                e.payload.to_string(),
+            )
+        })
+        .collect();
     assert_eq!(got, cases);
 }
 
@@ -102,7 +155,10 @@ async fn index_files_are_rebuilt_when_missing_or_damaged() {
     let dir = temp_dir();
     let store = FileEventStore::open_with(dir.path(), small_segments()).expect("open");
     for n in 1..=300 {
-        store.append(&format!("s{}", n % 5), ExpectedVersion::Any, vec![event(n)]).await.expect("append");
+        store
+            .append(&format!("s{}", n % 5), ExpectedVersion::Any, vec![event(n)])
+            .await
+            .expect("append");
     }
     let before = seen(&read_all(&store).await.expect("read"));
     drop(store);
@@ -123,20 +179,33 @@ async fn index_files_are_rebuilt_when_missing_or_damaged() {
 async fn what_is_not_a_store_is_refused_and_left_alone() {
     let dir = temp_dir();
     let missing = dir.path().join("missing");
-    assert!(matches!(FileEventStore::open_existing(&missing), Err(StoreError::NotAStore { .. })));
+    assert!(matches!(
+        FileEventStore::open_existing(&missing),
+        Err(StoreError::NotAStore { .. })
+    ));
     assert!(!missing.exists(), "open_existing creates nothing");
     let foreign = dir.path().join("foreign");
     std::fs::create_dir(&foreign).expect("dir");
     std::fs::write(foreign.join("notes.txt"), "mine").expect("write");
-    for open in [FileEventStore::open(&foreign), FileEventStore::open_existing(&foreign)] {
+    for open in [
+        FileEventStore::open(&foreign),
+        FileEventStore::open_existing(&foreign),
+    ] {
         let error = open.expect_err("a directory of other files");
         assert!(matches!(error, StoreError::NotAStore { .. }), "{error}");
         assert!(error.to_string().contains("notes.txt"), "{error}");
     }
-    assert_eq!(std::fs::read_dir(&foreign).expect("dir").count(), 1, "nothing created");
+    assert_eq!(
+        std::fs::read_dir(&foreign).expect("dir").count(),
+        1,
+        "nothing created"
+    );
     let file = dir.path().join("events.log");
     std::fs::write(&file, b"old").expect("write");
-    assert!(matches!(FileEventStore::open(&file), Err(StoreError::NotAStore { .. })));
+    assert!(matches!(
+        FileEventStore::open(&file),
+        Err(StoreError::NotAStore { .. })
+    ));
 }
 
 #[tokio::test]
@@ -155,7 +224,10 @@ async fn a_second_process_is_refused_while_the_store_is_open() {
 async fn another_format_is_refused_not_misread() {
     let dir = temp_dir();
     let store = FileEventStore::open(dir.path()).expect("open");
-    store.append("s", ExpectedVersion::Any, vec![event(1)]).await.expect("append");
+    store
+        .append("s", ExpectedVersion::Any, vec![event(1)])
+        .await
+        .expect("append");
     drop(store);
     let segment = &segments(dir.path())[0];
     let mut bytes = std::fs::read(segment).expect("read");
@@ -164,10 +236,18 @@ async fn another_format_is_refused_not_misread() {
     bytes[20..24].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(segment, &bytes).expect("write");
     match FileEventStore::open(dir.path()) {
-        Err(StoreError::UnsupportedFormat { found: 2, supported: 1, .. }) => {}
+        Err(StoreError::UnsupportedFormat {
+            found: 2,
+            supported: 1,
+            ..
+        }) => {}
         other => panic!("expected an unsupported format, got {other:?}"),
     }
-    assert_eq!(std::fs::read(segment).expect("read"), bytes, "left as it was");
+    assert_eq!(
+        std::fs::read(segment).expect("read"),
+        bytes,
+        "left as it was"
+    );
 }
 
 #[tokio::test]
@@ -193,10 +273,36 @@ async fn a_log_of_krescent_0_1_is_imported_whole() {
     let store = FileEventStore::open(dir.path().join("events")).expect("open");
     assert_eq!(store.import_legacy(&legacy).await.expect("import"), 4);
     let read = read_all(&store).await.expect("read");
-    let got: Vec<_> = read.iter().map(|e| (&*e.meta.stream_id, e.meta.stream_version, e.position().get())).collect();
-    assert_eq!(got, [("a\"b", 1, 1), ("a\"b", 2, 2), ("c\\d", 1, 3), ("a\"b", 3, 4)]);
-    assert_eq!(read[2].meta.recorded_at, std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_000_002));
-    assert!(matches!(store.import_legacy(&legacy).await, Err(StoreError::Rejected { .. })), "only into an empty store");
+    let got: Vec<_> = read
+        .iter()
+        .map(|e| {
+            (
+                &*e.meta.stream_id,
+                e.meta.stream_version,
+                e.position().get(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a\"b", 1, 1),
+            ("a\"b", 2, 2),
+            ("c\\d", 1, 3),
+            ("a\"b", 3, 4)
+        ]
+    );
+    assert_eq!(
+        read[2].meta.recorded_at,
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_000_002)
+    );
+    assert!(
+        matches!(
+            store.import_legacy(&legacy).await,
+            Err(StoreError::Rejected { .. })
+        ),
+        "only into an empty store"
+    );
 }
 
 /// One append of a generated history: a stream id, and each event's type and payload size.
@@ -224,7 +330,12 @@ fn write_history(dir: &Path, appends: &[Append]) -> (Vec<Seen>, Vec<Seen>, PathB
             append_one(&store, append).await;
         }
         let before = seen(&read_all(&store).await.expect("read"));
-        let (count, len) = (segments(dir).len(), std::fs::metadata(segments(dir).pop().expect("a segment")).expect("segment").len());
+        let (count, len) = (
+            segments(dir).len(),
+            std::fs::metadata(segments(dir).pop().expect("a segment"))
+                .expect("segment")
+                .len(),
+        );
         append_one(&store, last).await;
         let after = seen(&read_all(&store).await.expect("read"));
         // The last append lies in the last segment: a new one is begun before an append, never after.
@@ -238,9 +349,18 @@ async fn append_one(store: &FileEventStore, append: &Append) {
     let events = append
         .events
         .iter()
-        .map(|(event_type, size)| NewEvent::from_json(event_type, &serde_json::json!({ "p": "x".repeat(*size) }).to_string()).expect("JSON"))
+        .map(|(event_type, size)| {
+            NewEvent::from_json(
+                event_type,
+                &serde_json::json!({ "p": "x".repeat(*size) }).to_string(),
+            )
+            .expect("JSON")
+        })
         .collect();
-    store.append(&append.stream, ExpectedVersion::Any, events).await.expect("append");
+    store
+        .append(&append.stream, ExpectedVersion::Any, events)
+        .await
+        .expect("append");
 }
 
 /// Opens the store in `dir` and reads everything, as a restart would.
@@ -300,8 +420,14 @@ proptest! {
 fn every_bit_of_a_small_log_is_checked() {
     let dir = temp_dir();
     let history = [
-        Append { stream: "a\"\0".into(), events: vec![("t".into(), 5), ("u".into(), 0)] },
-        Append { stream: "b".into(), events: vec![("t".into(), 20)] },
+        Append {
+            stream: "a\"\0".into(),
+            events: vec![("t".into(), 5), ("u".into(), 0)],
+        },
+        Append {
+            stream: "b".into(),
+            events: vec![("t".into(), 20)],
+        },
     ];
     let (_, after, segment, _) = write_history(dir.path(), &history);
     let bytes = std::fs::read(&segment).expect("segment");
@@ -321,7 +447,11 @@ fn every_bit_of_a_small_log_is_checked() {
         }
         std::fs::remove_file(dir.path().join("head.state")).ok();
     }
-    assert_eq!(detected, bytes.len() * 8, "every bit of a segment is covered by a checksum");
+    assert_eq!(
+        detected,
+        bytes.len() * 8,
+        "every bit of a segment is covered by a checksum"
+    );
     std::fs::write(&segment, &bytes).expect("whole");
     assert_eq!(reopen(dir.path()).expect("whole"), after);
 }

@@ -2,12 +2,13 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|postgres]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres]
 //! ```
 //!
 //! It prints one line per figure:
 //! `bench <figure> ratio=<krescent/baseline> krescent=<events/s> baseline=<events/s>`.
 
+mod file;
 mod measure;
 mod memory;
 mod postgres;
@@ -20,7 +21,7 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
-    /// Only the in-memory figures, or only the Postgres ones.
+    /// Only the in-memory, the file store or the Postgres figures.
     pub(crate) only: Option<String>,
 }
 
@@ -36,8 +37,10 @@ fn options() -> Result<Options, String> {
             .next()
             .ok_or_else(|| format!("`{arg}` needs a value"))?;
         if arg == "--only" {
-            if !matches!(value.as_str(), "memory" | "postgres") {
-                return Err(format!("`--only {value}`: expected `memory` or `postgres`"));
+            if !matches!(value.as_str(), "memory" | "file" | "postgres") {
+                return Err(format!(
+                    "`--only {value}`: expected `memory`, `file` or `postgres`"
+                ));
             }
             options.only = Some(value);
             continue;
@@ -50,7 +53,7 @@ fn options() -> Result<Options, String> {
             "--reps" => options.reps = number.max(1),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|postgres`"
+                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres`"
                 ))
             }
         }
@@ -60,6 +63,15 @@ fn options() -> Result<Options, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(file::RESUME_CHILD) {
+        let dir = args.next().ok_or("the resume needs a directory")?;
+        let rep = args
+            .next()
+            .ok_or("the resume needs a repetition")?
+            .parse()?;
+        return file::resume_child(std::path::Path::new(&dir), rep).await;
+    }
     let options = options()?;
     eprintln!(
         "workload: {} events, seed {}, {} repetitions, medians",
@@ -67,10 +79,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         krescent_testkit::workload::SEED,
         options.reps
     );
-    if options.only.as_deref() != Some("postgres") {
+    let runs = |part: &str| options.only.as_deref().is_none_or(|only| only == part);
+    if runs("memory") {
         memory::run(&options).await?;
     }
-    if options.only.as_deref() != Some("memory") {
+    if runs("file") {
+        file::run(&options).await?;
+    }
+    if runs("postgres") {
         postgres::run(&options).await?;
     }
     Ok(())

@@ -13,7 +13,7 @@ use crate::Options;
 
 all_documents_model! {
     #[model(name = "bench.documents", version = 1)]
-    struct Replayed;
+    pub(crate) struct Replayed;
 }
 
 all_documents_model! {

@@ -335,7 +335,10 @@ pub async fn odd_strings_round_trip<S: EventStore>(store: &S) {
     for (stream, event_type, payload) in odd_strings() {
         let head = store.head().await.expect("head");
         let event = NewEvent::from_json(&event_type, &payload).expect("JSON");
-        match store.append(&stream, ExpectedVersion::Any, vec![event.clone()]).await {
+        match store
+            .append(&stream, ExpectedVersion::Any, vec![event.clone()])
+            .await
+        {
             Ok(appended) => {
                 let read = store.read_after(head, 10).await.expect("read");
                 assert_eq!(read.len(), 1, "{stream:?}");
@@ -343,14 +346,23 @@ pub async fn odd_strings_round_trip<S: EventStore>(store: &S) {
                 assert_eq!(&*read[0].meta.stream_id, stream.as_str());
                 assert_eq!(read[0].event_type(), event_type.as_str());
                 assert_eq!(read[0].meta.event_id, event.event_id);
-                let value = |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("JSON");
+                let value =
+                    |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("JSON");
                 assert_eq!(value(&read[0].payload), value(&payload), "{stream:?}");
             }
-            Err(StoreError::Rejected { stream: refused, .. }) => {
+            Err(StoreError::Rejected {
+                stream: refused, ..
+            }) => {
                 assert_eq!(refused, stream);
-                assert_eq!(store.head().await.expect("head"), head, "a refused append writes nothing");
+                assert_eq!(
+                    store.head().await.expect("head"),
+                    head,
+                    "a refused append writes nothing"
+                );
             }
-            Err(other) => panic!("appending {stream:?}: expected success or a refusal, got {other}"),
+            Err(other) => {
+                panic!("appending {stream:?}: expected success or a refusal, got {other}")
+            }
         }
     }
 }

@@ -29,7 +29,10 @@ pub(crate) fn check_payloads(stream_id: &str, events: &[NewEvent]) -> Result<(),
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&event.payload) {
             return Err(StoreError::Rejected {
                 stream: stream_id.to_owned(),
-                reason: format!("the payload of event {i} (`{}`) is not JSON: {e}", event.event_type),
+                reason: format!(
+                    "the payload of event {i} (`{}`) is not JSON: {e}",
+                    event.event_type
+                ),
             });
         }
     }

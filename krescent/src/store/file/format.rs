@@ -72,7 +72,9 @@ pub(super) fn parse_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
         return Err(HeaderError::Damaged("the segment header is incomplete"));
     }
     if bytes[..8] != MAGIC {
-        return Err(HeaderError::Damaged("not a krescent segment (wrong magic bytes)"));
+        return Err(HeaderError::Damaged(
+            "not a krescent segment (wrong magic bytes)",
+        ));
     }
     if crc32fast::hash(&bytes[..20]) != u32_at(bytes, 20) {
         return Err(HeaderError::Damaged("segment header checksum mismatch"));
@@ -206,7 +208,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len());
         let end = end.ok_or("a field runs past the end of its frame")?;
         let bytes = &self.bytes[self.at..end];
         self.at = end;
@@ -300,7 +305,11 @@ mod tests {
     fn a_large_append_is_split_into_frames_the_last_flagged() {
         let payload = "x".repeat(1000);
         let drafts: Vec<_> = (0..3000)
-            .map(|_| Draft { id: Uuid::new_v4(), event_type: "t", payload: &payload })
+            .map(|_| Draft {
+                id: Uuid::new_v4(),
+                event_type: "t",
+                payload: &payload,
+            })
             .collect();
         let bytes = encode_append("s", 1, 1, SystemTime::now(), &drafts).expect("encode");
         let (mut at, mut frames, mut events) = (0, Vec::new(), Vec::new());
@@ -308,7 +317,15 @@ mod tests {
             let header = FrameHeader::parse(&bytes[at..]).expect("header");
             let body = &bytes[at + FRAME_HEADER..at + header.frame_len() as usize];
             assert!(header.checks(body));
-            decode_frame(&header, body, 1, u64::MAX, &mut Names::default(), &mut events).expect("decode");
+            decode_frame(
+                &header,
+                body,
+                1,
+                u64::MAX,
+                &mut Names::default(),
+                &mut events,
+            )
+            .expect("decode");
             frames.push(header);
             at += header.frame_len() as usize;
         }
@@ -316,14 +333,28 @@ mod tests {
         assert!(frames[..frames.len() - 1].iter().all(|f| !f.ends_append()));
         assert!(frames.last().is_some_and(FrameHeader::ends_append));
         assert_eq!(events.len(), 3000);
-        assert!(events.iter().enumerate().all(|(i, e)| e.meta.stream_version == i as u64 + 1
-            && e.position().get() == i as u64 + 1
-            && e.meta.event_id == drafts[i].id));
+        assert!(events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.meta.stream_version == i as u64 + 1
+                && e.position().get() == i as u64 + 1
+                && e.meta.event_id == drafts[i].id));
     }
 
     #[test]
     fn a_damaged_header_is_refused() {
-        let bytes = encode_append("s", 1, 1, SystemTime::now(), &[Draft { id: Uuid::nil(), event_type: "t", payload: "{}" }]).expect("encode");
+        let bytes = encode_append(
+            "s",
+            1,
+            1,
+            SystemTime::now(),
+            &[Draft {
+                id: Uuid::nil(),
+                event_type: "t",
+                payload: "{}",
+            }],
+        )
+        .expect("encode");
         for bit in 0..FRAME_HEADER * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);

@@ -47,7 +47,11 @@ impl SegmentIndex {
 
     /// Records a committed frame at `offset`.
     pub(super) fn push(&mut self, header: &FrameHeader, offset: u64) {
-        if self.entries.last().is_none_or(|&(_, at)| offset >= at + ENTRY_SPACING) {
+        if self
+            .entries
+            .last()
+            .is_none_or(|&(_, at)| offset >= at + ENTRY_SPACING)
+        {
             self.entries.push((header.first, offset));
         }
         self.len = offset + header.frame_len();
@@ -56,8 +60,11 @@ impl SegmentIndex {
 
     /// The offset of a frame at or before the one holding `position`.
     pub(super) fn seek(&self, position: u64) -> u64 {
-        let i = self.entries.partition_point(|&(first, _)| first <= position);
-        i.checked_sub(1).map_or(SEGMENT_HEADER as u64, |i| self.entries[i].1)
+        let i = self
+            .entries
+            .partition_point(|&(first, _)| first <= position);
+        i.checked_sub(1)
+            .map_or(SEGMENT_HEADER as u64, |i| self.entries[i].1)
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
@@ -71,19 +78,25 @@ impl SegmentIndex {
     }
 
     fn decode_from(reader: &mut Reader<'_>) -> Option<Self> {
-        let (first, len, last, count) = (reader.u64()?, reader.u64()?, reader.u64()?, reader.u64()?);
+        let (first, len, last, count) =
+            (reader.u64()?, reader.u64()?, reader.u64()?, reader.u64()?);
         let mut entries = Vec::with_capacity(usize::try_from(count).ok()?.min(reader.rest() / 16));
         for _ in 0..count {
             entries.push((reader.u64()?, reader.u64()?));
         }
-        let ordered = entries.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
-        let inside = entries.iter().all(|&(p, o)| p >= first && p <= last && o >= SEGMENT_HEADER as u64 && o < len);
-        (first > 0 && last + 1 >= first && len >= SEGMENT_HEADER as u64 && ordered && inside).then_some(SegmentIndex {
-            first,
-            len,
-            last,
-            entries,
-        })
+        let ordered = entries
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        let inside = entries
+            .iter()
+            .all(|&(p, o)| p >= first && p <= last && o >= SEGMENT_HEADER as u64 && o < len);
+        (first > 0 && last + 1 >= first && len >= SEGMENT_HEADER as u64 && ordered && inside)
+            .then_some(SegmentIndex {
+                first,
+                len,
+                last,
+                entries,
+            })
     }
 }
 
@@ -98,7 +111,8 @@ impl Reader<'_> {
     }
 
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("eight bytes")))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("eight bytes")))
     }
 
     fn rest(&self) -> usize {
@@ -174,14 +188,19 @@ mod tests {
     fn index() -> SegmentIndex {
         let mut index = SegmentIndex::new(11);
         let mut offset = SEGMENT_HEADER as u64;
-        for (first, count) in [(11, 3), (14, 1), (15, 100)] {
+        let payload = "p".repeat(1000);
+        for (first, count) in [(11, 3), (14, 1), (15, 100), (115, 1)] {
             let bytes = super::super::format::encode_append(
                 "s",
                 1,
                 first,
                 std::time::SystemTime::now(),
                 &(0..count)
-                    .map(|_| super::super::format::Draft { id: uuid::Uuid::nil(), event_type: "t", payload: &"p".repeat(1000) })
+                    .map(|_| super::super::format::Draft {
+                        id: uuid::Uuid::nil(),
+                        event_type: "t",
+                        payload: &payload,
+                    })
                     .collect::<Vec<_>>(),
             )
             .expect("encode");
@@ -195,10 +214,18 @@ mod tests {
     #[test]
     fn seeks_land_at_or_before_the_frame_of_a_position() {
         let index = index();
-        assert_eq!(index.last, 114);
+        assert_eq!(index.last, 115);
         assert_eq!(index.seek(11), SEGMENT_HEADER as u64);
-        assert_eq!(index.seek(14), SEGMENT_HEADER as u64, "sparse: no entry 4 KiB later");
-        assert!(index.seek(114) > SEGMENT_HEADER as u64, "an entry 64 KiB later");
+        assert_eq!(
+            index.seek(14),
+            SEGMENT_HEADER as u64,
+            "sparse: no entry 4 KiB later"
+        );
+        assert_eq!(index.seek(114), SEGMENT_HEADER as u64);
+        assert!(
+            index.seek(115) > SEGMENT_HEADER as u64,
+            "an entry 64 KiB later"
+        );
     }
 
     #[test]

@@ -61,7 +61,11 @@ impl LegacyReader {
     /// The next record; `None` at the end or at a torn last record.
     pub(super) fn next_record(&mut self) -> Result<Option<Record>, StoreError> {
         let path = self.path.clone();
-        let corrupt = |offset, reason: String| StoreError::Corrupt { path, offset, reason };
+        let corrupt = |offset, reason: String| StoreError::Corrupt {
+            path,
+            offset,
+            reason,
+        };
         let mut header = [0; 8];
         if !self.fill(&mut header)? {
             return Ok(None);

@@ -188,7 +188,10 @@ impl FileEventStore {
     ///
     /// # Errors
     /// As [`open`](Self::open).
-    pub fn open_with(path: impl Into<PathBuf>, options: FileStoreOptions) -> Result<Self, StoreError> {
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        options: FileStoreOptions,
+    ) -> Result<Self, StoreError> {
         let dir = path.into();
         let not_a_store = |reason: &str| StoreError::NotAStore {
             path: dir.clone(),
@@ -210,15 +213,24 @@ impl FileEventStore {
         for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
             let name = entry.map_err(io_at(&dir))?.file_name();
             let name = name.to_string_lossy();
-            if let Some(first) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(first) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 firsts.push(first);
-            } else if !(name.ends_with(".idx") || name == STATE_FILE || name == LOCK_FILE || is_temporary(&name)) {
+            } else if !(name.ends_with(".idx")
+                || name == STATE_FILE
+                || name == LOCK_FILE
+                || is_temporary(&name))
+            {
                 foreign.get_or_insert_with(|| name.into_owned());
             }
         }
         if firsts.is_empty() {
             if let Some(name) = foreign {
-                return Err(not_a_store(&format!("the directory holds `{name}` and no segments")));
+                return Err(not_a_store(&format!(
+                    "the directory holds `{name}` and no segments"
+                )));
             }
             if !options.create {
                 return Err(not_a_store("the directory holds no segments"));
@@ -246,7 +258,10 @@ impl FileEventStore {
         let (state, scanned) = recover(&dir, &firsts)?;
         let active = state.segments.last().expect("a segment");
         let path = segment_path(&dir, active.first);
-        let file = OpenOptions::new().append(true).open(&path).map_err(io_at(&path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
         let head = watch::Sender::new(Position::new(state.head()));
         let mut store = Inner {
             segment_bytes: options.segment_bytes,
@@ -277,7 +292,12 @@ impl FileEventStore {
     /// The version of `stream_id` (0 when it has no events).
     #[must_use]
     pub fn stream_version(&self, stream_id: &str) -> u64 {
-        self.inner.read_state().streams.get(stream_id).copied().unwrap_or(0)
+        self.inner
+            .read_state()
+            .streams
+            .get(stream_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Imports the single-file log of krescent 0.1 at `legacy` into this store, which must be
@@ -301,7 +321,9 @@ impl FileEventStore {
             let next = reader.next_record()?;
             let ends_run = match (&next, run.first()) {
                 (Some(r), Some(first)) => {
-                    r.stream != first.stream || r.recorded_at() != first.recorded_at() || run.len() == 1024
+                    r.stream != first.stream
+                        || r.recorded_at() != first.recorded_at()
+                        || run.len() == 1024
                 }
                 (None, Some(_)) => true,
                 (_, None) => false,
@@ -320,12 +342,18 @@ impl FileEventStore {
                     0 | 1 => ExpectedVersion::NoStream,
                     version => ExpectedVersion::Exact(version - 1),
                 };
-                let appended = self.inner.append(&first.stream, expected, events, Some(first.recorded_at())).await?;
+                let appended = self
+                    .inner
+                    .append(&first.stream, expected, events, Some(first.recorded_at()))
+                    .await?;
                 if appended.position.get() != run.last().map_or(0, |r| r.position) {
                     return Err(StoreError::Corrupt {
                         path: legacy.to_path_buf(),
                         offset: 0,
-                        reason: format!("the old log's positions are not consecutive before position {}", appended.position),
+                        reason: format!(
+                            "the old log's positions are not consecutive before position {}",
+                            appended.position
+                        ),
                     });
                 }
                 imported += run.len() as u64;
@@ -374,7 +402,10 @@ impl Inner {
         }
         let path = segment_path(&self.dir, next.1);
         write_atomically(&path, &format::segment_header(next.1)).map_err(io_at(&path))?;
-        let file = OpenOptions::new().append(true).open(&path).map_err(io_at(&path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
         self.state
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -395,7 +426,11 @@ impl Inner {
             }
             let i = state.segments.partition_point(|s| s.first <= target) - 1;
             let segment = &state.segments[i];
-            (segment_path(&self.dir, segment.first), segment.seek(target), segment.len)
+            (
+                segment_path(&self.dir, segment.first),
+                segment.seek(target),
+                segment.len,
+            )
         };
         let last = target.saturating_add(limit as u64 - 1);
         let file = File::open(&path).map_err(io_at(&path))?;
@@ -406,16 +441,23 @@ impl Inner {
             offset,
             reason: reason.to_owned(),
         };
-        let (mut at, mut events, mut names, mut body) = (offset, Vec::new(), Names::default(), Vec::new());
+        let (mut at, mut names, mut body) = (offset, Names::default(), Vec::new());
+        let mut events = Vec::with_capacity(limit.min(4096));
         let mut header = [0; FRAME_HEADER];
         while at < end && events.len() < limit && at - offset < BATCH_BYTES {
             reader.read_exact(&mut header).map_err(io_at(&path))?;
-            let frame = FrameHeader::parse(&header).ok_or_else(|| corrupt(at, "frame header checksum mismatch"))?;
+            let frame = FrameHeader::parse(&header)
+                .ok_or_else(|| corrupt(at, "frame header checksum mismatch"))?;
             if at + frame.frame_len() > end {
-                return Err(corrupt(at, "a frame runs past the committed end of its segment"));
+                return Err(corrupt(
+                    at,
+                    "a frame runs past the committed end of its segment",
+                ));
             }
             if frame.last() < target {
-                reader.seek_relative(i64::from(frame.len)).map_err(io_at(&path))?;
+                reader
+                    .seek_relative(i64::from(frame.len))
+                    .map_err(io_at(&path))?;
             } else {
                 body.resize(frame.len as usize, 0);
                 reader.read_exact(&mut body).map_err(io_at(&path))?;
@@ -428,7 +470,10 @@ impl Inner {
             at += frame.frame_len();
         }
         if events.is_empty() {
-            return Err(corrupt(offset, "the index points at no event of the position"));
+            return Err(corrupt(
+                offset,
+                "the index points at no event of the position",
+            ));
         }
         Ok(events)
     }
@@ -449,7 +494,9 @@ fn remove_temporaries(dir: &Path) -> Result<(), StoreError> {
 /// `head.state` and the `.idx` files where they hold, by scanning where they do not. Cuts a
 /// torn tail. Returns the state and the bytes scanned.
 fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
-    let saved = fs::read(dir.join(STATE_FILE)).ok().and_then(|b| index::decode_state(&b));
+    let saved = fs::read(dir.join(STATE_FILE))
+        .ok()
+        .and_then(|b| index::decode_state(&b));
     // The state holds only while its segment is at least as long as it says: a shorter one
     // lost appends it counted, so its stream versions cannot be trusted either.
     let resume = saved.as_ref().and_then(|s| {
@@ -460,7 +507,10 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
     let (resume, mut streams, covered, resume_index) = match (resume, saved) {
         (Some(i), Some(HeadState { index, streams })) => (i, streams, index.last, Some(index)),
         _ => {
-            if firsts.len() > 1 || fs::metadata(segment_path(dir, firsts[0])).is_ok_and(|m| m.len() > SEGMENT_HEADER as u64) {
+            if firsts.len() > 1
+                || fs::metadata(segment_path(dir, firsts[0]))
+                    .is_ok_and(|m| m.len() > SEGMENT_HEADER as u64)
+            {
                 tracing::warn!(dir = %dir.display(), "the store's head state is missing or damaged; rebuilding it from the segments");
             }
             (0, HashMap::new(), 0, None)
@@ -471,7 +521,11 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
     for (i, &first) in firsts.iter().enumerate() {
         let path = segment_path(dir, first);
         let is_last = i + 1 == firsts.len();
-        let mut file = OpenOptions::new().read(true).write(is_last).open(&path).map_err(io_at(&path))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(is_last)
+            .open(&path)
+            .map_err(io_at(&path))?;
         let file_len = file.metadata().map_err(io_at(&path))?.len();
         check_segment_header(&path, &mut file, first)?;
         let expected_first = segments.last().map_or(1, |s| s.last + 1);
@@ -479,7 +533,9 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
             return Err(StoreError::Corrupt {
                 path,
                 offset: 0,
-                reason: format!("the segment starts at position {first} where {expected_first} was expected"),
+                reason: format!(
+                    "the segment starts at position {first} where {expected_first} was expected"
+                ),
             });
         }
         let known = match (i.cmp(&resume), &resume_index) {
@@ -492,11 +548,21 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
         };
         let had_index = known.is_some();
         let start = known.unwrap_or_else(|| SegmentIndex::new(first));
-        let result = recover::scan(&path, &file, file_len, start, is_last, &mut streams, covered)?;
+        let result = recover::scan(
+            &path,
+            &file,
+            file_len,
+            start,
+            is_last,
+            &mut streams,
+            covered,
+        )?;
         scanned += result.scanned;
         if let Some(torn_at) = result.torn_at {
             tracing::warn!(path = %path.display(), offset = torn_at, dropped = file_len - torn_at, "cutting off a torn append at the end of the event log");
-            file.set_len(torn_at).and_then(|()| file.sync_all()).map_err(io_at(&path))?;
+            file.set_len(torn_at)
+                .and_then(|()| file.sync_all())
+                .map_err(io_at(&path))?;
         }
         if !is_last && !(had_index && result.scanned == 0) {
             let idx = index_path(dir, first);
@@ -526,7 +592,9 @@ fn check_segment_header(path: &Path, file: &mut File, first: u64) -> Result<(), 
     };
     match format::parse_segment_header(&header[..read]) {
         Ok(found) if found == first => Ok(()),
-        Ok(found) => Err(corrupt(format!("the header says the segment starts at position {found}, its name {first}"))),
+        Ok(found) => Err(corrupt(format!(
+            "the header says the segment starts at position {found}, its name {first}"
+        ))),
         Err(format::HeaderError::Damaged(reason)) => Err(corrupt(reason.to_owned())),
         Err(format::HeaderError::Format(found)) => Err(StoreError::UnsupportedFormat {
             path: path.to_path_buf(),
@@ -558,7 +626,12 @@ impl Inner {
         let (actual, head, segment_len, segment_empty) = {
             let state = self.read_state();
             let active = state.segments.last().expect("a segment");
-            (state.streams.get(stream_id).copied().unwrap_or(0), state.head(), active.len, active.is_empty())
+            (
+                state.streams.get(stream_id).copied().unwrap_or(0),
+                state.head(),
+                active.len,
+                active.is_empty(),
+            )
         };
         if !expected.matches(actual) {
             return Err(StoreError::conflict(stream_id, expected, actual));
@@ -571,15 +644,21 @@ impl Inner {
         }
         let drafts: Vec<Draft<'_>> = events
             .iter()
-            .map(|e| Draft { id: e.event_id, event_type: &e.event_type, payload: &e.payload })
+            .map(|e| Draft {
+                id: e.event_id,
+                event_type: &e.event_type,
+                payload: &e.payload,
+            })
             .collect();
         let recorded_at = truncate_to_micros(recorded_at.unwrap_or_else(SystemTime::now));
-        let bytes = format::encode_append(stream_id, actual + 1, head + 1, recorded_at, &drafts).map_err(|e| {
-            StoreError::Rejected {
+        let bytes = format::encode_append(stream_id, actual + 1, head + 1, recorded_at, &drafts)
+            .map_err(|e| StoreError::Rejected {
                 stream: stream_id.to_owned(),
-                reason: format!("the append's {} is larger than the file format's 4 GiB", e.0),
-            }
-        })?;
+                reason: format!(
+                    "the append's {} is larger than the file format's 4 GiB",
+                    e.0
+                ),
+            })?;
         drop(drafts);
         if writer.file.is_none() {
             return Err(io_at(&self.dir)(io::Error::other(
@@ -592,13 +671,20 @@ impl Inner {
         } else {
             segment_len
         };
-        let path = segment_path(&self.dir, self.read_state().segments.last().expect("a segment").first);
+        let path = segment_path(
+            &self.dir,
+            self.read_state().segments.last().expect("a segment").first,
+        );
         let mut file = writer.file.take().expect("checked above");
         let len = bytes.len() as u64;
         let (file, written, bytes) = tokio::task::spawn_blocking(move || {
             let written = file.write_all(&bytes).and_then(|()| file.sync_data());
             // Cut off whatever part was written, so the log holds whole appends only.
-            let undone = written.is_ok() || file.set_len(segment_len).and_then(|()| file.sync_data()).is_ok();
+            let undone = written.is_ok()
+                || file
+                    .set_len(segment_len)
+                    .and_then(|()| file.sync_data())
+                    .is_ok();
             (undone.then_some(file), written, bytes)
         })
         .await
@@ -616,7 +702,10 @@ impl Inner {
                 at += usize::try_from(frame.frame_len()).expect("an encoded frame fits memory");
             }
             let position = active.last;
-            let key: Arc<str> = state.streams.get_key_value(stream_id).map_or_else(|| stream_id.into(), |(k, _)| k.clone());
+            let key: Arc<str> = state
+                .streams
+                .get_key_value(stream_id)
+                .map_or_else(|| stream_id.into(), |(k, _)| k.clone());
             let stream_version = actual + events.len() as u64;
             state.streams.insert(key, stream_version);
             Appended {
@@ -645,7 +734,11 @@ impl EventStore for FileEventStore {
         self.inner.append(stream_id, expected, events, None).await
     }
 
-    async fn read_after(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_after(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut events = Vec::new();
         let mut at = after;
         while events.len() < limit {
@@ -661,7 +754,9 @@ impl EventStore for FileEventStore {
         if limit == 0 || after >= self.inner.head() {
             return Ok(EventBatch::default());
         }
-        self.inner.read_segment(after.get() + 1, limit).map(EventBatch::from)
+        self.inner
+            .read_segment(after.get() + 1, limit)
+            .map(EventBatch::from)
     }
 
     async fn read_ahead(&self, after: Position, limit: usize) -> Result<EventBatch, StoreError> {
@@ -669,7 +764,11 @@ impl EventStore for FileEventStore {
             return Ok(EventBatch::default());
         }
         let inner = self.inner.clone();
-        blocking(&self.inner.dir, move || inner.read_segment(after.get() + 1, limit)).await.map(EventBatch::from)
+        blocking(&self.inner.dir, move || {
+            inner.read_segment(after.get() + 1, limit)
+        })
+        .await
+        .map(EventBatch::from)
     }
 
     async fn head(&self) -> Result<Position, StoreError> {

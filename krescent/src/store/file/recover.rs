@@ -71,13 +71,19 @@ pub(super) fn scan(
             if is_last {
                 break Some(group_start);
             }
-            return Err(corrupt(group_start, "the sealed segment ends inside an append".into()));
+            return Err(corrupt(
+                group_start,
+                "the sealed segment ends inside an append".into(),
+            ));
         }
         let torn = |reason: &str| {
             if is_last {
                 Ok(Some(group_start))
             } else {
-                Err(corrupt(offset, format!("{reason} at the end of a sealed segment")))
+                Err(corrupt(
+                    offset,
+                    format!("{reason} at the end of a sealed segment"),
+                ))
             }
         };
         if remaining < FRAME_HEADER as u64 {
@@ -97,7 +103,10 @@ pub(super) fn scan(
         if frame.first != expected {
             return Err(corrupt(
                 offset,
-                format!("frame starts at position {} where {expected} was expected", frame.first),
+                format!(
+                    "frame starts at position {} where {expected} was expected",
+                    frame.first
+                ),
             ));
         }
         body.resize(frame.len as usize, 0);
@@ -108,11 +117,16 @@ pub(super) fn scan(
         let (stream, first_version) = frame_stream(&body).map_err(|e| corrupt(offset, e.into()))?;
         match &pending_stream {
             Some((pending, version)) if **pending != *stream || *version + 1 != first_version => {
-                return Err(corrupt(offset, "a frame continues another stream's append".into()));
+                return Err(corrupt(
+                    offset,
+                    "a frame continues another stream's append".into(),
+                ));
             }
             _ => {
                 let version = first_version + u64::from(frame.count) - 1;
-                let key = streams.get_key_value(stream).map_or_else(|| Arc::from(stream), |(k, _)| k.clone());
+                let key = streams
+                    .get_key_value(stream)
+                    .map_or_else(|| Arc::from(stream), |(k, _)| k.clone());
                 pending_stream = Some((key, version));
             }
         }
