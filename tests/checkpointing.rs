@@ -264,7 +264,7 @@ async fn a_graceful_shutdown_writes_a_final_checkpoint() {
     } = setup();
     append(&krescent, 1..=10).await;
     let running = krescent.stream(Every100::default());
-    running.reached(Position::new(10)).await;
+    running.reached(Position::new(10)).await.expect("reached");
     let stopped = running.shutdown().await.expect("shutdown");
     assert_eq!(stopped.model.seen.len(), 10);
     assert_eq!(
@@ -297,7 +297,7 @@ async fn manual_checkpoints_only_when_requested_at_the_next_event() {
     } = setup();
     append(&krescent, 1..=5).await;
     let running = krescent.stream(Manual::default());
-    running.reached(Position::new(5)).await;
+    running.reached(Position::new(5)).await.expect("reached");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         recording.written().is_empty(),
@@ -312,7 +312,7 @@ async fn manual_checkpoints_only_when_requested_at_the_next_event() {
     append(&krescent, [6]).await;
     assert_eq!(written(&recording, 1).await, [6]);
     append(&krescent, 7..=9).await;
-    running.reached(Position::new(9)).await;
+    running.reached(Position::new(9)).await.expect("reached");
     let stopped = running.shutdown().await.expect("shutdown");
     assert_eq!(
         recording.written(),
@@ -478,7 +478,7 @@ async fn fixed_events_counts_again_after_every_checkpoint_also_a_manual_one() {
     } = setup();
     append(&krescent, 1..=2).await;
     let running = krescent.stream(FiveOrManual::default());
-    running.reached(Position::new(2)).await;
+    running.reached(Position::new(2)).await.expect("reached");
     running.request_checkpoint();
     append(&krescent, [3]).await;
     assert_eq!(
@@ -488,7 +488,7 @@ async fn fixed_events_counts_again_after_every_checkpoint_also_a_manual_one() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     append(&krescent, 4..=10).await;
-    running.reached(Position::new(10)).await;
+    running.reached(Position::new(10)).await.expect("reached");
     assert_eq!(
         written(&recording, 2).await,
         [3, 8],
@@ -539,9 +539,9 @@ async fn the_model_learns_how_it_started_and_when_it_caught_up() {
     assert_eq!(first.model.caught_up_at, [Position::new(3)]);
     append(&krescent, 4..=5).await;
     let running = krescent.stream(Always::default());
-    running.reached(Position::new(5)).await;
+    running.reached(Position::new(5)).await.expect("reached");
     append(&krescent, [6]).await;
-    running.reached(Position::new(6)).await;
+    running.reached(Position::new(6)).await.expect("reached");
     let second = running.shutdown().await.expect("shutdown");
     assert_eq!(
         second.model.origin,

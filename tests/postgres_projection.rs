@@ -132,7 +132,7 @@ fn expected(events: usize) -> Vec<(String, i32)> {
 async fn postgres_projection_failure_rolls_back_the_uncommitted_batch() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..35).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     match krescent.catch_up(Ticks::new(&store, Some(27))).await {
         Err(Error::Handler { position, .. }) => assert_eq!(position, Position::new(27)),
         other => panic!(
@@ -173,7 +173,7 @@ async fn postgres_projection_failure_rolls_back_the_uncommitted_batch() {
 async fn postgres_projection_rebuilds_a_table_dropped_behind_its_back() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..25).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     krescent
         .catch_up(Ticks::new(&store, None))
         .await
@@ -239,7 +239,7 @@ async fn postgres_projection_rebuilds_a_table_dropped_behind_its_back() {
 async fn postgres_projection_delete_model_leaves_nothing_behind() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..12).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     let run = krescent
         .catch_up(Ticks::new(&store, None))
         .await
@@ -265,9 +265,9 @@ async fn postgres_projection_delete_model_leaves_nothing_behind() {
 async fn postgres_projection_streaming_commits_when_idle() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..3).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     let running = krescent.stream(Ticks::new(&store, None));
-    running.reached(Position::new(3)).await;
+    running.reached(Position::new(3)).await.expect("reached");
     let deadline = Instant::now() + Duration::from_secs(10);
     while ticks(&client).await != Some(expected(3)) {
         assert!(

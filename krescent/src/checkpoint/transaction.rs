@@ -10,7 +10,7 @@ use super::{StorageError, StoredCheckpoint};
 /// [`reset`](Self::reset) when the model starts without a usable checkpoint,
 /// [`commit`](Self::commit) whenever the strategy takes a checkpoint (and when a streaming model
 /// goes idle or stops, so that written rows never wait), and [`rollback`](Self::rollback) when a
-/// handler fails.
+/// handler fails. Implement it with [`#[krescent::async_trait]`](crate::async_trait).
 #[async_trait::async_trait]
 pub trait CheckpointTransaction: Send {
     /// Reads what validating the stored checkpoint needs, such as the current shape of the
