@@ -523,7 +523,7 @@ async fn an_unknown_storage_fails_before_any_event() {
             name,
             registered,
         }) => {
-            assert_eq!((model, name), ("counter.nowhere", "nowhere"));
+            assert_eq!((model, name.as_str()), ("counter.nowhere", "nowhere"));
             assert_eq!(registered, ["file", "memory", "recording"]);
         }
         other => panic!("expected an unknown-storage error, got {other:?}"),
@@ -554,4 +554,60 @@ async fn the_model_learns_how_it_started_and_when_it_caught_up() {
         Some(&Position::new(5)),
         "caught up after the history"
     );
+}
+
+/// `restore_only` over a checkpoint it cannot use says so (nothing was rebuilt) and leaves the
+/// checkpoint where it is.
+#[tokio::test]
+async fn restore_only_over_an_unusable_checkpoint_says_so_and_keeps_it() {
+    let Setup { krescent, dir, .. } = setup();
+    append(&krescent, 1..=4).await;
+    krescent
+        .catch_up(FileV1::default())
+        .await
+        .expect("first run");
+    damage(dir.path(), "wrong version");
+    let restored = krescent
+        .restore_only(FileV1::default())
+        .await
+        .expect("restore only");
+    assert!(
+        matches!(&restored.origin, Origin::Unusable { reason } if reason.contains("version")),
+        "{:?}",
+        restored.origin
+    );
+    assert_eq!(restored.position, Position::START);
+    assert!(restored.model.seen.is_empty());
+    let storage = FileCheckpointStorage::open(dir.path()).expect("storage");
+    assert!(
+        storage.path_of("counter.file").exists(),
+        "restore_only deletes nothing"
+    );
+}
+
+/// `Running::reached` tells a model that got there from one whose task died first.
+#[tokio::test]
+async fn reached_says_when_the_model_stopped_before_the_position() {
+    let Setup { krescent, .. } = setup();
+    append(&krescent, 1..=5).await;
+    let running = krescent.stream(Always {
+        fail_on: Some(3),
+        ..Always::default()
+    });
+    match running.reached(Position::new(5)).await {
+        Err(Error::Stopped {
+            model,
+            position,
+            wanted,
+        }) => {
+            assert_eq!(model, "counter.always");
+            assert!(position < Position::new(3), "{position}");
+            assert_eq!(wanted, Position::new(5));
+        }
+        other => panic!("expected the model to have stopped, got {other:?}"),
+    }
+    assert!(matches!(
+        running.shutdown().await,
+        Err(Error::Handler { position, .. }) if position == Position::new(3)
+    ));
 }

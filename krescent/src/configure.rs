@@ -38,11 +38,18 @@ pub(crate) struct Override {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
-#[must_use = "an override applies only once set with `strategy` or `storage`"]
 pub struct Configure<'a, S, M> {
     krescent: &'a mut Krescent<S>,
     model: PhantomData<fn() -> M>,
+}
+
+impl<S, M: EventModel> std::fmt::Debug for Configure<'_, S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configure")
+            .field("model", &M::NAME)
+            .field("override", &self.krescent.overrides.get(M::NAME))
+            .finish()
+    }
 }
 
 impl<'a, S, M: EventModel> Configure<'a, S, M> {

@@ -27,7 +27,7 @@ pub struct Krescent<S> {
     store: Arc<S>,
     storages: Arc<BTreeMap<String, Arc<dyn CheckpointStorage>>>,
     /// Start-up overrides of models' `#[checkpoint]` attributes, by model name.
-    overrides: Arc<BTreeMap<&'static str, Override>>,
+    pub(crate) overrides: Arc<BTreeMap<&'static str, Override>>,
 }
 
 /// Where and how a model checkpoints, its overrides applied and its storage resolved.
