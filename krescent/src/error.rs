@@ -27,6 +27,19 @@ pub enum Error {
         #[source]
         source: StrategyError,
     },
+    /// A model whose projection commits its checkpoints itself is registered with a storage
+    /// somewhere else, where it would never find them; it does not start.
+    #[error("model `{model}` commits its checkpoints into {expected}, but its storage `{storage}` keeps them {}; register the projection's storage under `{storage}`", found.as_deref().map_or_else(|| "elsewhere".to_owned(), |f| format!("in {f}")))]
+    StorageMismatch {
+        /// The model.
+        model: &'static str,
+        /// The name of the storage it is registered with.
+        storage: String,
+        /// Where its projection commits checkpoints.
+        expected: String,
+        /// Where that storage keeps them, if it says.
+        found: Option<String>,
+    },
     /// The model handles two event types with the same recorded name; it does not start.
     #[error("model `{model}` handles two event types named `{name}`; give each its own `#[event(name = \"...\")]`")]
     DuplicateEventName {

@@ -32,6 +32,8 @@ pub struct Krescent<S> {
 
 /// Where and how a model checkpoints, its overrides applied and its storage resolved.
 pub(crate) struct Checkpointing {
+    /// The name the storage is registered under.
+    pub(crate) name: String,
     pub(crate) storage: Arc<dyn CheckpointStorage>,
     pub(crate) strategy: Strategy,
 }
@@ -165,7 +167,11 @@ impl<S: EventStore> Krescent<S> {
         let strategy = changed
             .and_then(|o| o.strategy.clone())
             .unwrap_or(config.strategy);
-        Ok(Some(Checkpointing { storage, strategy }))
+        Ok(Some(Checkpointing {
+            name: name.to_owned(),
+            storage,
+            strategy,
+        }))
     }
 
     /// The storage `M` checkpoints into, `None` when it does not checkpoint.

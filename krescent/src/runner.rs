@@ -189,6 +189,18 @@ impl<M: EventModel> Runner<M> {
                 reason: "a model with a transactional extension needs `#[checkpoint(strategy = ..., storage = ...)]`".to_owned(),
             });
         }
+        let commits_to = model.transaction().and_then(|t| t.checkpoint_location());
+        if let (Some(expected), Some(c)) = (commits_to, &checkpointing) {
+            let found = c.storage.location();
+            if found.as_deref() != Some(expected.as_str()) {
+                return Err(Error::StorageMismatch {
+                    model: M::NAME,
+                    storage: c.name.clone(),
+                    expected,
+                    found,
+                });
+            }
+        }
         if let (Origin::Rebuilt { .. }, Some(c), false) = (&origin, &checkpointing, transactional) {
             // An explicit reset: the unusable checkpoint (of this version at a later position,
             // or with a position that does not even parse) must not hold back the rebuild's.

@@ -75,6 +75,15 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// The namespaces that have a checkpoint, sorted.
     async fn list(&self) -> Result<Vec<String>, StorageError>;
 
+    /// Where the checkpoints are, for telling storages apart: two storages with the same
+    /// location keep the same checkpoints. `None` (the default) when it cannot be said.
+    /// A model whose projection commits its checkpoints itself (a
+    /// [`CheckpointTransaction`](crate::checkpoint::CheckpointTransaction)) starts only with a
+    /// storage at the location it commits to.
+    fn location(&self) -> Option<String> {
+        None
+    }
+
     /// Deletes every checkpoint.
     async fn clear(&self) -> Result<(), StorageError> {
         for namespace in self.list().await? {

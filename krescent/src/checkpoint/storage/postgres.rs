@@ -186,6 +186,11 @@ impl PostgresCheckpointStorage {
 
 #[async_trait::async_trait]
 impl CheckpointStorage for PostgresCheckpointStorage {
+    /// The table, `postgres table `schema.table``; the database is not part of it.
+    fn location(&self) -> Option<String> {
+        Some(format!("postgres table `{}`", self.names.checkpoints_plain))
+    }
+
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
         let loaded = self
             .try_load(namespace)
