@@ -186,7 +186,7 @@ impl PostgresCheckpointStorage {
 
 #[async_trait::async_trait]
 impl CheckpointStorage for PostgresCheckpointStorage {
-    /// The table, `postgres table `schema.table``; the database is not part of it.
+    /// The table, as ``postgres table `schema.table` ``; the database is not part of it.
     fn location(&self) -> Option<String> {
         Some(format!("postgres table `{}`", self.names.checkpoints_plain))
     }
