@@ -100,9 +100,9 @@ fn distinct_names(p: &TokenStream, item: &ItemImpl, block: &HandlerImpl) -> Toke
             let (a, b) = (&earlier.event, &later.event);
             let message = format!(
                 "`{}` handles event types `{}` and `{}` that have the same name (`Event::NAME`); give each event type its own `#[event(name = \"...\")]`",
-                written(quote!(#self_ty)),
-                written(quote!(#a)),
-                written(quote!(#b)),
+                written(&quote!(#self_ty)),
+                written(&quote!(#a)),
+                written(&quote!(#b)),
             );
             checks.push(quote_spanned! {b.span()=>
                 const _: () = if #p::same_name(<#a as #p::Event>::NAME, <#b as #p::Event>::NAME) {
@@ -115,7 +115,7 @@ fn distinct_names(p: &TokenStream, item: &ItemImpl, block: &HandlerImpl) -> Toke
 }
 
 /// A type's tokens as a person writes them: `events::BookLent`, not `events :: BookLent`.
-fn written(tokens: TokenStream) -> String {
+fn written(tokens: &TokenStream) -> String {
     tokens
         .to_string()
         .replace(" :: ", "::")
