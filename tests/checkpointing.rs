@@ -1,16 +1,12 @@
 //! The checkpointing scenarios of the reference guide, ported: failures, shutdown, manual
 //! checkpoints, restore-only, version bumps, corrupt checkpoints and strategy counters.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use krescent::checkpoint::{
-    CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
-    StoredCheckpoint,
-};
+use krescent::checkpoint::{CheckpointStorage as _, FileCheckpointStorage};
 use krescent::prelude::*;
-use krescent::store::{EventStore, ExpectedVersion, InMemoryEventStore};
-use krescent::{Error, Origin, Position};
+use krescent_testkit::recording::RecordingStorage;
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "counter.added")]
@@ -134,48 +130,15 @@ impl Plain {
     }
 }
 
-/// A memory storage that records the position of every checkpoint written.
-#[derive(Debug, Default)]
-struct Recording {
-    inner: InMemoryCheckpointStorage,
-    written: Mutex<Vec<u64>>,
-}
-
-impl Recording {
-    fn written(&self) -> Vec<u64> {
-        self.written.lock().expect("lock").clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl CheckpointStorage for Recording {
-    async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        self.inner.load(namespace).await
-    }
-    async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
-        self.written
-            .lock()
-            .expect("lock")
-            .push(checkpoint.position.get());
-        self.inner.store(checkpoint).await
-    }
-    async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
-        self.inner.delete(namespace).await
-    }
-    async fn list(&self) -> Result<Vec<String>, StorageError> {
-        self.inner.list().await
-    }
-}
-
 struct Setup {
     krescent: Krescent<InMemoryEventStore>,
-    recording: Arc<Recording>,
+    recording: Arc<RecordingStorage>,
     dir: tempfile::TempDir,
 }
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
-    let recording = Arc::new(Recording::default());
+    let recording = Arc::new(RecordingStorage::new());
     let krescent = Krescent::new(InMemoryEventStore::new())
         .with_shared_storage("recording", recording.clone())
         .with_storage(
@@ -204,7 +167,7 @@ async fn append(krescent: &Krescent<InMemoryEventStore>, numbers: impl IntoItera
 }
 
 /// Waits until the recording storage has written `count` checkpoints.
-async fn written(recording: &Recording, count: usize) -> Vec<u64> {
+async fn written(recording: &RecordingStorage, count: usize) -> Vec<u64> {
     for _ in 0..500 {
         if recording.written().len() >= count {
             break;

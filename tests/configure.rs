@@ -2,13 +2,12 @@
 //! as its attribute says, or as an operator's strategy string (parsed by the attribute's own
 //! grammar) says, into the attribute's storage or another.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use krescent::checkpoint::{
-    CheckpointStorage, InMemoryCheckpointStorage, StorageError, StoredCheckpoint, Strategy,
-};
+use krescent::checkpoint::Strategy;
 use krescent::prelude::*;
+use krescent_testkit::recording::RecordingStorage;
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "tick")]
@@ -40,45 +39,15 @@ struct Plain {}
 #[krescent::handlers]
 impl Plain {}
 
-/// A memory storage that records the position of every checkpoint written; implemented
-/// through the re-exported `async_trait`.
-#[derive(Debug, Default)]
-struct Recording {
-    inner: InMemoryCheckpointStorage,
-    written: Mutex<Vec<u64>>,
-}
-
-impl Recording {
-    fn written(&self) -> Vec<u64> {
-        self.written.lock().expect("lock").clone()
-    }
-}
-
-#[krescent::async_trait]
-impl CheckpointStorage for Recording {
-    async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        self.inner.load(namespace).await
-    }
-    async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
-        self.written
-            .lock()
-            .expect("lock")
-            .push(checkpoint.position.get());
-        self.inner.store(checkpoint).await
-    }
-    async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
-        self.inner.delete(namespace).await
-    }
-    async fn list(&self) -> Result<Vec<String>, StorageError> {
-        self.inner.list().await
-    }
-}
-
 /// 25 ticks, and two recording storages: `"recording"` (the attribute's) and `"other"`.
-async fn setup() -> (Krescent<InMemoryEventStore>, Arc<Recording>, Arc<Recording>) {
+async fn setup() -> (
+    Krescent<InMemoryEventStore>,
+    Arc<RecordingStorage>,
+    Arc<RecordingStorage>,
+) {
     let (recording, other) = (
-        Arc::new(Recording::default()),
-        Arc::new(Recording::default()),
+        Arc::new(RecordingStorage::new()),
+        Arc::new(RecordingStorage::new()),
     );
     let krescent = Krescent::new(InMemoryEventStore::new())
         .with_shared_storage("recording", recording.clone())
