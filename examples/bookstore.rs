@@ -95,7 +95,7 @@ fn options() -> Result<Options, String> {
 /// Appends the run's batch, catches the model up (showing progress on a terminal) and prints
 /// the summary line.
 async fn run<S: EventStore>(krescent: Krescent<S>, events: u32) -> Result<(), Box<dyn Error>> {
-    append_batch(&**krescent.store(), events).await?;
+    append_batch(krescent.store(), events).await?;
     let head = krescent.store().head().await?;
     let running = krescent.stream(Books::default());
     let progress = std::io::stderr().is_terminal();
@@ -105,7 +105,8 @@ async fn run<S: EventStore>(krescent: Krescent<S>, events: u32) -> Result<(), Bo
             std::io::stderr().flush()?;
         }
         tokio::select! {
-            () = running.reached(head) => {}
+            // A model that stopped early says why at `shutdown` below.
+            _ = running.reached(head) => {}
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }

@@ -1,16 +1,12 @@
 //! The checkpointing scenarios of the reference guide, ported: failures, shutdown, manual
 //! checkpoints, restore-only, version bumps, corrupt checkpoints and strategy counters.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use krescent::checkpoint::{
-    CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
-    StoredCheckpoint,
-};
+use krescent::checkpoint::{CheckpointStorage as _, FileCheckpointStorage};
 use krescent::prelude::*;
-use krescent::store::{EventStore, ExpectedVersion, InMemoryEventStore};
-use krescent::{Error, Origin, Position};
+use krescent_testkit::recording::RecordingStorage;
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "counter.added")]
@@ -134,48 +130,15 @@ impl Plain {
     }
 }
 
-/// A memory storage that records the position of every checkpoint written.
-#[derive(Debug, Default)]
-struct Recording {
-    inner: InMemoryCheckpointStorage,
-    written: Mutex<Vec<u64>>,
-}
-
-impl Recording {
-    fn written(&self) -> Vec<u64> {
-        self.written.lock().expect("lock").clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl CheckpointStorage for Recording {
-    async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        self.inner.load(namespace).await
-    }
-    async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
-        self.written
-            .lock()
-            .expect("lock")
-            .push(checkpoint.position.get());
-        self.inner.store(checkpoint).await
-    }
-    async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
-        self.inner.delete(namespace).await
-    }
-    async fn list(&self) -> Result<Vec<String>, StorageError> {
-        self.inner.list().await
-    }
-}
-
 struct Setup {
     krescent: Krescent<InMemoryEventStore>,
-    recording: Arc<Recording>,
+    recording: Arc<RecordingStorage>,
     dir: tempfile::TempDir,
 }
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
-    let recording = Arc::new(Recording::default());
+    let recording = Arc::new(RecordingStorage::new());
     let krescent = Krescent::new(InMemoryEventStore::new())
         .with_shared_storage("recording", recording.clone())
         .with_storage(
@@ -204,7 +167,7 @@ async fn append(krescent: &Krescent<InMemoryEventStore>, numbers: impl IntoItera
 }
 
 /// Waits until the recording storage has written `count` checkpoints.
-async fn written(recording: &Recording, count: usize) -> Vec<u64> {
+async fn written(recording: &RecordingStorage, count: usize) -> Vec<u64> {
     for _ in 0..500 {
         if recording.written().len() >= count {
             break;
@@ -264,7 +227,7 @@ async fn a_graceful_shutdown_writes_a_final_checkpoint() {
     } = setup();
     append(&krescent, 1..=10).await;
     let running = krescent.stream(Every100::default());
-    running.reached(Position::new(10)).await;
+    running.reached(Position::new(10)).await.expect("reached");
     let stopped = running.shutdown().await.expect("shutdown");
     assert_eq!(stopped.model.seen.len(), 10);
     assert_eq!(
@@ -297,7 +260,7 @@ async fn manual_checkpoints_only_when_requested_at_the_next_event() {
     } = setup();
     append(&krescent, 1..=5).await;
     let running = krescent.stream(Manual::default());
-    running.reached(Position::new(5)).await;
+    running.reached(Position::new(5)).await.expect("reached");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         recording.written().is_empty(),
@@ -312,7 +275,7 @@ async fn manual_checkpoints_only_when_requested_at_the_next_event() {
     append(&krescent, [6]).await;
     assert_eq!(written(&recording, 1).await, [6]);
     append(&krescent, 7..=9).await;
-    running.reached(Position::new(9)).await;
+    running.reached(Position::new(9)).await.expect("reached");
     let stopped = running.shutdown().await.expect("shutdown");
     assert_eq!(
         recording.written(),
@@ -478,7 +441,7 @@ async fn fixed_events_counts_again_after_every_checkpoint_also_a_manual_one() {
     } = setup();
     append(&krescent, 1..=2).await;
     let running = krescent.stream(FiveOrManual::default());
-    running.reached(Position::new(2)).await;
+    running.reached(Position::new(2)).await.expect("reached");
     running.request_checkpoint();
     append(&krescent, [3]).await;
     assert_eq!(
@@ -488,7 +451,7 @@ async fn fixed_events_counts_again_after_every_checkpoint_also_a_manual_one() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     append(&krescent, 4..=10).await;
-    running.reached(Position::new(10)).await;
+    running.reached(Position::new(10)).await.expect("reached");
     assert_eq!(
         written(&recording, 2).await,
         [3, 8],
@@ -523,7 +486,7 @@ async fn an_unknown_storage_fails_before_any_event() {
             name,
             registered,
         }) => {
-            assert_eq!((model, name), ("counter.nowhere", "nowhere"));
+            assert_eq!((model, name.as_str()), ("counter.nowhere", "nowhere"));
             assert_eq!(registered, ["file", "memory", "recording"]);
         }
         other => panic!("expected an unknown-storage error, got {other:?}"),
@@ -539,9 +502,9 @@ async fn the_model_learns_how_it_started_and_when_it_caught_up() {
     assert_eq!(first.model.caught_up_at, [Position::new(3)]);
     append(&krescent, 4..=5).await;
     let running = krescent.stream(Always::default());
-    running.reached(Position::new(5)).await;
+    running.reached(Position::new(5)).await.expect("reached");
     append(&krescent, [6]).await;
-    running.reached(Position::new(6)).await;
+    running.reached(Position::new(6)).await.expect("reached");
     let second = running.shutdown().await.expect("shutdown");
     assert_eq!(
         second.model.origin,
@@ -554,4 +517,60 @@ async fn the_model_learns_how_it_started_and_when_it_caught_up() {
         Some(&Position::new(5)),
         "caught up after the history"
     );
+}
+
+/// `restore_only` over a checkpoint it cannot use says so (nothing was rebuilt) and leaves the
+/// checkpoint where it is.
+#[tokio::test]
+async fn restore_only_over_an_unusable_checkpoint_says_so_and_keeps_it() {
+    let Setup { krescent, dir, .. } = setup();
+    append(&krescent, 1..=4).await;
+    krescent
+        .catch_up(FileV1::default())
+        .await
+        .expect("first run");
+    damage(dir.path(), "wrong version");
+    let restored = krescent
+        .restore_only(FileV1::default())
+        .await
+        .expect("restore only");
+    assert!(
+        matches!(&restored.origin, Origin::Unusable { reason } if reason.contains("version")),
+        "{:?}",
+        restored.origin
+    );
+    assert_eq!(restored.position, Position::START);
+    assert!(restored.model.seen.is_empty());
+    let storage = FileCheckpointStorage::open(dir.path()).expect("storage");
+    assert!(
+        storage.path_of("counter.file").exists(),
+        "restore_only deletes nothing"
+    );
+}
+
+/// `Running::reached` tells a model that got there from one whose task died first.
+#[tokio::test]
+async fn reached_says_when_the_model_stopped_before_the_position() {
+    let Setup { krescent, .. } = setup();
+    append(&krescent, 1..=5).await;
+    let running = krescent.stream(Always {
+        fail_on: Some(3),
+        ..Always::default()
+    });
+    match running.reached(Position::new(5)).await {
+        Err(Error::Stopped {
+            model,
+            position,
+            wanted,
+        }) => {
+            assert_eq!(model, "counter.always");
+            assert!(position < Position::new(3), "{position}");
+            assert_eq!(wanted, Position::new(5));
+        }
+        other => panic!("expected the model to have stopped, got {other:?}"),
+    }
+    assert!(matches!(
+        running.shutdown().await,
+        Err(Error::Handler { position, .. }) if position == Position::new(3)
+    ));
 }

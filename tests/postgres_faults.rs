@@ -73,7 +73,8 @@ async fn reach(running: &Running<Balances>, position: Position, what: &str) {
                 "{what}: the model did not reach {position} (it is at {})",
                 running.position()
             )
-        });
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(!running.is_finished(), "{what}: the model stopped");
 }
 

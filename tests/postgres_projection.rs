@@ -132,7 +132,7 @@ fn expected(events: usize) -> Vec<(String, i32)> {
 async fn postgres_projection_failure_rolls_back_the_uncommitted_batch() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..35).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     match krescent.catch_up(Ticks::new(&store, Some(27))).await {
         Err(Error::Handler { position, .. }) => assert_eq!(position, Position::new(27)),
         other => panic!(
@@ -173,7 +173,7 @@ async fn postgres_projection_failure_rolls_back_the_uncommitted_batch() {
 async fn postgres_projection_rebuilds_a_table_dropped_behind_its_back() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..25).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     krescent
         .catch_up(Ticks::new(&store, None))
         .await
@@ -239,7 +239,7 @@ async fn postgres_projection_rebuilds_a_table_dropped_behind_its_back() {
 async fn postgres_projection_delete_model_leaves_nothing_behind() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..12).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     let run = krescent
         .catch_up(Ticks::new(&store, None))
         .await
@@ -265,9 +265,9 @@ async fn postgres_projection_delete_model_leaves_nothing_behind() {
 async fn postgres_projection_streaming_commits_when_idle() {
     let (_database, krescent, client) = setup().await;
     append_ticks(&krescent, 0..3).await;
-    let store = krescent.store().clone();
+    let store = krescent.shared_store().clone();
     let running = krescent.stream(Ticks::new(&store, None));
-    running.reached(Position::new(3)).await;
+    running.reached(Position::new(3)).await.expect("reached");
     let deadline = Instant::now() + Duration::from_secs(10);
     while ticks(&client).await != Some(expected(3)) {
         assert!(
@@ -371,4 +371,85 @@ async fn postgres_crash_projection_killed_twenty_times_equals_one_uninterrupted_
             .map(|c| c.position),
         Some(head)
     );
+}
+
+/// A transactional model registered with a storage other than its projection's checkpoint
+/// table would never find its checkpoints (and rebuild on every start): it does not start, and
+/// the error names both, before its tables are touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_projection_refuses_a_storage_that_is_not_its_checkpoint_table() {
+    let (database, krescent, client) = setup().await;
+    append_ticks(&krescent, 0..12).await;
+    let store = krescent.shared_store().clone();
+    krescent
+        .catch_up(Ticks::new(&store, None))
+        .await
+        .expect("the matching storage");
+
+    let in_memory = Krescent::with_shared_store(store.clone()).with_storage(
+        "postgres",
+        krescent::checkpoint::InMemoryCheckpointStorage::new(),
+    );
+    let other_table = database
+        .event_store_with(krescent::store::PostgresConfig {
+            checkpoints_table: "other_checkpoints".to_owned(),
+            ..krescent::store::PostgresConfig::default()
+        })
+        .await
+        .checkpoint_storage();
+    other_table.migrate().await.expect("migrate");
+    let elsewhere =
+        Krescent::with_shared_store(store.clone()).with_storage("postgres", other_table);
+    for (case, krescent) in [("memory", in_memory), ("another table", elsewhere)] {
+        match krescent.catch_up(Ticks::new(&store, None)).await {
+            Err(error @ Error::StorageMismatch { model: "ticks", .. }) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains("public.krescent_checkpoints"),
+                    "{case}: {message}"
+                );
+                assert!(message.contains("`postgres`"), "{case}: {message}");
+            }
+            other => panic!(
+                "{case}: expected a storage mismatch, got {:?}",
+                other.map(|c| c.origin)
+            ),
+        }
+        assert_eq!(
+            ticks(&client).await,
+            Some(expected(12)),
+            "{case}: untouched"
+        );
+    }
+}
+
+/// A projection table may not take the name of one of the store's or the storage's own tables
+/// (in the same schema): a typed error when the projection is declared, before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_projection_refuses_the_store_s_own_table_names() {
+    let (_database, krescent, _client) = setup().await;
+    let storage = krescent.shared_store().checkpoint_storage();
+    for name in [
+        "krescent_events",
+        "krescent_checkpoints",
+        "krescent_schema_migrations",
+    ] {
+        match PostgresProjection::new(&storage, 1).table(name, "CREATE TABLE {table} (id int)") {
+            Err(error @ krescent::store::StoreError::InvalidName { .. }) => {
+                assert!(error.to_string().contains(name), "{error}");
+            }
+            other => panic!(
+                "{name}: expected an invalid name, got {:?}",
+                other.map(drop)
+            ),
+        }
+    }
+    assert!(PostgresProjection::new(&storage, 1)
+        .table("krescent_events_by_stream", "CREATE TABLE {table} (id int)")
+        .is_ok());
+    krescent
+        .store()
+        .migrate()
+        .await
+        .expect("the store's tables are intact");
 }

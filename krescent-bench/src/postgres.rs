@@ -277,7 +277,7 @@ async fn live_latency(options: &Options, url: &str) -> Result<(), Box<dyn Error>
                 vec![event.to_new_event()],
             )
             .await?;
-        running.reached(appended.position).await;
+        running.reached(appended.position).await?;
     }
     let model = running.shutdown().await?.model;
     let mut latencies: Vec<Duration> = model

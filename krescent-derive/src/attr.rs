@@ -11,7 +11,7 @@ use syn::meta::ParseNestedMeta;
 use syn::{Attribute, Expr, Lit, LitStr, Path, Token};
 
 use crate::ctxt::Ctxt;
-use crate::strategy::Strategy;
+use crate::strategy::{self, Strategy};
 
 /// `#[event(...)]` on an event type.
 pub(crate) struct Event {
@@ -248,7 +248,7 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
             if meta.path.is_ident("strategy") {
                 strategy.set(
                     &meta.path,
-                    string(&meta).and_then(|lit| Strategy::parse(&lit)),
+                    string(&meta).and_then(|lit| strategy::parse(&lit)),
                 );
             // `storage = "postgres"`: a storage name, resolved when the model starts.
             } else if meta.path.is_ident("storage") {

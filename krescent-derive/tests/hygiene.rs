@@ -85,12 +85,12 @@ mod shadowed {
         }
 
         #[on_start]
-        fn start(&mut self, _: &krescent::Origin) {
+        fn start(&mut self, _: &Origin) {
             self.total = 0;
         }
 
         #[on_caught_up]
-        fn caught_up(&mut self, _: krescent::Position) {
+        fn caught_up(&mut self, _: Position) {
             self.total += 0;
         }
     }

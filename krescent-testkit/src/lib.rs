@@ -1,5 +1,6 @@
 //! Test support for krescent: contract suites every store and storage must pass, a throwaway
-//! `PostgreSQL` server, and the seeded benchmark workload of `WORKLOAD.md`.
+//! `PostgreSQL` server, a recording checkpoint storage, and the seeded benchmark workload of
+//! `WORKLOAD.md`.
 
 // The contract suites and the test server are assertions: panicking is how they report.
 #![allow(clippy::missing_panics_doc)]
@@ -8,4 +9,5 @@ pub mod contract;
 pub mod examples;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod recording;
 pub mod workload;

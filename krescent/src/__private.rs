@@ -19,6 +19,23 @@ pub fn send<F: Future + Send>(future: F) -> F {
     future
 }
 
+/// Whether two event type names are the same; for the compile-time check of `#[handlers]`.
+#[must_use]
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// `error` from a nested bucket (a `#[checkpoint(support)]` field), its key prefixed with the
 /// nested bucket's: `index.entries`.
 #[must_use]

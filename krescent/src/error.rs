@@ -1,6 +1,6 @@
 //! The errors of running a model.
 
-use crate::checkpoint::{CheckpointError, StorageError};
+use crate::checkpoint::{CheckpointError, StorageError, StrategyError};
 use crate::model::HandlerError;
 use crate::store::StoreError;
 use crate::Position;
@@ -13,10 +13,46 @@ pub enum Error {
     UnknownStorage {
         /// The model.
         model: &'static str,
-        /// The storage name from its `#[checkpoint(storage = "...")]`.
-        name: &'static str,
+        /// The storage name from its `#[checkpoint(storage = "...")]` or its override.
+        name: String,
         /// The names that are registered.
         registered: Vec<String>,
+    },
+    /// A strategy given to [`Configure::strategy`](crate::Configure::strategy) does not parse.
+    #[error("invalid checkpoint strategy `{}` for model `{model}`: {source}", source.text())]
+    InvalidStrategy {
+        /// The model.
+        model: &'static str,
+        /// What is wrong with the strategy.
+        #[source]
+        source: StrategyError,
+    },
+    /// A model whose projection commits its checkpoints itself is registered with a storage
+    /// somewhere else, where it would never find them; it does not start.
+    #[error("model `{model}` commits its checkpoints into {expected}, but its storage `{storage}` keeps them {}; register the projection's storage under `{storage}`", found.as_deref().map_or_else(|| "elsewhere".to_owned(), |f| format!("in {f}")))]
+    StorageMismatch {
+        /// The model.
+        model: &'static str,
+        /// The name of the storage it is registered with.
+        storage: String,
+        /// Where its projection commits checkpoints.
+        expected: String,
+        /// Where that storage keeps them, if it says.
+        found: Option<String>,
+    },
+    /// The model handles two event types with the same recorded name; it does not start.
+    #[error("model `{model}` handles two event types named `{name}`; give each its own `#[event(name = \"...\")]`")]
+    DuplicateEventName {
+        /// The model.
+        model: &'static str,
+        /// The name both event types have.
+        name: &'static str,
+    },
+    /// A checkpoint override for a model that does not checkpoint.
+    #[error("model `{model}` has no `#[checkpoint(strategy = ..., storage = ...)]` attribute, so it has no checkpointing to configure")]
+    NotCheckpointed {
+        /// The model.
+        model: &'static str,
     },
     /// The stored checkpoint cannot be used and the model asked to fail rather than rebuild.
     #[error("checkpoint of `{namespace}` cannot be used: {reason}")]
@@ -65,6 +101,17 @@ pub enum Error {
         /// What failed.
         #[source]
         source: StoreError,
+    },
+    /// A streaming model's task ended before it reached a position
+    /// ([`Running::reached`](crate::Running::reached)); [`Running::shutdown`](crate::Running::shutdown) returns why.
+    #[error("model `{model}` stopped at position {position} before it reached {wanted}; `shutdown` returns why")]
+    Stopped {
+        /// The model.
+        model: &'static str,
+        /// The last position it processed.
+        position: Position,
+        /// The position it was waited for to reach.
+        wanted: Position,
     },
     /// The model's task ended abnormally (it panicked or was aborted).
     #[error("model `{model}` stopped abnormally: {reason}")]

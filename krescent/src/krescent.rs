@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use tracing::Instrument as _;
 
-use crate::checkpoint::{CheckpointStorage, CheckpointTrigger, InMemoryCheckpointStorage};
+use crate::checkpoint::{
+    CheckpointStorage, CheckpointTrigger, InMemoryCheckpointStorage, Strategy,
+};
+use crate::configure::{Configure, Override};
 use crate::model::{EventModel, Origin};
 use crate::runner::{restore, Runner, Start, BATCH};
 use crate::running::Running;
@@ -23,6 +26,16 @@ use crate::{Error, Position};
 pub struct Krescent<S> {
     store: Arc<S>,
     storages: Arc<BTreeMap<String, Arc<dyn CheckpointStorage>>>,
+    /// Start-up overrides of models' `#[checkpoint]` attributes, by model name.
+    pub(crate) overrides: Arc<BTreeMap<&'static str, Override>>,
+}
+
+/// Where and how a model checkpoints, its overrides applied and its storage resolved.
+pub(crate) struct Checkpointing {
+    /// The name the storage is registered under.
+    pub(crate) name: String,
+    pub(crate) storage: Arc<dyn CheckpointStorage>,
+    pub(crate) strategy: Strategy,
 }
 
 impl<S> Clone for Krescent<S> {
@@ -30,7 +43,15 @@ impl<S> Clone for Krescent<S> {
         Krescent {
             store: self.store.clone(),
             storages: self.storages.clone(),
+            overrides: self.overrides.clone(),
         }
+    }
+}
+
+impl<S> Krescent<S> {
+    /// The override of `model`, created empty; for [`Configure`].
+    pub(crate) fn override_mut(&mut self, model: &'static str) -> &mut Override {
+        Arc::make_mut(&mut self.overrides).entry(model).or_default()
     }
 }
 
@@ -54,7 +75,8 @@ pub struct CaughtUp<M> {
 pub struct Restored<M> {
     /// The model.
     pub model: M,
-    /// How it started; [`Origin::Scratch`] when there is no checkpoint.
+    /// How it started: [`Origin::Restored`], [`Origin::Scratch`] when there is no checkpoint, or
+    /// [`Origin::Unusable`].
     pub origin: Origin,
     /// The last event its state covers.
     pub position: Position,
@@ -73,6 +95,7 @@ impl<S: EventStore> Krescent<S> {
         Krescent {
             store,
             storages: Arc::new(BTreeMap::from([("memory".to_owned(), memory)])),
+            overrides: Arc::default(),
         }
     }
 
@@ -97,9 +120,23 @@ impl<S: EventStore> Krescent<S> {
         self
     }
 
+    /// Overrides the `#[checkpoint]` attribute of `M` (its strategy, its storage) in this
+    /// `Krescent` and the clones made from it afterwards: for operators who change them per
+    /// deployment, from a configuration file or an environment variable. The attribute stays
+    /// the default; see [`Configure`].
+    pub fn configure<M: EventModel>(&mut self) -> Configure<'_, S, M> {
+        Configure::new(self)
+    }
+
     /// The store.
     #[must_use]
-    pub fn store(&self) -> &Arc<S> {
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, for sharing it with other parts of the application.
+    #[must_use]
+    pub fn shared_store(&self) -> &Arc<S> {
         &self.store
     }
 
@@ -109,20 +146,37 @@ impl<S: EventStore> Krescent<S> {
         self.storages.get(name)
     }
 
-    /// The storage `M` checkpoints into, `None` when it does not checkpoint.
-    fn storage_of<M: EventModel>(&self) -> Result<Option<Arc<dyn CheckpointStorage>>, Error> {
+    /// How `M` checkpoints, its overrides applied; `None` when it does not checkpoint.
+    fn checkpointing_of<M: EventModel>(&self) -> Result<Option<Checkpointing>, Error> {
         let Some(config) = M::checkpointing() else {
             return Ok(None);
         };
-        self.storages
-            .get(config.storage)
+        let changed = self.overrides.get(M::NAME);
+        let name = changed
+            .and_then(|o| o.storage.as_deref())
+            .unwrap_or(config.storage);
+        let storage = self
+            .storages
+            .get(name)
             .cloned()
-            .map(Some)
             .ok_or_else(|| Error::UnknownStorage {
                 model: M::NAME,
-                name: config.storage,
+                name: name.to_owned(),
                 registered: self.storages.keys().cloned().collect(),
-            })
+            })?;
+        let strategy = changed
+            .and_then(|o| o.strategy.clone())
+            .unwrap_or(config.strategy);
+        Ok(Some(Checkpointing {
+            name: name.to_owned(),
+            storage,
+            strategy,
+        }))
+    }
+
+    /// The storage `M` checkpoints into, `None` when it does not checkpoint.
+    fn storage_of<M: EventModel>(&self) -> Result<Option<Arc<dyn CheckpointStorage>>, Error> {
+        Ok(self.checkpointing_of::<M>()?.map(|c| c.storage))
     }
 
     async fn start<M: EventModel>(
@@ -130,9 +184,9 @@ impl<S: EventStore> Krescent<S> {
         model: M,
         trigger: CheckpointTrigger,
     ) -> Result<Runner<M>, Error> {
-        let storage = self.storage_of::<M>()?;
-        let start = restore(model, storage.as_ref()).await?;
-        Runner::begin(start, storage, trigger).await
+        let checkpointing = self.checkpointing_of::<M>()?;
+        let start = restore(model, checkpointing.as_ref().map(|c| &c.storage)).await?;
+        Runner::begin(start, checkpointing, trigger).await
     }
 
     /// Restores `model` from its checkpoint (if any), replays every later event, and returns
@@ -169,7 +223,8 @@ impl<S: EventStore> Krescent<S> {
     }
 
     /// Restores `model` from its checkpoint and reads nothing; without a checkpoint the result's
-    /// origin is [`Origin::Scratch`].
+    /// origin is [`Origin::Scratch`], with one that cannot be used [`Origin::Unusable`] (or
+    /// [`Error::InvalidCheckpoint`] when the model asks for that), and the checkpoint stays.
     pub async fn restore_only<M: EventModel>(&self, model: M) -> Result<Restored<M>, Error> {
         let storage = self.storage_of::<M>()?;
         let Start {
@@ -177,6 +232,10 @@ impl<S: EventStore> Krescent<S> {
             origin,
             position,
         } = restore(model, storage.as_ref()).await?;
+        let origin = match origin {
+            Origin::Rebuilt { reason } => Origin::Unusable { reason },
+            origin => origin,
+        };
         Ok(Restored {
             model,
             origin,

@@ -7,7 +7,6 @@
 //!
 //! ```
 //! use krescent::prelude::*;
-//! use krescent::store::{EventStore, ExpectedVersion, InMemoryEventStore};
 //! use std::collections::HashMap;
 //!
 //! #[derive(Event, Serialize, Deserialize)]
@@ -35,8 +34,10 @@
 //! let added = BookAdded { book_id: "dune".into(), copies: 2 };
 //! krescent.store().append("book-dune", ExpectedVersion::NoStream, vec![NewEvent::new(&added)?]).await?;
 //!
-//! let books = krescent.catch_up(AvailableBooks::default()).await?.model;
-//! assert_eq!(books.available["dune"], 2);
+//! let caught_up = krescent.catch_up(AvailableBooks::default()).await?;
+//! assert_eq!(caught_up.model.available["dune"], 2);
+//! assert_eq!(caught_up.origin, Origin::Scratch);
+//! assert_eq!(caught_up.position, Position::new(1));
 //! # Ok(())
 //! # }
 //! ```
@@ -63,13 +64,23 @@
 //!
 //! Strategies: `fixed_events(N)`, `fixed_time(D)` (`ms`, `s`, `m`, `h`), `always`, `manual`,
 //! `on_shutdown`, `never`, and any of them joined with `|`.
-//! Storages: `"memory"` (always registered), `"file"`, `"postgres"` (feature `postgres`), or any
-//! name registered with [`Krescent::with_storage`].
+//! Storages are named and resolved when a model starts (an unknown name is an error before any
+//! event is processed). Only `"memory"` is registered by default; register the others under
+//! the name your models use with [`Krescent::with_storage`]:
+//! [`FileCheckpointStorage`](checkpoint::FileCheckpointStorage) (for example as `"file"`) and,
+//! with the `postgres` feature, [`PostgresCheckpointStorage`](checkpoint::PostgresCheckpointStorage)
+//! (for example as `"postgres"`).
+//!
+//! The attribute's strategy and storage are defaults: [`Krescent::configure`] overrides them
+//! at start-up, parsed by the same grammar, for example from a configuration file.
+//! `manual` checkpoints only when asked through [`Running::request_checkpoint`], so a model
+//! run by [`Krescent::catch_up`] with `manual` alone never checkpoints.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+mod configure;
 mod durable;
 mod error;
 pub mod event;
@@ -82,17 +93,41 @@ mod running;
 pub mod store;
 
 pub use checkpoint::{CheckpointBucket, CheckpointSupport};
+pub use configure::Configure;
 pub use error::Error;
-pub use event::{Event, EventMeta, EventType, NewEvent, RecordedEvent};
+pub use event::{DecodeError, Event, EventMeta, EventType, NewEvent, RecordedEvent};
 pub use krescent::{CaughtUp, Krescent, Restored};
 pub use krescent_derive::{handlers, Event, EventModel};
-pub use model::{EventModel, Handlers, Origin};
+pub use model::{EventModel, HandlerError, Handlers, Origin};
 pub use position::{Position, PositionParseError};
 pub use running::Running;
 
-/// What a model file needs: `use krescent::prelude::*;`.
+/// The attribute that implements [`CheckpointStorage`](checkpoint::CheckpointStorage) and
+/// [`CheckpointTransaction`](checkpoint::CheckpointTransaction) need: `#[krescent::async_trait]`
+/// (the `async-trait` crate, re-exported; those traits are used as `dyn` objects, which a
+/// native `async fn` in a trait does not allow).
+pub use async_trait::async_trait;
+
+/// The PostgreSQL driver the `postgres` feature uses, re-exported so that parameters of
+/// [`PostgresProjection::execute`](projection::PostgresProjection::execute) (`ToSql`) and the
+/// pool match krescent's versions.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
+
+/// The connection pool the `postgres` feature uses ([`checkpoint::PostgresPool`] is its `Pool`).
+#[cfg(feature = "postgres")]
+pub use deadpool_postgres;
+
+/// What a first program needs: `use krescent::prelude::*;` brings the derives and
+/// `#[handlers]`, the entry point and what it returns ([`Krescent`], [`Origin`], [`Position`],
+/// [`Error`] and its [`HandlerError`] and [`DecodeError`]), the store trait with the in-memory
+/// store and [`ExpectedVersion`](store::ExpectedVersion), and serde's derives.
 pub mod prelude {
-    pub use crate::{handlers, Event, EventMeta, EventModel, Krescent, NewEvent};
+    pub use crate::store::{EventStore, ExpectedVersion, InMemoryEventStore};
+    pub use crate::{
+        handlers, CaughtUp, DecodeError, Error, Event, EventMeta, EventModel, HandlerError,
+        Krescent, NewEvent, Origin, Position, Running,
+    };
     pub use serde::{Deserialize, Serialize};
 }
 

@@ -62,9 +62,17 @@ pub enum Origin {
         /// The last event the checkpoint covers.
         position: Position,
     },
-    /// From an empty state because the stored checkpoint could not be used.
+    /// From an empty state because the stored checkpoint could not be used; the runner
+    /// deleted it and replays the whole stream.
     Rebuilt {
         /// Why the checkpoint was discarded.
+        reason: String,
+    },
+    /// As constructed, because the stored checkpoint could not be used, and nothing was
+    /// rebuilt: what [`Krescent::restore_only`](crate::Krescent::restore_only) reports (the
+    /// checkpoint is left as it is).
+    Unusable {
+        /// Why the checkpoint cannot be used.
         reason: String,
     },
 }
@@ -75,7 +83,7 @@ impl Origin {
     pub fn restored_from(&self) -> Option<Position> {
         match self {
             Origin::Restored { position } => Some(*position),
-            Origin::Scratch | Origin::Rebuilt { .. } => None,
+            Origin::Scratch | Origin::Rebuilt { .. } | Origin::Unusable { .. } => None,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::checkpoint::{
     SnapshotBudget, StoredCheckpoint, StrategyState,
 };
 use crate::event::RecordedEvent;
+use crate::krescent::Checkpointing;
 use crate::model::{EventModel, Origin};
 use crate::{CaughtUp, Error, Position};
 
@@ -90,6 +91,7 @@ pub(crate) async fn restore<M: EventModel>(
     mut model: M,
     storage: Option<&Arc<dyn CheckpointStorage>>,
 ) -> Result<Start<M>, Error> {
+    check_event_names::<M>()?;
     let scratch = |model| Start {
         model,
         origin: Origin::Scratch,
@@ -149,12 +151,30 @@ pub(crate) async fn restore<M: EventModel>(
     })
 }
 
+/// Two handled event types with one recorded name would make the second handler unreachable;
+/// `#[handlers]` refuses them at compile time where it can, this is for the rest (a generic
+/// block, a hand-written [`Handlers`](crate::model::Handlers) impl).
+fn check_event_names<M: EventModel>() -> Result<(), Error> {
+    for (i, later) in M::EVENTS.iter().enumerate() {
+        if M::EVENTS[..i]
+            .iter()
+            .any(|earlier| earlier.name == later.name)
+        {
+            return Err(Error::DuplicateEventName {
+                model: M::NAME,
+                name: later.name,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl<M: EventModel> Runner<M> {
-    /// A runner from a restored start; `storage` is `None` when the model does not checkpoint.
+    /// A runner from a restored start; `checkpointing` is `None` when the model does not checkpoint.
     /// A transactional model that starts without a checkpoint resets its data first.
     pub(crate) async fn begin(
         start: Start<M>,
-        storage: Option<Arc<dyn CheckpointStorage>>,
+        checkpointing: Option<Checkpointing>,
         trigger: CheckpointTrigger,
     ) -> Result<Self, Error> {
         let Start {
@@ -163,11 +183,31 @@ impl<M: EventModel> Runner<M> {
             position,
         } = start;
         let transactional = model.transaction().is_some();
-        if transactional && (M::checkpointing().is_none() || storage.is_none()) {
+        if transactional && checkpointing.is_none() {
             return Err(Error::InvalidCheckpoint {
                 namespace: M::NAME.to_owned(),
                 reason: "a model with a transactional extension needs `#[checkpoint(strategy = ..., storage = ...)]`".to_owned(),
             });
+        }
+        let commits_to = model.transaction().and_then(|t| t.checkpoint_location());
+        if let (Some(expected), Some(c)) = (commits_to, &checkpointing) {
+            let found = c.storage.location();
+            if found.as_deref() != Some(expected.as_str()) {
+                return Err(Error::StorageMismatch {
+                    model: M::NAME,
+                    storage: c.name.clone(),
+                    expected,
+                    found,
+                });
+            }
+        }
+        if let (Origin::Rebuilt { .. }, Some(c), false) = (&origin, &checkpointing, transactional) {
+            // An explicit reset: the unusable checkpoint (of this version at a later position,
+            // or with a position that does not even parse) must not hold back the rebuild's.
+            c.storage
+                .delete(M::NAME)
+                .await
+                .map_err(storage_failed::<M>)?;
         }
         let mut uncommitted = false;
         if let (Some(transaction), None) = (model.transaction(), origin.restored_from()) {
@@ -177,16 +217,14 @@ impl<M: EventModel> Runner<M> {
                 .map_err(storage_failed::<M>)?;
             uncommitted = true;
         }
-        let checkpoints = M::checkpointing()
-            .zip(storage)
-            .map(|(config, storage)| Checkpoints {
-                state: StrategyState::new(&config.strategy, trigger),
-                writer: Writer::new(storage),
-                version: CheckpointVersion::of::<M>(),
-                pending: false,
-                budget: SnapshotBudget::default(),
-                taken: 0,
-            });
+        let checkpoints = checkpointing.map(|c| Checkpoints {
+            state: StrategyState::new(&c.strategy, trigger),
+            writer: Writer::new(c.storage),
+            version: CheckpointVersion::of::<M>(),
+            pending: false,
+            budget: SnapshotBudget::default(),
+            taken: 0,
+        });
         model.on_start(&origin);
         Ok(Runner {
             model,

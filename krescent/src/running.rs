@@ -75,11 +75,24 @@ impl<M: EventModel> Running<M> {
         *self.progress.borrow()
     }
 
-    /// Waits until the model has processed every event up to `position`, or has stopped.
-    pub async fn reached(&self, position: Position) {
+    /// Waits until the model has processed every event up to `position`.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when the model's task ended before it got there (a handler or the
+    /// store failed); [`shutdown`](Self::shutdown) then returns why.
+    pub async fn reached(&self, position: Position) -> Result<(), Error> {
         let mut progress = self.progress.clone();
-        // An error means the task ended; the caller learns why from `shutdown`.
-        let _ = progress.wait_for(|p| *p >= position).await;
+        // An error means the task ended and dropped the sender.
+        let reached = progress.wait_for(|p| *p >= position).await.is_ok();
+        let at = *progress.borrow();
+        if reached || at >= position {
+            return Ok(());
+        }
+        Err(Error::Stopped {
+            model: M::NAME,
+            position: at,
+            wanted: position,
+        })
     }
 
     /// Whether the model's task has ended (after an error, or a shutdown).

@@ -56,7 +56,9 @@ fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
     });
     let dispatch = block.handlers.iter().map(|h| dispatch(&p, h));
     let hooks = block.hooks.iter().map(|h| hook(&p, h));
+    let distinct = distinct_names(&p, item, block);
     quote! {
+        #distinct
         const _: () = {
             #[automatically_derived]
             impl #impl_generics #p::Handlers for #self_ty #where_clause {
@@ -81,6 +83,47 @@ fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
             }
         };
     }
+}
+
+/// A compile-time check that no two handled event types share a recorded name (`NAME`), which
+/// the attributes alone cannot show: the names are on the event types. One constant per pair,
+/// spanned at the later type. Left to the runtime's start-up check when the block is generic
+/// (a constant cannot name the block's parameters).
+fn distinct_names(p: &TokenStream, item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
+    if !item.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let self_ty = &item.self_ty;
+    let mut checks = Vec::new();
+    for (i, later) in block.handlers.iter().enumerate() {
+        for earlier in &block.handlers[..i] {
+            let (a, b) = (&earlier.event, &later.event);
+            let message = format!(
+                "`{}` handles event types `{}` and `{}` that have the same name (`Event::NAME`); give each event type its own `#[event(name = \"...\")]`",
+                written(&quote!(#self_ty)),
+                written(&quote!(#a)),
+                written(&quote!(#b)),
+            );
+            checks.push(quote_spanned! {b.span()=>
+                const _: () = if #p::same_name(<#a as #p::Event>::NAME, <#b as #p::Event>::NAME) {
+                    ::core::panic!(#message)
+                };
+            });
+        }
+    }
+    quote!(#(#checks)*)
+}
+
+/// A type's tokens as a person writes them: `events::BookLent`, not `events :: BookLent`.
+fn written(tokens: &TokenStream) -> String {
+    tokens
+        .to_string()
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
 }
 
 /// `if the type name is the handler's { decode; call; return }`. The call and its conversion

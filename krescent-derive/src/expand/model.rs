@@ -152,12 +152,14 @@ fn strategy(p: &TokenStream, value: &Strategy) -> TokenStream {
                 })
             }
         }
-        Strategy::FixedTime { millis } if millis % 1000 == 0 => {
-            let secs = Literal::u64_unsuffixed(millis / 1000);
+        Strategy::FixedTime(duration) if duration.subsec_nanos() == 0 => {
+            let secs = Literal::u64_unsuffixed(duration.as_secs());
             quote!(#p::Strategy::FixedTime(#p::Duration::from_secs(#secs)))
         }
-        Strategy::FixedTime { millis } => {
-            let millis = Literal::u64_unsuffixed(*millis);
+        Strategy::FixedTime(duration) => {
+            // The grammar counts in whole milliseconds.
+            let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            let millis = Literal::u64_unsuffixed(millis);
             quote!(#p::Strategy::FixedTime(#p::Duration::from_millis(#millis)))
         }
         Strategy::Always => quote!(#p::Strategy::Always),

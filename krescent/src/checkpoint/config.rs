@@ -2,7 +2,9 @@
 
 use super::Strategy;
 
-/// How a model checkpoints: generated from `#[checkpoint(strategy = "...", storage = "...")]`.
+/// How a model checkpoints: generated from `#[checkpoint(strategy = "...", storage = "...")]`;
+/// the strategy and the storage may be overridden at start-up with
+/// [`Krescent::configure`](crate::Krescent::configure).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointConfig {
     /// When checkpoints are taken.
@@ -17,7 +19,7 @@ pub struct CheckpointConfig {
 /// build (version mismatch), corrupt, or failing validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnInvalid {
-    /// Discard it and replay the whole stream (the default); the next checkpoint replaces it.
+    /// Delete it and replay the whole stream (the default); the rebuild's checkpoints take its place.
     #[default]
     Rebuild,
     /// Stop with [`Error::InvalidCheckpoint`](crate::Error::InvalidCheckpoint) before processing any event.

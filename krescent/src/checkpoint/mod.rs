@@ -16,15 +16,15 @@ pub use bucket::{BucketValue, CheckpointBucket};
 pub(crate) use budget::SnapshotBudget;
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
-#[cfg(feature = "postgres")]
-pub use storage::PostgresCheckpointStorage;
 pub use storage::{
     CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
 };
+#[cfg(feature = "postgres")]
+pub use storage::{PostgresCheckpointStorage, PostgresPool};
 pub use stored::StoredCheckpoint;
 pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};
 pub(crate) use strategy::StrategyState;
-pub use strategy::{CheckpointTrigger, Strategy};
+pub use strategy::{CheckpointTrigger, Strategy, StrategyError};
 pub use support::CheckpointSupport;
 pub use transaction::CheckpointTransaction;
 pub use version::CheckpointVersion;

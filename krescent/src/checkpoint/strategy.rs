@@ -1,70 +1,16 @@
 //! Checkpoint strategies: when a running model takes a checkpoint.
 
-use std::fmt;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// When to checkpoint; written in the `#[checkpoint(strategy = "...")]` attribute and parsed
-/// at compile time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Strategy {
-    /// `fixed_events(N)`: after every N processed events.
-    FixedEvents(NonZeroU32),
-    /// `fixed_time(D)`: at the first event after D has passed since the last checkpoint.
-    FixedTime(Duration),
-    /// `always`: after every event.
-    Always,
-    /// `manual`: when the application asks through a [`CheckpointTrigger`].
-    Manual,
-    /// `on_shutdown`: only when the model stops gracefully.
-    OnShutdown,
-    /// `never`: the model never writes a checkpoint (it may still restore one).
-    Never,
-    /// `a | b`: whichever is due first.
-    Any(Vec<Strategy>),
-}
+pub use krescent_strategy::{Strategy, StrategyError};
 
-impl Strategy {
-    /// Whether a graceful stop takes a final checkpoint: the event-, time- and shutdown-based
-    /// strategies do.
-    #[must_use]
-    pub fn checkpoints_on_shutdown(&self) -> bool {
-        match self {
-            Strategy::FixedEvents(_) | Strategy::FixedTime(_) | Strategy::OnShutdown => true,
-            Strategy::Always | Strategy::Manual | Strategy::Never => false,
-            Strategy::Any(all) => all.iter().any(Strategy::checkpoints_on_shutdown),
-        }
-    }
-
-    fn visit(&self, f: &mut impl FnMut(&Strategy)) {
-        match self {
-            Strategy::Any(all) => all.iter().for_each(|s| s.visit(f)),
-            leaf => f(leaf),
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Strategy::FixedEvents(n) => write!(f, "fixed_events({n})"),
-            Strategy::FixedTime(d) => write!(f, "fixed_time({}ms)", d.as_millis()),
-            Strategy::Always => f.write_str("always"),
-            Strategy::Manual => f.write_str("manual"),
-            Strategy::OnShutdown => f.write_str("on_shutdown"),
-            Strategy::Never => f.write_str("never"),
-            Strategy::Any(all) => {
-                for (i, s) in all.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(" | ")?;
-                    }
-                    write!(f, "{s}")?;
-                }
-                Ok(())
-            }
-        }
+/// Calls `f` with every strategy that `strategy` joins with `|` (at any depth).
+fn visit(strategy: &Strategy, f: &mut impl FnMut(&Strategy)) {
+    match strategy {
+        Strategy::Any(all) => all.iter().for_each(|s| visit(s, f)),
+        leaf => f(leaf),
     }
 }
 
@@ -118,7 +64,7 @@ impl StrategyState {
             last_checkpoint: Instant::now(),
             trigger,
         };
-        strategy.visit(&mut |leaf| match leaf {
+        visit(strategy, &mut |leaf| match leaf {
             Strategy::FixedEvents(n) => {
                 state.every_events = Some(state.every_events.map_or(n.get(), |m| m.min(n.get())));
             }
@@ -186,6 +132,7 @@ impl StrategyState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     fn events(n: u32) -> Strategy {
         Strategy::FixedEvents(NonZeroU32::new(n).unwrap())
@@ -216,26 +163,5 @@ mod tests {
             !s.after_event(),
             "the manual checkpoint also reset the event count"
         );
-    }
-
-    #[test]
-    fn shutdown_behaviour_follows_the_strategy() {
-        assert!(events(5).checkpoints_on_shutdown());
-        assert!(Strategy::OnShutdown.checkpoints_on_shutdown());
-        assert!(!Strategy::Manual.checkpoints_on_shutdown());
-        assert!(Strategy::Any(vec![
-            Strategy::Manual,
-            Strategy::FixedTime(Duration::from_secs(1))
-        ])
-        .checkpoints_on_shutdown());
-    }
-
-    #[test]
-    fn displays_as_written() {
-        let s = Strategy::Any(vec![
-            events(25),
-            Strategy::FixedTime(Duration::from_secs(5)),
-        ]);
-        assert_eq!(s.to_string(), "fixed_events(25) | fixed_time(5000ms)");
     }
 }

@@ -10,9 +10,16 @@ use super::{StorageError, StoredCheckpoint};
 /// [`reset`](Self::reset) when the model starts without a usable checkpoint,
 /// [`commit`](Self::commit) whenever the strategy takes a checkpoint (and when a streaming model
 /// goes idle or stops, so that written rows never wait), and [`rollback`](Self::rollback) when a
-/// handler fails.
+/// handler fails. Implement it with [`#[krescent::async_trait]`](crate::async_trait).
 #[async_trait::async_trait]
 pub trait CheckpointTransaction: Send {
+    /// Where [`commit`](Self::commit) writes the checkpoint, as
+    /// [`CheckpointStorage::location`](super::CheckpointStorage::location) says it; the model
+    /// starts only when its registered storage is there. `None` (the default): not checked.
+    fn checkpoint_location(&self) -> Option<String> {
+        None
+    }
+
     /// Reads what validating the stored checkpoint needs, such as the current shape of the
     /// extension's tables.
     async fn prepare(&mut self) -> Result<(), StorageError>;

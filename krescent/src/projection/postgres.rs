@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use deadpool_postgres::{ClientWrapper, Object, PoolError};
 use tokio_postgres::types::ToSql;
 
-use crate::checkpoint::storage::PostgresCheckpointStorage;
+use crate::checkpoint::storage::{CheckpointStorage as _, PostgresCheckpointStorage};
 use crate::checkpoint::{
     CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, StorageError,
     StoredCheckpoint,
@@ -87,8 +87,17 @@ impl PostgresProjection {
     /// statement in which `{table}` stands for the quoted, schema-qualified name.
     ///
     /// # Errors
-    /// [`StoreError::InvalidName`] when `name` is not a safe identifier.
+    /// [`StoreError::InvalidName`] when `name` is not a safe identifier, or is one of the
+    /// store's or the storage's own tables in that schema (events, checkpoints, migrations):
+    /// a rebuild drops and recreates its tables.
     pub fn table(mut self, name: &str, create: &str) -> Result<Self, StoreError> {
+        if let Some(owner) = self.storage.names().owner_of(name) {
+            return Err(StoreError::InvalidName {
+                what: "projection table",
+                name: name.to_owned(),
+                reason: owner,
+            });
+        }
         let quoted = format!(
             "{}.{}",
             self.storage.names().schema,
@@ -251,6 +260,10 @@ impl CheckpointSupport for PostgresProjection {
 
 #[async_trait::async_trait]
 impl CheckpointTransaction for PostgresProjection {
+    fn checkpoint_location(&self) -> Option<String> {
+        self.storage.location()
+    }
+
     async fn prepare(&mut self) -> Result<(), StorageError> {
         let run = async {
             let client = self.storage.pool().get().await?;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub use file::FileCheckpointStorage;
 pub use memory::InMemoryCheckpointStorage;
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresCheckpointStorage;
+pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 
 use super::StoredCheckpoint;
 
@@ -23,9 +23,44 @@ use super::StoredCheckpoint;
 /// later position (a position never moves backwards except through `delete`), and `load` returns
 /// exactly what was stored (data, position, and time to the microsecond).
 ///
+/// When a model finds its checkpoint unusable (corrupt, of another version, failing to
+/// restore) and rebuilds, the runner first `delete`s it, so that it never holds back the
+/// rebuild's checkpoints; `restore_only` leaves it in place.
+///
 /// A running model starts each `store` on its own task and moves it into a task of its own
 /// only once it has to wait, so a `store` that completes at once (as the in-memory one does)
 /// costs no task switch; keep the work before its first wait small (no blocking I/O there).
+///
+/// Storages are kept as `Arc<dyn CheckpointStorage>`, which a trait with native `async fn`s
+/// does not allow; implement it with the `async-trait` attribute, re-exported as
+/// [`krescent::async_trait`](crate::async_trait) (no dependency of your own needed):
+///
+/// ```
+/// use krescent::checkpoint::{CheckpointStorage, StorageError, StoredCheckpoint};
+///
+/// /// Keeps nothing: every start replays the whole stream.
+/// #[derive(Debug)]
+/// struct Forgetful;
+///
+/// #[krescent::async_trait]
+/// impl CheckpointStorage for Forgetful {
+///     async fn load(&self, _: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
+///         Ok(None)
+///     }
+///     async fn store(&self, _: &StoredCheckpoint) -> Result<(), StorageError> {
+///         Ok(())
+///     }
+///     async fn delete(&self, _: &str) -> Result<bool, StorageError> {
+///         Ok(false)
+///     }
+///     async fn list(&self) -> Result<Vec<String>, StorageError> {
+///         Ok(Vec::new())
+///     }
+/// }
+///
+/// let krescent = krescent::Krescent::new(krescent::store::InMemoryEventStore::new())
+///     .with_storage("forgetful", Forgetful);
+/// ```
 #[async_trait::async_trait]
 pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// The checkpoint of `namespace`, if there is one.
@@ -39,6 +74,15 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
 
     /// The namespaces that have a checkpoint, sorted.
     async fn list(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Where the checkpoints are, for telling storages apart: two storages with the same
+    /// location keep the same checkpoints. `None` (the default) when it cannot be said.
+    /// A model whose projection commits its checkpoints itself (a
+    /// [`CheckpointTransaction`](crate::checkpoint::CheckpointTransaction)) starts only with a
+    /// storage at the location it commits to.
+    fn location(&self) -> Option<String> {
+        None
+    }
 
     /// Deletes every checkpoint.
     async fn clear(&self) -> Result<(), StorageError> {

@@ -14,6 +14,11 @@ use crate::store::postgres::{migrate, Component, DbFailure, Names};
 use crate::store::{PostgresConfig, StoreError};
 use crate::Position;
 
+/// The connection pool [`PostgresCheckpointStorage::new`] takes: deadpool-postgres's `Pool`
+/// (the crate is re-exported as `krescent::deadpool_postgres`), as
+/// [`PostgresEventStore::pool`](crate::store::PostgresEventStore::pool) returns it.
+pub use deadpool_postgres::Pool as PostgresPool;
+
 /// Checkpoints in a Postgres table, one row per namespace.
 ///
 /// [`migrate`](Self::migrate) creates the table ([`PostgresConfig::checkpoints_table`], by
@@ -43,7 +48,7 @@ struct Sql {
 }
 
 impl PostgresCheckpointStorage {
-    /// A storage on `pool`, in the schema and table `config` names. Nothing is contacted yet;
+    /// A storage on `pool` (a [`PostgresPool`]), in the schema and table `config` names. Nothing is contacted yet;
     /// call [`migrate`](Self::migrate) before the first use.
     ///
     /// # Errors
@@ -181,6 +186,11 @@ impl PostgresCheckpointStorage {
 
 #[async_trait::async_trait]
 impl CheckpointStorage for PostgresCheckpointStorage {
+    /// The table, as ``postgres table `schema.table` ``; the database is not part of it.
+    fn location(&self) -> Option<String> {
+        Some(format!("postgres table `{}`", self.names.checkpoints_plain))
+    }
+
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
         let loaded = self
             .try_load(namespace)

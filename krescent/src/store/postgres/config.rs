@@ -78,7 +78,7 @@ impl PostgresConfig {
         Ok(Names {
             events: format!("{schema}.{events}"),
             checkpoints: format!("{schema}.{checkpoints}"),
-            migrations: format!("{schema}.\"krescent_schema_migrations\""),
+            migrations: format!("{schema}.\"{MIGRATIONS_TABLE}\""),
             schema,
             listen: format!("LISTEN {channel}"),
             channel: self.notify_channel.clone(),
@@ -118,7 +118,24 @@ pub(crate) struct Names {
     pub(crate) checkpoints_table_plain: String,
 }
 
+/// The table `migrate()` records the schema's versions in, in every schema it migrates.
+const MIGRATIONS_TABLE: &str = "krescent_schema_migrations";
+
 impl Names {
+    /// Why `table` (in this schema) is taken: it is one of the store's or the storage's own
+    /// tables; `None` when it is free.
+    pub(crate) fn owner_of(&self, table: &str) -> Option<&'static str> {
+        if table == self.events_table_plain {
+            Some("it is the store's events table")
+        } else if table == self.checkpoints_table_plain {
+            Some("it is the checkpoints table")
+        } else if table == MIGRATIONS_TABLE {
+            Some("it is the table `migrate()` records schema versions in")
+        } else {
+            None
+        }
+    }
+
     /// The advisory lock every append of this events table holds until it commits.
     pub(crate) fn append_lock(&self) -> i64 {
         lock_key(&["krescent.append", &self.events_plain])
