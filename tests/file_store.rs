@@ -74,7 +74,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 async fn events_and_stream_versions_survive_a_reopen() {
     let dir = temp_dir();
     let path = dir.path().join("nested/events");
-    let store = FileEventStore::open_with(&path, small_segments()).expect("open");
+    let store = FileEventStore::open_with(&path, &small_segments()).expect("open");
     for n in 1..=200 {
         let stream = format!("s{}", n % 3);
         store
@@ -85,7 +85,7 @@ async fn events_and_stream_versions_survive_a_reopen() {
     let before = seen(&read_all(&store).await.expect("read"));
     drop(store);
     assert!(segments(&path).len() > 2, "small segments roll");
-    let store = FileEventStore::open_with(&path, small_segments()).expect("reopen");
+    let store = FileEventStore::open_with(&path, &small_segments()).expect("reopen");
     assert_eq!(seen(&read_all(&store).await.expect("read")), before);
     assert_eq!(store.head().await.expect("head"), Position::new(200));
     assert_eq!(store.stream_version("s1"), 67);
@@ -153,7 +153,7 @@ async fn odd_strings_and_a_megabyte_id_read_back_after_a_reopen() {
 #[tokio::test]
 async fn index_files_are_rebuilt_when_missing_or_damaged() {
     let dir = temp_dir();
-    let store = FileEventStore::open_with(dir.path(), small_segments()).expect("open");
+    let store = FileEventStore::open_with(dir.path(), &small_segments()).expect("open");
     for n in 1..=300 {
         store
             .append(&format!("s{}", n % 5), ExpectedVersion::Any, vec![event(n)])
@@ -170,7 +170,7 @@ async fn index_files_are_rebuilt_when_missing_or_damaged() {
             _ => {}
         }
     }
-    let store = FileEventStore::open_with(dir.path(), small_segments()).expect("reopen");
+    let store = FileEventStore::open_with(dir.path(), &small_segments()).expect("reopen");
     assert_eq!(seen(&read_all(&store).await.expect("read")), before);
     assert_eq!(store.stream_version("s0"), 60);
 }
@@ -260,7 +260,7 @@ async fn a_log_of_krescent_0_1_is_imported_whole() {
         let version = streams[..=i].iter().filter(|s| *s == stream).count();
         let body = serde_json::json!({
             "position": i + 1, "stream": stream, "version": version,
-            "id": uuid::Uuid::new_v4(), "type": "t\"q", "at": 1_700_000_000_000_000_i64 + i as i64,
+            "id": uuid::Uuid::new_v4(), "type": "t\"q", "at": 1_700_000_000_000_000_u64 + i as u64,
             "payload": {"n": i, "s": "\"quoted\""},
         })
         .to_string();
@@ -324,7 +324,7 @@ fn appends() -> impl Strategy<Value = Vec<Append>> {
 /// of the last append in its segment.
 fn write_history(dir: &Path, appends: &[Append]) -> (Vec<Seen>, Vec<Seen>, PathBuf, u64) {
     runtime().block_on(async {
-        let store = FileEventStore::open_with(dir, small_segments()).expect("open");
+        let store = FileEventStore::open_with(dir, &small_segments()).expect("open");
         let (last, before) = appends.split_last().expect("one append");
         for append in before {
             append_one(&store, append).await;
@@ -366,7 +366,7 @@ async fn append_one(store: &FileEventStore, append: &Append) {
 /// Opens the store in `dir` and reads everything, as a restart would.
 fn reopen(dir: &Path) -> Result<Vec<Seen>, StoreError> {
     runtime().block_on(async {
-        let store = FileEventStore::open_with(dir, small_segments())?;
+        let store = FileEventStore::open_with(dir, &small_segments())?;
         read_all(&store).await.map(|events| seen(&events))
     })
 }

@@ -298,6 +298,7 @@ pub(super) fn decode_frame(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // small test frames
 mod tests {
     use super::*;
 

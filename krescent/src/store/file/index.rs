@@ -127,10 +127,10 @@ fn seal(mut out: Vec<u8>) -> Vec<u8> {
 }
 
 /// The body of `bytes` after `magic`, if its checksum holds.
-fn unseal<'a>(bytes: &'a [u8], magic: &[u8; 8]) -> Option<Reader<'a>> {
+fn unseal(bytes: &[u8], magic: [u8; 8]) -> Option<Reader<'_>> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     let crc = u32::from_le_bytes(crc.try_into().ok()?);
-    (crc32fast::hash(body) == crc && body.starts_with(magic)).then(|| Reader(&body[8..]))
+    (crc32fast::hash(body) == crc && body.starts_with(&magic)).then(|| Reader(&body[8..]))
 }
 
 /// The bytes of a sealed segment's `.idx` file.
@@ -142,7 +142,7 @@ pub(super) fn encode_index(index: &SegmentIndex) -> Vec<u8> {
 
 /// A sealed segment's index, if `bytes` is an undamaged one.
 pub(super) fn decode_index(bytes: &[u8]) -> Option<SegmentIndex> {
-    let mut reader = unseal(bytes, &INDEX_MAGIC)?;
+    let mut reader = unseal(bytes, INDEX_MAGIC)?;
     let index = SegmentIndex::decode_from(&mut reader)?;
     (reader.rest() == 0).then_some(index)
 }
@@ -169,7 +169,7 @@ pub(super) fn encode_state(index: &SegmentIndex, streams: &HashMap<Arc<str>, u64
 
 /// The head state, if `bytes` is an undamaged one.
 pub(super) fn decode_state(bytes: &[u8]) -> Option<HeadState> {
-    let mut reader = unseal(bytes, &STATE_MAGIC)?;
+    let mut reader = unseal(bytes, STATE_MAGIC)?;
     let index = SegmentIndex::decode_from(&mut reader)?;
     let count = reader.u64()?;
     let mut streams = HashMap::with_capacity(usize::try_from(count).ok()?.min(reader.rest() / 16));

@@ -123,7 +123,11 @@ impl State {
         self.segments.last().map_or(0, |s| s.last)
     }
 
-    fn active(&mut self) -> &mut SegmentIndex {
+    fn active(&self) -> &SegmentIndex {
+        self.segments.last().expect("a store has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut SegmentIndex {
         self.segments.last_mut().expect("a store has a segment")
     }
 }
@@ -172,7 +176,7 @@ impl FileEventStore {
     /// [`StoreError::UnsupportedFormat`] for segments of another format; [`StoreError::Corrupt`]
     /// for damage that is not a torn tail; [`StoreError::Io`] when the file system fails.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        Self::open_with(path, FileStoreOptions::default())
+        Self::open_with(path, &FileStoreOptions::default())
     }
 
     /// Opens an existing store, never creating one: [`StoreError::NotAStore`] for a missing or
@@ -181,7 +185,7 @@ impl FileEventStore {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_existing(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        Self::open_with(path, FileStoreOptions::default().create(false))
+        Self::open_with(path, &FileStoreOptions::default().create(false))
     }
 
     /// Opens the store in `path` with `options`.
@@ -190,7 +194,7 @@ impl FileEventStore {
     /// As [`open`](Self::open).
     pub fn open_with(
         path: impl Into<PathBuf>,
-        options: FileStoreOptions,
+        options: &FileStoreOptions,
     ) -> Result<Self, StoreError> {
         let dir = path.into();
         let not_a_store = |reason: &str| StoreError::NotAStore {
@@ -256,7 +260,7 @@ impl FileEventStore {
         }
         firsts.sort_unstable();
         let (state, scanned) = recover(&dir, &firsts)?;
-        let active = state.segments.last().expect("a segment");
+        let active = state.active();
         let path = segment_path(&dir, active.first);
         let file = OpenOptions::new()
             .append(true)
@@ -381,7 +385,7 @@ impl Inner {
     fn save_state(&self) {
         let bytes = {
             let state = self.read_state();
-            index::encode_state(state.segments.last().expect("a segment"), &state.streams)
+            index::encode_state(state.active(), &state.streams)
         };
         let path = self.dir.join(STATE_FILE);
         if let Err(e) = write_atomically(&path, &bytes) {
@@ -393,7 +397,7 @@ impl Inner {
     fn roll(&self, writer: &mut Writer) -> Result<(), StoreError> {
         let (sealed, next) = {
             let state = self.read_state();
-            let active = state.segments.last().expect("a segment");
+            let active = state.active();
             (index::encode_index(active), (active.first, active.last + 1))
         };
         let idx = index_path(&self.dir, next.0);
@@ -504,17 +508,20 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
         let len = fs::metadata(segment_path(dir, firsts[i])).ok()?.len();
         (len >= s.index.len).then_some(i)
     });
-    let (resume, mut streams, covered, resume_index) = match (resume, saved) {
-        (Some(i), Some(HeadState { index, streams })) => (i, streams, index.last, Some(index)),
-        _ => {
-            if firsts.len() > 1
-                || fs::metadata(segment_path(dir, firsts[0]))
-                    .is_ok_and(|m| m.len() > SEGMENT_HEADER as u64)
-            {
-                tracing::warn!(dir = %dir.display(), "the store's head state is missing or damaged; rebuilding it from the segments");
-            }
-            (0, HashMap::new(), 0, None)
+    let (resume, mut streams, covered, resume_index) = if let (
+        Some(i),
+        Some(HeadState { index, streams }),
+    ) = (resume, saved)
+    {
+        (i, streams, index.last, Some(index))
+    } else {
+        if firsts.len() > 1
+            || fs::metadata(segment_path(dir, firsts[0]))
+                .is_ok_and(|m| m.len() > SEGMENT_HEADER as u64)
+        {
+            tracing::warn!(dir = %dir.display(), "the store's head state is missing or damaged; rebuilding it from the segments");
         }
+        (0, HashMap::new(), 0, None)
     };
     let mut segments: Vec<SegmentIndex> = Vec::with_capacity(firsts.len());
     let mut scanned = 0;
@@ -557,14 +564,14 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
             &mut streams,
             covered,
         )?;
-        scanned += result.scanned;
+        scanned += result.bytes_read;
         if let Some(torn_at) = result.torn_at {
             tracing::warn!(path = %path.display(), offset = torn_at, dropped = file_len - torn_at, "cutting off a torn append at the end of the event log");
             file.set_len(torn_at)
                 .and_then(|()| file.sync_all())
                 .map_err(io_at(&path))?;
         }
-        if !is_last && !(had_index && result.scanned == 0) {
+        if !(is_last || had_index && result.bytes_read == 0) {
             let idx = index_path(dir, first);
             if let Err(e) = write_atomically(&idx, &index::encode_index(&result.index)) {
                 tracing::warn!(path = %idx.display(), error = %e, "cannot write a segment index");
@@ -625,7 +632,7 @@ impl Inner {
         let mut writer = self.writer.lock().await;
         let (actual, head, segment_len, segment_empty) = {
             let state = self.read_state();
-            let active = state.segments.last().expect("a segment");
+            let active = state.active();
             (
                 state.streams.get(stream_id).copied().unwrap_or(0),
                 state.head(),
@@ -671,10 +678,7 @@ impl Inner {
         } else {
             segment_len
         };
-        let path = segment_path(
-            &self.dir,
-            self.read_state().segments.last().expect("a segment").first,
-        );
+        let path = segment_path(&self.dir, self.read_state().active().first);
         let mut file = writer.file.take().expect("checked above");
         let len = bytes.len() as u64;
         let (file, written, bytes) = tokio::task::spawn_blocking(move || {
@@ -694,7 +698,7 @@ impl Inner {
 
         let appended = {
             let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-            let active = state.active();
+            let active = state.active_mut();
             let mut at = 0;
             while at < bytes.len() {
                 let frame = FrameHeader::parse(&bytes[at..]).expect("frames this store encoded");

@@ -25,7 +25,7 @@ pub(super) struct Scanned {
     /// Where a torn final append starts, when there is one (last segment only).
     pub(super) torn_at: Option<u64>,
     /// The bytes read.
-    pub(super) scanned: u64,
+    pub(super) bytes_read: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -144,7 +144,7 @@ pub(super) fn scan(
         }
     };
     Ok(Scanned {
-        scanned: offset - start,
+        bytes_read: offset - start,
         index,
         torn_at,
     })
