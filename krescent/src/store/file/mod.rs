@@ -78,8 +78,12 @@ impl FileStoreOptions {
     }
 }
 
-/// Events in segment files on disk, synced on every append; see the [module docs](self) for
-/// the layout.
+/// Events in segment files on disk, synced on every append.
+///
+/// A store is a directory: `<first position>.seg` segment files, each with a versioned header
+/// (a new one is begun when an append finds the last larger than the segment size, 32 MiB by
+/// default, so an append never spans two); `<first position>.idx` and `head.state`, the sparse
+/// index and every stream's version (derived data, rebuilt when missing or damaged); and `LOCK`.
 ///
 /// **Durability**: an append returns only after its bytes are synced (`fdatasync`); a crash
 /// loses no acknowledged append. **All or nothing**: an append is framed as one unit; a crash in
