@@ -73,6 +73,7 @@ pub mod checkpoint;
 mod error;
 pub mod event;
 mod krescent;
+pub mod metrics;
 pub mod model;
 mod position;
 pub mod projection;
