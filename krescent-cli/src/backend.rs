@@ -1,9 +1,7 @@
 //! The store a command works on: a file data directory or PostgreSQL.
 
 use krescent::checkpoint::{CheckpointStorage, PostgresCheckpointStorage, StoredCheckpoint};
-use krescent::store::{
-    EventBatch, EventStore, FileEventStore, PostgresConfig, PostgresEventStore,
-};
+use krescent::store::{EventBatch, EventStore, FileEventStore, PostgresConfig, PostgresEventStore};
 use krescent::Position;
 
 use crate::cli::StoreOptions;

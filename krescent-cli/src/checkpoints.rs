@@ -11,7 +11,11 @@ use crate::error::CliError;
 use crate::output;
 use crate::time::rfc3339;
 
-pub async fn run(backend: &Backend, command: CheckpointsCommand, json: bool) -> Result<(), CliError> {
+pub async fn run(
+    backend: &Backend,
+    command: CheckpointsCommand,
+    json: bool,
+) -> Result<(), CliError> {
     match command {
         CheckpointsCommand::List => list(backend, json).await,
         CheckpointsCommand::Show { namespace } => show(backend, &namespace, json).await,
@@ -56,7 +60,14 @@ impl Summary {
     }
 }
 
-const HEADER: [&str; 6] = ["NAMESPACE", "VERSION", "POSITION", "TAKEN AT", "SIZE", "LAG"];
+const HEADER: [&str; 6] = [
+    "NAMESPACE",
+    "VERSION",
+    "POSITION",
+    "TAKEN AT",
+    "SIZE",
+    "LAG",
+];
 
 #[derive(Serialize)]
 struct Listing {

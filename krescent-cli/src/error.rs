@@ -45,7 +45,7 @@ pub enum CliError {
     #[error("the checkpoint of `{0}` names no `PostgresProjection` tables; `krescent checkpoints delete {0}` deletes a checkpoint alone")]
     NoProjection(String),
     /// The operator did not confirm a destructive step.
-    #[error("not confirmed; nothing was deleted (pass `--yes` to skip the question)")]
+    #[error("not confirmed (no answer, or stdin is not a terminal); nothing was deleted; pass `--yes` to skip the question")]
     NotConfirmed,
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]

@@ -29,7 +29,11 @@ async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), 
         "the model `{}` (checkpoint at position {}, tables {})",
         args.namespace,
         checkpoint.position,
-        tables.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
+        tables
+            .iter()
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut deletion = Deletion {
         namespace: args.namespace.clone(),

@@ -36,7 +36,10 @@ pub async fn run(backend: &Backend, command: StoreCommand, json: bool) -> Result
         after = last.position();
         for event in batch.iter().filter(|e| e.position() <= head) {
             stats.events += 1;
-            *stats.types.entry(event.event_type().to_owned()).or_default() += 1;
+            *stats
+                .types
+                .entry(event.event_type().to_owned())
+                .or_default() += 1;
         }
     }
     if json {

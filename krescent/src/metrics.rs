@@ -201,9 +201,8 @@ fn value_len(value: &BucketValue) -> usize {
         BucketValue::Bytes(bytes) => bytes.len().div_ceil(3) * 4 + 2,
         BucketValue::Bucket(nested) => json_len(nested),
         // Small values: serialized (a value that cannot be is counted as nothing).
-        small => serde_json::to_vec(small).map_or(0, |json| {
-            json.len() - quoted_len(value_kind(small)) - 3
-        }),
+        small => serde_json::to_vec(small)
+            .map_or(0, |json| json.len() - quoted_len(value_kind(small)) - 3),
     }
 }
 
