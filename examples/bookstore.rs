@@ -102,10 +102,8 @@ async fn run<S: EventStore>(krescent: Krescent<S>, events: u32) -> Result<(), Bo
     let progress = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(head.get());
         bar.set_style(
-            ProgressStyle::with_template(
-                "replaying {pos}/{len} [{bar:30}] {per_sec} ETA {eta}",
-            )?
-            .progress_chars("=> "),
+            ProgressStyle::with_template("replaying {pos}/{len} [{bar:30}] {per_sec} ETA {eta}")?
+                .progress_chars("=> "),
         );
         bar
     } else {

@@ -107,7 +107,10 @@ struct Options {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let Options { database_url, append } = Options::parse();
+    let Options {
+        database_url,
+        append,
+    } = Options::parse();
     let url = database_url.ok_or("set DATABASE_URL or pass `--database-url URL`")?;
     let store = PostgresEventStore::connect(&url).await?;
     store.migrate().await?;

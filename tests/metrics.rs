@@ -208,3 +208,52 @@ async fn counters_and_lag_after_a_replay_and_after_live_appends() {
     assert_eq!(r.get(CHECKPOINTS_TOTAL), checkpoints);
     assert!(stopped.checkpoints >= 1, "the stop checkpoints");
 }
+
+/// The `prometheus` example serves the same metrics in the Prometheus text format.
+#[test]
+fn the_prometheus_example_serves_the_metrics() {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+
+    let mut child =
+        std::process::Command::new(krescent_testkit::examples::example_binary("prometheus"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--seconds",
+                "3",
+                "--every-ms",
+                "50",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the example");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read");
+    let address = first
+        .trim()
+        .strip_prefix("serving metrics on http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("an address in {first:?}"))
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut connection = std::net::TcpStream::connect(&address).expect("connect");
+    connection
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    connection.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    for line in [
+        "# TYPE krescent_events_processed_total counter",
+        "krescent_events_processed_total{model=\"bookstore.copies\"}",
+        "krescent_lag_events{model=\"bookstore.copies\"}",
+        "krescent_checkpoints_total{model=\"bookstore.copies\"}",
+    ] {
+        assert!(response.contains(line), "`{line}` in {response}");
+    }
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read");
+    assert!(child.wait().expect("wait").success());
+    assert!(rest.contains("summary: processed="), "{rest}");
+}
