@@ -311,7 +311,7 @@ async fn checkpoints_on_postgres_are_listed_and_deleted() {
     let tail = ok(on_db(url).args(["events", "tail", "--after", "200"]));
     assert_eq!(tail.lines().count(), 5);
     // Following: the events there are, then a live one.
-    let mut follow = on_db(url)
+    let follow = on_db(url)
         .args([
             "events", "tail", "--after", "204", "--follow", "--limit", "2",
         ])

@@ -1,6 +1,9 @@
 //! The metrics a running model records, read back through `metrics-util`'s debugging recorder:
 //! after a known replay, during it (the lag), and after live appends.
 
+// The values compared are whole counts, exact in an `f64`.
+#![allow(clippy::float_cmp, clippy::cast_precision_loss)]
+
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
@@ -46,7 +49,6 @@ impl Recorded {
             let name = key.name().to_owned();
             match (kind, value) {
                 (MetricKind::Counter, DebugValue::Counter(n)) => {
-                    #[allow(clippy::cast_precision_loss)] // small counts
                     let n = n as f64;
                     *self.values.entry(name).or_default() += n;
                 }
@@ -54,7 +56,8 @@ impl Recorded {
                     self.values.insert(name, g.into_inner());
                 }
                 (MetricKind::Histogram, DebugValue::Histogram(h)) => {
-                    self.durations.extend(h.into_iter().map(|v| v.into_inner()));
+                    self.durations
+                        .extend(h.into_iter().map(ordered_float_inner));
                 }
                 _ => {}
             }
@@ -142,7 +145,6 @@ async fn counters_and_lag_after_a_replay_and_after_live_appends() {
     {
         let mut recorded = recorded();
         let r = recorded.refresh();
-        #[allow(clippy::cast_precision_loss)] // small counts
         let (replayed, checkpoints) = (REPLAYED as f64, caught_up.checkpoints as f64);
         assert_eq!(r.get(EVENTS_PROCESSED_TOTAL), replayed);
         assert_eq!(r.get(EVENTS_AFTER_RESTART), replayed);
@@ -171,7 +173,6 @@ async fn counters_and_lag_after_a_replay_and_after_live_appends() {
     let behind: Vec<_> = lags.iter().filter(|(_, lag, _)| *lag > 0.0).collect();
     assert!(!behind.is_empty(), "a lag while replaying: {lags:?}");
     for &&(position, lag, seconds) in &behind {
-        #[allow(clippy::cast_precision_loss)] // small counts
         let expected = (REPLAYED - (position.get() - 1)) as f64;
         assert_eq!(lag, expected, "at {position}: {lags:?}");
         assert!(seconds > 0.0, "seconds behind at {position}: {seconds}");
@@ -194,7 +195,6 @@ async fn counters_and_lag_after_a_replay_and_after_live_appends() {
     assert_eq!(stopped.processed, 25);
     let mut recorded = recorded();
     let r = recorded.refresh();
-    #[allow(clippy::cast_precision_loss)] // small counts
     let total = (REPLAYED + 25) as f64;
     assert_eq!(r.get(EVENTS_PROCESSED_TOTAL), total);
     assert_eq!(r.get(EVENTS_AFTER_RESTART), 25.0, "since the restart");
@@ -203,7 +203,6 @@ async fn counters_and_lag_after_a_replay_and_after_live_appends() {
         (0.0, 0.0),
         "caught up live"
     );
-    #[allow(clippy::cast_precision_loss)] // small counts
     let checkpoints = (caught_up.checkpoints + stopped.checkpoints) as f64;
     assert_eq!(r.get(CHECKPOINTS_TOTAL), checkpoints);
     assert!(stopped.checkpoints >= 1, "the stop checkpoints");
@@ -256,4 +255,8 @@ fn the_prometheus_example_serves_the_metrics() {
     stdout.read_to_string(&mut rest).expect("read");
     assert!(child.wait().expect("wait").success());
     assert!(rest.contains("summary: processed="), "{rest}");
+}
+
+fn ordered_float_inner(value: impl Into<f64>) -> f64 {
+    value.into()
 }

@@ -9,6 +9,7 @@ use crate::data_dir;
 use crate::error::CliError;
 
 /// An event store and its checkpoint storage.
+#[allow(clippy::large_enum_variant)] // one per process
 pub enum Backend {
     File {
         store: FileEventStore,

@@ -97,7 +97,8 @@ async fn list(backend: &Backend, json: bool) -> Result<(), CliError> {
 /// A key of a bucket, as `show` prints it.
 #[derive(Serialize)]
 struct Key {
-    key: String,
+    #[serde(rename = "key")]
+    name: String,
     kind: &'static str,
     size_bytes: usize,
     /// The keys of a nested bucket.
@@ -109,7 +110,7 @@ fn keys_of(bucket: &CheckpointBucket) -> Vec<Key> {
     bucket
         .iter()
         .map(|(key, value)| Key {
-            key: key.to_owned(),
+            name: key.to_owned(),
             kind: value.kind(),
             size_bytes: serde_json::to_vec(value).map_or(0, |json| json.len()),
             keys: match value {
@@ -160,7 +161,7 @@ async fn show(backend: &Backend, namespace: &str, json: bool) -> Result<(), CliE
 fn flatten(keys: &[Key], indent: &str, rows: &mut Vec<Vec<String>>) {
     for key in keys {
         rows.push(vec![
-            format!("{indent}{}", key.key),
+            format!("{indent}{}", key.name),
             key.kind.to_owned(),
             key.size_bytes.to_string(),
         ]);

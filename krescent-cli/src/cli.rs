@@ -1,5 +1,8 @@
 //! The command line: one enum per group of subcommands, the store options flattened.
 
+// The doc comments are the `--help` text, read as plain text on a terminal.
+#![allow(clippy::doc_markdown)]
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

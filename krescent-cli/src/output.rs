@@ -1,5 +1,6 @@
 //! Writing to stdout: tables for people, JSON for scripts.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 
 use serde::Serialize;
@@ -42,7 +43,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
             if i + 1 == widths.len() {
                 text.push_str(cell);
             } else {
-                text.push_str(&format!("{cell:<width$}  "));
+                let _ = write!(text, "{cell:<width$}  "); // a String takes any text
             }
         }
         text.trim_end().to_owned()
