@@ -65,6 +65,10 @@
 //! `on_shutdown`, `never`, and any of them joined with `|`.
 //! Storages: `"memory"` (always registered), `"file"`, `"postgres"` (feature `postgres`), or any
 //! name registered with [`Krescent::with_storage`].
+//!
+//! Every running model records its progress, checkpoints and lag through the `metrics`
+//! facade ([`metrics`](crate::metrics) lists the names); the application installs the
+//! recorder, krescent none.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
