@@ -67,7 +67,7 @@
 //! name registered with [`Krescent::with_storage`].
 //!
 //! Every running model records its progress, checkpoints and lag through the `metrics`
-//! facade ([`metrics`](crate::metrics) lists the names); the application installs the
+//! facade (the [`metrics` module](crate::metrics) lists the names); the application installs the
 //! recorder, krescent none.
 
 #![forbid(unsafe_code)]
