@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use krescent::prelude::*;
 use krescent::store::{EventStore, ExpectedVersion, FileEventStore, PostgresEventStore};
-use krescent_testkit::examples::{example_binary, workspace_binary};
+use krescent_testkit::examples::{example_binary, run_summary, workspace_binary};
 use serde_json::Value;
 
 #[derive(Event, Serialize, Deserialize)]
@@ -86,20 +86,10 @@ fn listed(command: &mut Command, namespace: &str) -> Option<(u64, u64)> {
 
 /// Runs an example; its summary line's `restored_from` and `replayed`.
 fn summary(command: &mut Command) -> (String, u64) {
-    let stdout = ok(command);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("summary: "))
-        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
-    let field = |name: &str| {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no `{name}` in {line:?}"))
-            .to_owned()
-    };
+    let summary = run_summary(command);
     (
-        field("restored_from"),
-        field("replayed").parse().expect("a number"),
+        summary.field("restored_from").to_owned(),
+        summary.number("replayed"),
     )
 }
 

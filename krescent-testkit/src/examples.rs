@@ -30,6 +30,60 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     )
 }
 
+/// The `summary: key=value …` line an example prints.
+#[derive(Debug)]
+pub struct Summary(std::collections::BTreeMap<String, String>);
+
+impl Summary {
+    /// The value of `key`.
+    ///
+    /// # Panics
+    /// When the line has no `key`.
+    #[must_use]
+    pub fn field(&self, key: &str) -> &str {
+        self.0
+            .get(key)
+            .unwrap_or_else(|| panic!("no `{key}` in {:?}", self.0))
+    }
+
+    /// The value of `key`, a number.
+    ///
+    /// # Panics
+    /// When the line has no `key` or its value is not a number.
+    #[must_use]
+    pub fn number(&self, key: &str) -> u64 {
+        let value = self.field(key);
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("`{key}={value}`: {e}"))
+    }
+}
+
+/// Runs an example that prints a `summary: key=value …` line; that line.
+///
+/// # Panics
+/// When the example fails or prints no summary line.
+#[must_use]
+pub fn run_summary(command: &mut std::process::Command) -> Summary {
+    let output = command.output().expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .unwrap_or_else(|| panic!("no summary line in {stdout:?}"));
+    Summary(
+        line.split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
 fn profile_dir() -> PathBuf {
     let test = std::env::current_exe().expect("test binary");
     test.parent()
