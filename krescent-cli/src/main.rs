@@ -3,7 +3,8 @@
 //! Works on a file data directory (`--data-dir DIR`, as the bookstore example writes it) or on
 //! PostgreSQL (`--database-url URL` or `DATABASE_URL`, with `--schema`). Exit codes: 0 done, 1
 //! failed (the store, the database, an unknown namespace, a declined confirmation; one line
-//! on stderr, nothing changed), 2 bad usage (an unknown flag, a malformed value).
+//! on stderr, nothing changed), 2 bad usage (an unknown flag, a malformed value, no store, a
+//! command the file store cannot do).
 
 mod backend;
 mod checkpoints;
