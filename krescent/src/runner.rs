@@ -208,34 +208,11 @@ impl<M: EventModel> Runner<M> {
     /// failed event is checkpointed; the write in flight is awaited first.
     pub(crate) async fn apply(&mut self, batch: &[RecordedEvent]) -> Result<(), Error> {
         let processed_before = self.processed;
-        let applied = self.apply_events(batch).await;
-        self.metrics
-            .processed(self.processed - processed_before, self.processed);
-        if let Some(last) = batch.last().filter(|_| applied.is_ok()) {
-            self.metrics.lag(self.position, last.meta.recorded_at);
-        }
-        applied
-    }
-
-    /// Reads the store's head for the lag metrics, when it is due (at most once a second); a
-    /// failure only leaves the lag as it was.
-    pub(crate) async fn observe_head<S: EventStore>(&mut self, store: &S) {
-        if self.metrics.head_due() {
-            if let Ok(head) = store.head().await {
-                self.metrics.head_read(head);
-            }
-        }
-    }
-
-    /// The model has read every event: no lag.
-    pub(crate) fn caught_up(&mut self) {
-        self.metrics.caught_up(self.position);
-    }
-
-    async fn apply_events(&mut self, batch: &[RecordedEvent]) -> Result<(), Error> {
         for event in batch {
             if M::handles(event.event_type()) {
                 if let Err(source) = self.model.handle(event).await {
+                    self.metrics
+                        .processed(self.processed - processed_before, self.processed);
                     self.abandon().await;
                     return Err(Error::Handler {
                         model: M::NAME,
@@ -264,7 +241,28 @@ impl<M: EventModel> Runner<M> {
                 self.position = event.position();
             }
         }
+        // Once per batch, not per event.
+        self.metrics
+            .processed(self.processed - processed_before, self.processed);
+        if let Some(last) = batch.last() {
+            self.metrics.lag(self.position, last.meta.recorded_at);
+        }
         Ok(())
+    }
+
+    /// Reads the store's head for the lag metrics, when it is due (at most once a second); a
+    /// failure only leaves the lag as it was.
+    pub(crate) async fn observe_head<S: EventStore>(&mut self, store: &S) {
+        if self.metrics.head_due() {
+            if let Ok(head) = store.head().await {
+                self.metrics.head_read(head);
+            }
+        }
+    }
+
+    /// The model has read every event: no lag.
+    pub(crate) fn caught_up(&mut self) {
+        self.metrics.caught_up(self.position);
     }
 
     /// Commits the model's transaction with a checkpoint of its state, in line: the next
