@@ -7,14 +7,23 @@
 //! ```text
 //! cargo run --example bookstore [-- --data-dir DIR] [--events N]      # file store (default)
 //! DATABASE_URL=postgres://… cargo run --example bookstore             # PostgreSQL
+//! cargo run --example bookstore -- --help
+//! ```
+//!
+//! On a terminal, a progress line shows the replay's rate and ETA; off a terminal, only the
+//! summary is printed.
+//!
+//! ```text
 //! ```
 
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser as _;
+use indicatif::{ProgressBar, ProgressStyle};
 use krescent::checkpoint::FileCheckpointStorage;
 use krescent::prelude::*;
 use krescent::store::{EventStore, FileEventStore};
@@ -67,29 +76,20 @@ impl Books {
     }
 }
 
+/// The bookstore: each run appends a batch of seeded events and catches the read model up,
+/// printing one summary line: `summary: restored_from=P|none replayed=N books=B`.
+#[derive(clap::Parser)]
+#[command(name = "bookstore")]
 struct Options {
+    /// The file data directory: `DIR/events.log` and `DIR/checkpoints/`.
+    #[arg(long, value_name = "DIR", default_value = "krescent-data")]
     data_dir: PathBuf,
+    /// How many events this run appends.
+    #[arg(long, value_name = "N", default_value_t = 500)]
     events: u32,
+    /// Run on PostgreSQL instead of the file store.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Option<String>,
-}
-
-fn options() -> Result<Options, String> {
-    let mut options = Options {
-        data_dir: PathBuf::from("krescent-data"),
-        events: 500,
-        database_url: std::env::var("DATABASE_URL").ok(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("`{arg}` needs a value"));
-        match arg.as_str() {
-            "--data-dir" => options.data_dir = value()?.into(),
-            "--events" => options.events = value()?.parse().map_err(|e| format!("`--events`: {e}"))?,
-            "--database-url" => options.database_url = Some(value()?),
-            other => return Err(format!("unknown argument `{other}`; expected `--data-dir DIR`, `--events N` or `--database-url URL`")),
-        }
-    }
-    Ok(options)
 }
 
 /// Appends the run's batch, catches the model up (showing progress on a terminal) and prints
@@ -98,21 +98,27 @@ async fn run<S: EventStore>(krescent: Krescent<S>, events: u32) -> Result<(), Bo
     append_batch(krescent.store(), events).await?;
     let head = krescent.store().head().await?;
     let running = krescent.stream(Books::default());
-    let progress = std::io::stderr().is_terminal();
+    // A progress line with rate and ETA on a terminal; nothing off it.
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(head.get());
+        bar.set_style(
+            ProgressStyle::with_template("replaying {pos}/{len} [{bar:30}] {per_sec} ETA {eta}")?
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
     while !running.is_finished() && running.position() < head {
-        if progress {
-            eprint!("\rreplaying: {} / {head}", running.position());
-            std::io::stderr().flush()?;
-        }
+        progress.set_position(running.position().get());
         tokio::select! {
             // A model that stopped early says why at `shutdown` below.
             _ = running.reached(head) => {}
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    if progress {
-        eprintln!("\rreplayed: {head} / {head}      ");
-    }
+    progress.set_position(running.position().get());
+    progress.finish_and_clear();
     let caught_up = running.shutdown().await?;
     let restored_from = caught_up
         .origin
@@ -128,7 +134,7 @@ async fn run<S: EventStore>(krescent: Krescent<S>, events: u32) -> Result<(), Bo
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let options = options()?;
+    let options = Options::parse();
     if let Some(url) = &options.database_url {
         return postgres::run_on(url, options.events).await;
     }

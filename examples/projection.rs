@@ -11,6 +11,8 @@
 
 use std::error::Error;
 
+use clap::Parser as _;
+
 use krescent::prelude::*;
 use krescent::projection::{PostgresProjection, ProjectionError};
 use krescent::store::PostgresEventStore;
@@ -90,27 +92,26 @@ impl Shelf {
     }
 }
 
+/// The bookstore stream projected into the PostgreSQL table `shelf`, exactly once; prints
+/// `summary: restored_from=P|none replayed=N checkpoints=C`.
+#[derive(clap::Parser)]
+#[command(name = "projection")]
+struct Options {
+    /// The database.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Append this many seeded bookstore events first.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    append: u32,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let mut url = std::env::var("DATABASE_URL").ok();
-    let mut append = 0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = args
-            .next()
-            .ok_or_else(|| format!("`{arg}` needs a value"))?;
-        match arg.as_str() {
-            "--database-url" => url = Some(value),
-            "--append" => append = value.parse()?,
-            other => {
-                return Err(format!(
-                    "unknown argument `{other}`; expected `--database-url URL` or `--append N`"
-                )
-                .into())
-            }
-        }
-    }
-    let url = url.ok_or("set DATABASE_URL or pass `--database-url URL`")?;
+    let Options {
+        database_url,
+        append,
+    } = Options::parse();
+    let url = database_url.ok_or("set DATABASE_URL or pass `--database-url URL`")?;
     let store = PostgresEventStore::connect(&url).await?;
     store.migrate().await?;
     let storage = store.checkpoint_storage();

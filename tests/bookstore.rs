@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use krescent_testkit::examples::example_binary;
+use krescent_testkit::examples::{example_binary, run_summary};
 
 /// The bookstore example, on its default file store unless a test says otherwise.
 fn bookstore() -> Command {
@@ -13,27 +13,11 @@ fn bookstore() -> Command {
 
 /// Runs the example and returns its summary: `restored_from`, `replayed`, `books`.
 fn summary(command: &mut Command) -> (String, u64, u64) {
-    let output = command.output().expect("run the example");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bookstore failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("summary: "))
-        .unwrap_or_else(|| panic!("no summary line in {stdout:?}"));
-    let field = |name: &str| {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no `{name}` in {line:?}"))
-            .to_owned()
-    };
+    let summary = run_summary(command);
     (
-        field("restored_from"),
-        field("replayed").parse().expect("number"),
-        field("books").parse().expect("number"),
+        summary.field("restored_from").to_owned(),
+        summary.number("replayed"),
+        summary.number("books"),
     )
 }
 

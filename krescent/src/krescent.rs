@@ -205,6 +205,7 @@ impl<S: EventStore> Krescent<S> {
                 .await
                 .map_err(store_error)?;
             while let Some(last) = batch.last() {
+                runner.observe_head(&*self.store).await;
                 // The next batch is read while this one is applied: a store that waits for a
                 // database keeps it busy meanwhile.
                 let (next, applied) = tokio::join!(
@@ -214,6 +215,7 @@ impl<S: EventStore> Krescent<S> {
                 applied?;
                 batch = next.map_err(store_error)?;
             }
+            runner.caught_up();
             runner.model.on_caught_up(runner.position);
             runner.finish().await?;
             Ok(runner.into_caught_up())

@@ -75,6 +75,10 @@
 //! at start-up, parsed by the same grammar, for example from a configuration file.
 //! `manual` checkpoints only when asked through [`Running::request_checkpoint`], so a model
 //! run by [`Krescent::catch_up`] with `manual` alone never checkpoints.
+//!
+//! Every running model records its progress, checkpoints and lag through the `metrics`
+//! facade (the [`metrics` module](crate::metrics) lists the names); the application installs the
+//! recorder, krescent none.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -85,6 +89,7 @@ mod durable;
 mod error;
 pub mod event;
 mod krescent;
+pub mod metrics;
 pub mod model;
 mod position;
 pub mod projection;

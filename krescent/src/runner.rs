@@ -12,7 +12,9 @@ use crate::checkpoint::{
 };
 use crate::event::RecordedEvent;
 use crate::krescent::Checkpointing;
+use crate::metrics::{json_len, ModelMetrics};
 use crate::model::{EventModel, Origin};
+use crate::store::EventStore;
 use crate::{CaughtUp, Error, Position};
 
 /// How many events the runner reads at once, at most. (The in-memory log hands out at most
@@ -46,6 +48,8 @@ pub(crate) struct Runner<M> {
     transactional: bool,
     /// The open transaction holds writes (or a reset) that no checkpoint has committed yet.
     uncommitted: bool,
+    /// The model's metrics, recorded once per batch.
+    metrics: ModelMetrics,
 }
 
 /// The checkpointing part of a runner: strategy state, writer and the pending flag.
@@ -234,15 +238,19 @@ impl<M: EventModel> Runner<M> {
             checkpoints,
             transactional,
             uncommitted,
+            metrics: ModelMetrics::new(M::NAME),
         })
     }
 
     /// Applies a batch in order, checkpointing when due. On a handler error nothing of the
     /// failed event is checkpointed; the write in flight is awaited first.
     pub(crate) async fn apply(&mut self, batch: &[RecordedEvent]) -> Result<(), Error> {
+        let processed_before = self.processed;
         for event in batch {
             if M::handles(event.event_type()) {
                 if let Err(source) = self.model.handle(event).await {
+                    self.metrics
+                        .processed(self.processed - processed_before, self.processed);
                     self.abandon().await;
                     return Err(Error::Handler {
                         model: M::NAME,
@@ -271,7 +279,28 @@ impl<M: EventModel> Runner<M> {
                 self.position = event.position();
             }
         }
+        // Once per batch, not per event.
+        self.metrics
+            .processed(self.processed - processed_before, self.processed);
+        if let Some(last) = batch.last() {
+            self.metrics.lag(self.position, last.meta.recorded_at);
+        }
         Ok(())
+    }
+
+    /// Reads the store's head for the lag metrics, when it is due (at most once a second); a
+    /// failure only leaves the lag as it was.
+    pub(crate) async fn observe_head<S: EventStore>(&mut self, store: &S) {
+        if self.metrics.head_due() {
+            if let Ok(head) = store.head().await {
+                self.metrics.head_read(head);
+            }
+        }
+    }
+
+    /// The model has read every event: no lag.
+    pub(crate) fn caught_up(&mut self) {
+        self.metrics.caught_up(self.position);
     }
 
     /// Commits the model's transaction with a checkpoint of its state, in line: the next
@@ -280,6 +309,7 @@ impl<M: EventModel> Runner<M> {
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
+        let started = Instant::now();
         let checkpoint = snapshot(&self.model, &c.version, self.position)?;
         if let Some(transaction) = self.model.transaction() {
             transaction
@@ -289,6 +319,8 @@ impl<M: EventModel> Runner<M> {
         }
         self.uncommitted = false;
         c.record_taken();
+        self.metrics
+            .checkpoint_taken(started.elapsed(), json_len(&checkpoint.bucket));
         Ok(())
     }
 
@@ -324,6 +356,7 @@ impl<M: EventModel> Runner<M> {
         }
         let started = Instant::now();
         let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        let bytes = json_len(&checkpoint.bucket);
         c.writer.start(checkpoint);
         // The budget covers all the model task spends on the checkpoint: the snapshot and
         // handing it to the writer.
@@ -331,6 +364,7 @@ impl<M: EventModel> Runner<M> {
         let spacing = now.saturating_duration_since(started) * SNAPSHOT_SPACING;
         c.budget.wait_until(now + spacing, now, self.processed);
         c.record_taken();
+        self.metrics.checkpoint_taken(now - started, bytes);
         Ok(())
     }
 
@@ -389,10 +423,14 @@ impl<M: EventModel> Runner<M> {
         };
         let earlier = c.writer.settle().await;
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
+            let started = Instant::now();
             let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+            let bytes = json_len(&checkpoint.bucket);
             c.writer.start(checkpoint);
             c.record_taken();
-            return c.writer.settle().await.map_err(storage_failed::<M>);
+            let written = c.writer.settle().await.map_err(storage_failed::<M>);
+            self.metrics.checkpoint_taken(started.elapsed(), bytes);
+            return written;
         }
         earlier.map_err(storage_failed::<M>)
     }

@@ -148,6 +148,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
         };
         backoff = Duration::from_millis(50);
         if let Some(last) = batch.last() {
+            runner.observe_head(store).await;
             let after = last.position();
             if batch.len() < READ_AHEAD_FROM {
                 // Live events, a few at a time: the handler runs without waiting for a read
@@ -162,6 +163,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
             control.progress.send_replace(runner.position);
             continue;
         }
+        runner.caught_up();
         if caught_up_at != Some(runner.position) {
             caught_up_at = Some(runner.position);
             runner.model.on_caught_up(runner.position);

@@ -177,6 +177,55 @@ impl PostgresProjection {
             .map_err(|e| e.storage(format!("delete model `{namespace}`")))
     }
 
+    /// The projection a stored checkpoint refers to, enough for [`delete_model`](Self::delete_model)
+    /// (not for running a model): every table named by a projection's reference in
+    /// `bucket`, a model's checkpoint bucket, in `storage`'s schema; `None` when the bucket holds
+    /// no reference of a `PostgresProjection`. This is how `krescent models delete` finds the
+    /// tables of a model it cannot compile.
+    #[must_use]
+    pub fn from_checkpoint(
+        storage: &PostgresCheckpointStorage,
+        bucket: &CheckpointBucket,
+    ) -> Option<Self> {
+        let mut projection = PostgresProjection::new(storage, 0);
+        let prefix = format!("{}.", storage.names().schema_plain);
+        let mut found = false;
+        for (_, value) in bucket.iter() {
+            let crate::checkpoint::BucketValue::Bucket(nested) = value else {
+                continue;
+            };
+            let (Ok(revision), Ok(shapes)) = (
+                nested.get::<u32>(REVISION),
+                nested.get::<BTreeMap<String, String>>(TABLES),
+            ) else {
+                continue;
+            };
+            found = true;
+            projection.revision = revision;
+            for plain in shapes.keys() {
+                let name = plain.strip_prefix(&prefix).unwrap_or(plain);
+                // A name that is not an identifier cannot be one of its tables: skipped.
+                if let Ok(with_table) = projection.clone_tables().table(name, "") {
+                    projection.tables = with_table.tables;
+                }
+            }
+        }
+        found.then_some(projection)
+    }
+
+    /// The names of the tables, schema-qualified and unquoted (`schema.table`).
+    pub fn table_names(&self) -> impl Iterator<Item = &str> {
+        self.tables.iter().map(|t| t.plain.as_str())
+    }
+
+    /// A projection with the same storage, revision and tables, and no connection.
+    fn clone_tables(&self) -> Self {
+        PostgresProjection {
+            tables: self.tables.clone(),
+            ..PostgresProjection::new(&self.storage, self.revision)
+        }
+    }
+
     /// Reads the shape of every table: `column type, …`; a missing table has none.
     async fn read_shapes(
         &self,

@@ -1,0 +1,92 @@
+//! The store a command works on: a file data directory or PostgreSQL.
+
+use krescent::checkpoint::{CheckpointStorage, PostgresCheckpointStorage, StoredCheckpoint};
+use krescent::store::{EventBatch, EventStore, FileEventStore, PostgresConfig, PostgresEventStore};
+use krescent::Position;
+
+use crate::cli::StoreOptions;
+use crate::data_dir;
+use crate::error::CliError;
+
+/// An event store and its checkpoint storage.
+#[allow(clippy::large_enum_variant)] // one per process
+pub enum Backend {
+    File {
+        store: FileEventStore,
+        storage: krescent::checkpoint::FileCheckpointStorage,
+    },
+    Postgres {
+        store: PostgresEventStore,
+        storage: PostgresCheckpointStorage,
+    },
+}
+
+impl Backend {
+    /// Opens the store the options name, changing nothing in it (no migration, no files).
+    pub async fn open(options: &StoreOptions) -> Result<Self, CliError> {
+        if let Some(dir) = &options.data_dir {
+            let data_dir::DataDir { store, storage } = data_dir::open(dir)?;
+            return Ok(Backend::File { store, storage });
+        }
+        let url = options.database_url.as_deref().ok_or(CliError::NoStore)?;
+        let store =
+            PostgresEventStore::connect_with(url, PostgresConfig::in_schema(&options.schema))
+                .await?;
+        let storage = store.checkpoint_storage();
+        Ok(Backend::Postgres { store, storage })
+    }
+
+    /// The checkpoint storage.
+    pub fn storage(&self) -> &dyn CheckpointStorage {
+        match self {
+            Backend::File { storage, .. } => storage,
+            Backend::Postgres { storage, .. } => storage,
+        }
+    }
+
+    /// The position of the last event.
+    pub async fn head(&self) -> Result<Position, CliError> {
+        Ok(match self {
+            Backend::File { store, .. } => store.head().await?,
+            Backend::Postgres { store, .. } => store.head().await?,
+        })
+    }
+
+    /// Events after `after`; empty only when none follows.
+    pub async fn read_batch(&self, after: Position, limit: usize) -> Result<EventBatch, CliError> {
+        Ok(match self {
+            Backend::File { store, .. } => store.read_batch(after, limit).await?,
+            Backend::Postgres { store, .. } => store.read_batch(after, limit).await?,
+        })
+    }
+
+    /// Waits until events after `after` may have been appended (PostgreSQL only: the file
+    /// store sees only what it held when opened).
+    pub async fn wait_for_append(&self, after: Position) -> Result<(), CliError> {
+        match self {
+            Backend::File { .. } => Err(CliError::NeedsPostgres {
+                what: "`--follow`",
+                why: "the file store sees the events it held when it was opened",
+            }),
+            Backend::Postgres { store, .. } => Ok(store.wait_for_append(after).await?),
+        }
+    }
+
+    /// The checkpoint of `namespace`, or an error naming the namespaces there are.
+    pub async fn checkpoint(&self, namespace: &str) -> Result<StoredCheckpoint, CliError> {
+        if let Some(checkpoint) = self.storage().load(namespace).await? {
+            return Ok(checkpoint);
+        }
+        let namespaces = self.storage().list().await?;
+        let known = if namespaces.is_empty() {
+            "there are no checkpoints".to_owned()
+        } else {
+            let quoted: Vec<String> = namespaces.iter().map(|n| format!("`{n}`")).collect();
+            format!("there are checkpoints of {}", quoted.join(", "))
+        };
+        Err(CliError::UnknownNamespace {
+            namespace: namespace.to_owned(),
+            known,
+        })
+    }
+}

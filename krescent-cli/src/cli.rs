@@ -1,0 +1,141 @@
+//! The command line: one enum per group of subcommands, the store options flattened.
+
+// The doc comments are the `--help` text, read as plain text on a terminal.
+#![allow(clippy::doc_markdown)]
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use krescent::Position;
+
+/// See and steer the models of a krescent store: their checkpoints, how far behind the
+/// store's head they are, the store itself and its events.
+///
+/// Name the store with `--data-dir DIR` (a file data directory, as the bookstore example
+/// writes it) or `--database-url URL` (PostgreSQL; or set DATABASE_URL). Exit codes: 0 done,
+/// 1 failed (one line on stderr; nothing changed), 2 bad usage. With `--json`, output is one
+/// JSON document (`events tail`: one per line) whose fields stay stable.
+#[derive(Debug, Parser)]
+#[command(name = "krescent", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub store: StoreOptions,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the store is.
+#[derive(Debug, Args)]
+pub struct StoreOptions {
+    /// A file data directory: `DIR/events/` and `DIR/checkpoints/`, refused while a program
+    /// has it open. Wins over DATABASE_URL.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL database: `postgres://user:password@host/db` or `host=… dbname=…`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// The schema of the events and checkpoints tables (PostgreSQL).
+    #[arg(long, default_value = "public", global = true)]
+    pub schema: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List, show and delete checkpoints.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
+    /// Delete models that project into PostgreSQL tables.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// The event store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Read events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointsCommand {
+    /// Every checkpoint: namespace, version, position, taken-at, size, and lag (the store's
+    /// head minus the position: events the model has yet to process).
+    List,
+    /// One checkpoint: its fields, and the keys and kinds of its bucket.
+    Show {
+        /// The checkpoint's namespace (the model's name).
+        namespace: String,
+    },
+    /// Delete a checkpoint: the model replays every event on its next start.
+    ///
+    /// A checkpoint holds the model's state at its position, so unlike a consumer offset it
+    /// cannot be moved to another position: it can only be deleted. Stop the model first; a
+    /// running model writes a new checkpoint at its next one. (Leases do not exist yet: once
+    /// they do, delete refuses while the model holds its lease, unless `--force`.)
+    /// A model that projects into PostgreSQL tables is deleted with `krescent models delete`.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Delete a `PostgresProjection` model: drop the tables its checkpoint names and delete
+    /// the checkpoint, in one transaction; the model rebuilds on its next start.
+    ///
+    /// Stop the model first. (Leases do not exist yet: once they do, delete refuses while the
+    /// model holds its lease, unless `--force`.)
+    Delete(DeleteArgs),
+}
+
+/// A deletion and its safeguards.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The namespace (the model's name).
+    pub namespace: String,
+    /// Say what would be deleted, and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// The head (last position), the number of events, and the number of each type.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as JSON lines (position, stream_id, stream_version, event_id, type,
+    /// recorded_at, payload), oldest first.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Start after this position (0: from the first event).
+    #[arg(long, value_name = "P", default_value = "0", value_parser = parse_position)]
+    pub after: Position,
+    /// Only events of this type; may be repeated.
+    #[arg(long = "type", value_name = "T")]
+    pub types: Vec<String>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Keep waiting for new events (PostgreSQL only) until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+fn parse_position(text: &str) -> Result<Position, krescent::PositionParseError> {
+    text.parse()
+}

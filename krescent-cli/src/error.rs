@@ -1,0 +1,71 @@
+//! What a command can fail with, and the exit code each failure means.
+
+use std::path::PathBuf;
+
+use krescent::checkpoint::StorageError;
+use krescent::store::StoreError;
+
+/// A failed command: one line on stderr, exit code [`exit_code`](Self::exit_code).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Neither a data directory nor a database was named.
+    #[error("no store named: pass `--data-dir DIR` or `--database-url URL` (or set DATABASE_URL)")]
+    NoStore,
+    /// The directory is not one a krescent program wrote.
+    #[error("`{}` is not a krescent data directory: {reason}", path.display())]
+    NotADataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The checkpoint storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// No checkpoint has this namespace.
+    #[error("no checkpoint of `{namespace}`; {known}")]
+    UnknownNamespace {
+        /// The namespace asked for.
+        namespace: String,
+        /// The namespaces there are, as a phrase.
+        known: String,
+    },
+    /// The command needs PostgreSQL.
+    #[error("{what} needs PostgreSQL (`--database-url URL`): {why}")]
+    NeedsPostgres {
+        /// The command or flag.
+        what: &'static str,
+        /// Why the file store cannot.
+        why: &'static str,
+    },
+    /// The checkpoint refers to no projection tables.
+    #[error("the checkpoint of `{0}` names no `PostgresProjection` tables; `krescent checkpoints delete {0}` deletes a checkpoint alone")]
+    NoProjection(String),
+    /// The operator did not confirm a destructive step.
+    #[error("not confirmed (no answer, or stdin is not a terminal); nothing was deleted; pass `--yes` to skip the question")]
+    NotConfirmed,
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
+    /// The async runtime did not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// 2 for bad usage, 1 for every other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NoStore | CliError::NeedsPostgres { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether the output's reader went away.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
