@@ -7,7 +7,7 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
-    CheckpointBucket, CheckpointStorage, CheckpointTrigger, CheckpointVersion, OnInvalid,
+    CheckpointBucket, CheckpointFormat, CheckpointStorage, CheckpointTrigger, CheckpointVersion, OnInvalid,
     SnapshotBudget, StoredCheckpoint, StrategyState,
 };
 use crate::event::RecordedEvent;
@@ -52,6 +52,8 @@ struct Checkpoints {
     state: StrategyState,
     writer: Writer,
     version: CheckpointVersion,
+    /// The storage's format, which snapshots are put in.
+    format: CheckpointFormat,
     /// A checkpoint fell due while the writer was busy; take it at the next event boundary.
     pending: bool,
     /// No snapshot before an instant: the snapshot budget, or the pause after a failed write.
@@ -181,6 +183,7 @@ impl<M: EventModel> Runner<M> {
             .zip(storage)
             .map(|(config, storage)| Checkpoints {
                 state: StrategyState::new(&config.strategy, trigger),
+                format: storage.format(),
                 writer: Writer::new(storage),
                 version: CheckpointVersion::of::<M>(),
                 pending: false,
@@ -242,7 +245,7 @@ impl<M: EventModel> Runner<M> {
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
-        let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        let checkpoint = snapshot(&self.model, c, self.position)?;
         if let Some(transaction) = self.model.transaction() {
             transaction
                 .commit(&checkpoint)
@@ -285,7 +288,7 @@ impl<M: EventModel> Runner<M> {
             return Ok(());
         }
         let started = Instant::now();
-        let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        let checkpoint = snapshot(&self.model, c, self.position)?;
         c.writer.start(checkpoint);
         // The budget covers all the model task spends on the checkpoint: the snapshot and
         // handing it to the writer.
@@ -351,7 +354,7 @@ impl<M: EventModel> Runner<M> {
         };
         let earlier = c.writer.settle().await;
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
-            let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+            let checkpoint = snapshot(&self.model, c, self.position)?;
             c.writer.start(checkpoint);
             c.record_taken();
             return c.writer.settle().await.map_err(storage_failed::<M>);
@@ -360,13 +363,13 @@ impl<M: EventModel> Runner<M> {
     }
 }
 
-/// The model's state as a checkpoint at `position`.
+/// The model's state as a checkpoint at `position`, in the storage's format.
 fn snapshot<M: EventModel>(
     model: &M,
-    version: &CheckpointVersion,
+    c: &Checkpoints,
     position: Position,
 ) -> Result<StoredCheckpoint, Error> {
-    let mut bucket = CheckpointBucket::new();
+    let mut bucket = CheckpointBucket::with_format(c.format);
     model
         .create_checkpoint(&mut bucket)
         .map_err(|source| Error::Checkpoint {
@@ -375,7 +378,7 @@ fn snapshot<M: EventModel>(
         })?;
     Ok(StoredCheckpoint::new(
         M::NAME,
-        version.clone(),
+        c.version.clone(),
         position,
         bucket,
     ))
