@@ -535,6 +535,72 @@ mod tests {
     }
 
     #[test]
+    fn message_pack_keeps_primitives_and_round_trips_every_kind() {
+        let format = CheckpointFormat::MessagePack;
+        assert_eq!(
+            BucketValue::from_serde_in(format, "a").unwrap(),
+            BucketValue::Str("a".into())
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &-3i32).unwrap(),
+            BucketValue::Int(-3)
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &u64::MAX).unwrap(),
+            BucketValue::Uint(u64::MAX)
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &1.5f64).unwrap(),
+            BucketValue::Float(1.5)
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &false).unwrap(),
+            BucketValue::Bool(false)
+        );
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(untagged)]
+        enum Loose {
+            Number(u32),
+            Words(Vec<String>),
+        }
+        let mut inner = CheckpointBucket::with_format(format);
+        inner.put("n", &7u8).unwrap();
+        let mut bucket = CheckpointBucket::with_format(format);
+        bucket.put("s", "text").unwrap();
+        bucket.put("f", &f64::NAN).unwrap();
+        let map = std::collections::HashMap::from([("k".to_owned(), vec![1u64, 2])]);
+        bucket.put("map", &map).unwrap();
+        bucket.put("loose", &[Loose::Number(1), Loose::Words(vec!["w".into()])]).unwrap();
+        bucket.put("none", &None::<u8>).unwrap();
+        bucket.put_bytes("b", &[0, 255, 7]);
+        bucket.insert(
+            "raw",
+            BucketValue::Json(RawValue::from_string(r#"{ "a" : 1 }"#.to_owned()).unwrap()),
+        );
+        bucket.insert("nested", BucketValue::Bucket(inner));
+        assert_eq!(bucket.value("map").map(BucketValue::kind), Some("messagepack"));
+
+        let packed_bytes = packed::encode(&bucket).unwrap();
+        let back = packed::decode(&packed_bytes).unwrap();
+        assert_eq!(back, bucket);
+        assert_eq!(back.format(), CheckpointFormat::MessagePack);
+        assert_eq!(back.get::<std::collections::HashMap<String, Vec<u64>>>("map").unwrap(), map);
+        assert_eq!(
+            back.get::<Vec<Loose>>("loose").unwrap(),
+            [Loose::Number(1), Loose::Words(vec!["w".into()])]
+        );
+        assert_eq!(back.get::<Option<u8>>("none").unwrap(), None);
+        assert!(back.get::<f64>("f").unwrap().is_nan());
+        assert_eq!(back.bucket("nested").unwrap().get::<u8>("n").unwrap(), 7);
+        // And through a JSON document (the file storage), MessagePack values as base64.
+        let text = serde_json::to_string(&bucket).unwrap();
+        let back: CheckpointBucket = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, bucket);
+        assert!(packed::decode(&[0x92, 1, 2]).is_err());
+    }
+
+    #[test]
     fn strings_restore_into_options_and_newtypes() {
         #[derive(Debug, PartialEq, Serialize, Deserialize)]
         struct BookId(String);
