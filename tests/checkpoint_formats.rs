@@ -1,5 +1,5 @@
 //! Checkpoint formats: checkpoints written by krescent 0.1 (JSON buckets, kept as a fixture)
-//! still restore from a file and from a Postgres row; new Postgres checkpoints are MessagePack
+//! still restore from a file and from a Postgres row; new Postgres checkpoints are `MessagePack`
 //! and restore too; a storage set to JSON keeps the row readable.
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,7 +30,7 @@ struct Shelf {
 #[derive(EventModel, Default)]
 #[model(name = "fixture.counts", version = 1)]
 #[checkpoint(strategy = "always", storage = "under_test")]
-struct Counts {
+struct Tally {
     #[checkpoint]
     counts: HashMap<String, u64>,
     #[checkpoint]
@@ -42,18 +42,18 @@ struct Counts {
 }
 
 #[krescent::handlers]
-impl Counts {
+impl Tally {
     fn counted(&mut self, e: &Counted) {
         *self.counts.entry(e.key.clone()).or_default() += 1;
         self.total += 1;
     }
 }
 
-/// The checkpoint file `FileCheckpointStorage` of krescent 0.1 wrote for `Counts` at position 7.
+/// The checkpoint file `FileCheckpointStorage` of krescent 0.1 wrote for `Tally` at position 7.
 const FIXTURE: &str = include_str!("fixtures/checkpoint-0.1.json");
 
-fn expected() -> Counts {
-    Counts {
+fn expected() -> Tally {
+    Tally {
         counts: HashMap::from([("dune".to_owned(), 3), ("emma".to_owned(), 4)]),
         shelves: BTreeMap::from([(
             "classics".to_owned(),
@@ -67,7 +67,7 @@ fn expected() -> Counts {
     }
 }
 
-fn assert_restored(restored: &Counts, origin: &Origin) {
+fn assert_restored(restored: &Tally, origin: &Origin) {
     let expected = expected();
     assert_eq!(
         origin,
@@ -81,10 +81,10 @@ fn assert_restored(restored: &Counts, origin: &Origin) {
     assert_eq!(restored.total, expected.total);
 }
 
-async fn restore(storage: impl CheckpointStorage + 'static) -> (Counts, Origin) {
+async fn restore(storage: impl CheckpointStorage + 'static) -> (Tally, Origin) {
     let krescent = Krescent::new(InMemoryEventStore::new()).with_storage("under_test", storage);
     let restored = krescent
-        .restore_only(Counts::default())
+        .restore_only(Tally::default())
         .await
         .expect("restore");
     (restored.model, restored.origin)
@@ -98,7 +98,7 @@ fn fixture_matches_the_model_version() {
     assert_eq!(fixture["format"], 1);
     assert_eq!(
         fixture["version"].as_str(),
-        Some(CheckpointVersion::of::<Counts>().as_str())
+        Some(CheckpointVersion::of::<Tally>().as_str())
     );
 }
 
@@ -133,12 +133,15 @@ async fn a_0_1_checkpoint_row_restores() {
     assert_restored(&restored, &origin);
 }
 
-/// A model's checkpoint into Postgres is MessagePack by default (format 2, in `data_binary`)
+/// A model's checkpoint into Postgres is `MessagePack` by default (format 2, in `data_binary`)
 /// and restores; with the storage set to JSON it is readable JSON in `data` and restores too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_checkpoints_restore_in_either_format() {
     let db = fresh_database().await;
-    for (format, number) in [(CheckpointFormat::MessagePack, 2), (CheckpointFormat::Json, 1)] {
+    for (format, number) in [
+        (CheckpointFormat::MessagePack, 2),
+        (CheckpointFormat::Json, 1),
+    ] {
         let storage: PostgresCheckpointStorage = db.checkpoint_storage().await.with_format(format);
         assert_eq!(storage.format(), format);
         let krescent =
@@ -152,7 +155,10 @@ async fn postgres_checkpoints_restore_in_either_format() {
                 &**store,
                 key,
                 krescent::store::ExpectedVersion::Any,
-                vec![NewEvent::new(&Counted { key: key.to_owned() }).expect("event")],
+                vec![NewEvent::new(&Counted {
+                    key: key.to_owned(),
+                })
+                .expect("event")],
             )
             .await
             .expect("append");
@@ -169,7 +175,10 @@ async fn postgres_checkpoints_restore_in_either_format() {
             .await
             .expect("row");
         let (stored_format, json, binary): (i16, bool, bool) = (row.get(0), row.get(1), row.get(2));
-        assert_eq!((stored_format, json, binary), (number, number == 1, number == 2));
+        assert_eq!(
+            (stored_format, json, binary),
+            (number, number == 1, number == 2)
+        );
         let (restored, origin) = restore(storage.clone()).await;
         assert_restored(&restored, &origin);
         storage.delete("fixture.counts").await.expect("delete");

@@ -2,7 +2,7 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|postgres]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|postgres|large_state]
 //! ```
 //!
 //! It prints one line per figure:
@@ -20,7 +20,7 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
-    /// Only the in-memory figures, or only the Postgres ones.
+    /// Only the in-memory figures, only the Postgres ones, or only `large_state`.
     pub(crate) only: Option<String>,
 }
 
@@ -36,8 +36,10 @@ fn options() -> Result<Options, String> {
             .next()
             .ok_or_else(|| format!("`{arg}` needs a value"))?;
         if arg == "--only" {
-            if !matches!(value.as_str(), "memory" | "postgres") {
-                return Err(format!("`--only {value}`: expected `memory` or `postgres`"));
+            if !matches!(value.as_str(), "memory" | "postgres" | "large_state") {
+                return Err(format!(
+                    "`--only {value}`: expected `memory`, `postgres` or `large_state`"
+                ));
             }
             options.only = Some(value);
             continue;
@@ -67,7 +69,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         krescent_testkit::workload::SEED,
         options.reps
     );
-    if options.only.as_deref() != Some("postgres") {
+    if options.only.is_none() || options.only.as_deref() == Some("memory") {
         memory::run(&options).await?;
     }
     if options.only.as_deref() != Some("memory") {

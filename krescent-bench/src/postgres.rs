@@ -122,10 +122,13 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     let events = format!("krescent_bench.{}", config.events_table);
     let checkpoints = format!("krescent_bench.{}", config.checkpoints_table);
 
-    let workload: Vec<_> = Workload::new(SEED).take(options.events).collect();
-    append(options, &store, &client, &events, &workload).await?;
-
     let krescent = Krescent::new(store).with_storage("postgres", storage.clone());
+    if options.only.as_deref() == Some("large_state") {
+        return large_state(options, &krescent, &storage, &client, &checkpoints).await;
+    }
+    let workload: Vec<_> = Workload::new(SEED).take(options.events).collect();
+    append(options, krescent.store(), &client, &events, &workload).await?;
+
     let full = replay(options, &krescent, &storage, &client, &events).await?;
     resume(options, &krescent, full).await?;
     live_latency(options, &url).await?;
@@ -175,13 +178,18 @@ async fn append(
     let copy = |table: &'static str| {
         let rows = &rows;
         median(options.reps, move || async move {
-            client.batch_execute(&format!("TRUNCATE krescent_bench.{table} RESTART IDENTITY")).await?;
+            client
+                .batch_execute(&format!("TRUNCATE krescent_bench.{table} RESTART IDENTITY"))
+                .await?;
             let types = [Type::TEXT, Type::INT8, Type::UUID, Type::TEXT, Type::JSONB];
             for batch in rows {
                 let sink = client.copy_in(&format!("COPY krescent_bench.{table} (stream_id, stream_version, event_id, event_type, payload) FROM STDIN BINARY")).await?;
                 let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
                 for (stream, version, id, event_type, payload) in batch {
-                    writer.as_mut().write(&[stream, version, id, event_type, &Json(&**payload)]).await?;
+                    writer
+                        .as_mut()
+                        .write(&[stream, version, id, event_type, &Json(&**payload)])
+                        .await?;
                 }
                 writer.finish().await?;
             }
@@ -372,6 +380,21 @@ async fn large_state(
         Ok::<_, Box<dyn Error>>(())
     })
     .await?;
+    let snapshot = median(options.reps, || async {
+        let mut bucket = CheckpointBucket::with_format(storage.format());
+        model.create_checkpoint(&mut bucket)?;
+        Ok::<_, Box<dyn Error>>(bucket)
+    })
+    .await?;
+    let load = median(options.reps, || async {
+        Ok::<_, Box<dyn Error>>(storage.load("bench.large").await?)
+    })
+    .await?;
+    eprintln!(
+        "large_state: of which the snapshot {} ms; of the restore, loading the bucket {} ms",
+        snapshot.as_millis(),
+        load.as_millis()
+    );
     let restore = median(options.reps, || async {
         let restored = krescent.restore_only(Large::default()).await?;
         assert_eq!(

@@ -121,7 +121,7 @@ pub struct NewEvent {
 impl NewEvent {
     /// Serializes `event` with a fresh id.
     ///
-    /// Ids are UUIDv7: time-ordered, so a store's unique index on them grows at its end instead
+    /// Ids are `UUIDv7`: time-ordered, so a store's unique index on them grows at its end instead
     /// of splitting pages at random.
     ///
     /// # Errors
@@ -134,7 +134,7 @@ impl NewEvent {
         })
     }
 
-    /// An event from an already encoded payload, with a fresh (UUIDv7) id; the payload must be
+    /// An event from an already encoded payload, with a fresh (`UUIDv7`) id; the payload must be
     /// JSON.
     ///
     /// # Errors

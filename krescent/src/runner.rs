@@ -7,8 +7,8 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
-    CheckpointBucket, CheckpointFormat, CheckpointStorage, CheckpointTrigger, CheckpointVersion, OnInvalid,
-    SnapshotBudget, StoredCheckpoint, StrategyState,
+    CheckpointBucket, CheckpointFormat, CheckpointStorage, CheckpointTrigger, CheckpointVersion,
+    OnInvalid, SnapshotBudget, StoredCheckpoint, StrategyState,
 };
 use crate::event::RecordedEvent;
 use crate::model::{EventModel, Origin};

@@ -12,7 +12,7 @@ use super::{CheckpointError, CheckpointFormat};
 /// A value in a [`CheckpointBucket`].
 ///
 /// Primitives stay primitives, bytes stay bytes, any other serde value is kept encoded in the
-/// bucket's [`CheckpointFormat`]: JSON text, or MessagePack bytes.
+/// bucket's [`CheckpointFormat`]: JSON text, or `MessagePack` bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BucketValue {
@@ -30,7 +30,7 @@ pub enum BucketValue {
     Json(Box<RawValue>),
     /// Binary data, base64 in the encoding.
     Bytes(#[serde(with = "bytes")] Vec<u8>),
-    /// Any other serde value, as MessagePack ([`CheckpointFormat::MessagePack`]); base64 in a
+    /// Any other serde value, as `MessagePack` ([`CheckpointFormat::MessagePack`]); base64 in a
     /// JSON encoding.
     MessagePack(#[serde(with = "bytes")] Vec<u8>),
     /// A nested bucket, written by an extension's own [`CheckpointSupport`](super::CheckpointSupport).
@@ -113,7 +113,7 @@ impl BucketValue {
         }
     }
 
-    /// A MessagePack encoding, a primitive as a primitive (told by its first byte).
+    /// A `MessagePack` encoding, a primitive as a primitive (told by its first byte).
     fn from_message_pack(packed: Vec<u8>) -> Result<Self, rmp_serde::decode::Error> {
         Ok(match packed.first() {
             // fixstr, str 8/16/32
@@ -143,7 +143,14 @@ impl BucketValue {
             BucketValue::Str(s) => serde_json::from_value(serde_json::Value::String(s.clone())),
             BucketValue::Int(i) => serde_json::from_value(serde_json::Value::from(*i)),
             BucketValue::Uint(u) => serde_json::from_value(serde_json::Value::from(*u)),
-            BucketValue::Float(f) => serde_json::from_value(serde_json::Value::from(*f)),
+            BucketValue::Float(f) if f.is_finite() => {
+                serde_json::from_value(serde_json::Value::from(*f))
+            }
+            // JSON has no NaN or infinity (`Value::from` would make them null).
+            BucketValue::Float(f) => {
+                let value = serde::de::value::F64Deserializer::<serde::de::value::Error>::new(*f);
+                return T::deserialize(value).map_err(|e| e.to_string());
+            }
             BucketValue::Bool(b) => serde_json::from_value(serde_json::Value::Bool(*b)),
             BucketValue::Json(raw) => serde_json::from_str(raw.get()),
             BucketValue::MessagePack(packed) => {
@@ -313,8 +320,9 @@ impl CheckpointBucket {
     }
 }
 
-/// The bucket in one MessagePack document, its binary values as MessagePack binaries (the
+/// The bucket in one `MessagePack` document, its binary values as `MessagePack` binaries (the
 /// Postgres storage's `data_binary`).
+#[cfg(any(feature = "postgres", test))]
 pub(crate) mod packed {
     use std::collections::BTreeMap;
 
@@ -324,7 +332,7 @@ pub(crate) mod packed {
 
     use super::{BucketValue, CheckpointBucket, CheckpointFormat};
 
-    /// Bytes written as a MessagePack binary, not an array of numbers.
+    /// Bytes written as a `MessagePack` binary, not an array of numbers.
     struct Raw<'a>(&'a [u8]);
 
     impl Serialize for Raw<'_> {
@@ -429,7 +437,7 @@ pub(crate) mod packed {
         Ok(decoded)
     }
 
-    /// `bucket` as one MessagePack document.
+    /// `bucket` as one `MessagePack` document.
     pub(crate) fn encode(bucket: &CheckpointBucket) -> Result<Vec<u8>, String> {
         rmp_serde::to_vec(&BucketRef(bucket)).map_err(|e| e.to_string())
     }
@@ -536,6 +544,12 @@ mod tests {
 
     #[test]
     fn message_pack_keeps_primitives_and_round_trips_every_kind() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(untagged)]
+        enum Loose {
+            Number(u32),
+            Words(Vec<String>),
+        }
         let format = CheckpointFormat::MessagePack;
         assert_eq!(
             BucketValue::from_serde_in(format, "a").unwrap(),
@@ -558,12 +572,6 @@ mod tests {
             BucketValue::Bool(false)
         );
 
-        #[derive(Debug, PartialEq, Serialize, Deserialize)]
-        #[serde(untagged)]
-        enum Loose {
-            Number(u32),
-            Words(Vec<String>),
-        }
         let mut inner = CheckpointBucket::with_format(format);
         inner.put("n", &7u8).unwrap();
         let mut bucket = CheckpointBucket::with_format(format);
@@ -571,7 +579,9 @@ mod tests {
         bucket.put("f", &f64::NAN).unwrap();
         let map = std::collections::HashMap::from([("k".to_owned(), vec![1u64, 2])]);
         bucket.put("map", &map).unwrap();
-        bucket.put("loose", &[Loose::Number(1), Loose::Words(vec!["w".into()])]).unwrap();
+        bucket
+            .put("loose", &[Loose::Number(1), Loose::Words(vec!["w".into()])])
+            .unwrap();
         bucket.put("none", &None::<u8>).unwrap();
         bucket.put_bytes("b", &[0, 255, 7]);
         bucket.insert(
@@ -579,13 +589,20 @@ mod tests {
             BucketValue::Json(RawValue::from_string(r#"{ "a" : 1 }"#.to_owned()).unwrap()),
         );
         bucket.insert("nested", BucketValue::Bucket(inner));
-        assert_eq!(bucket.value("map").map(BucketValue::kind), Some("messagepack"));
+        assert_eq!(
+            bucket.value("map").map(BucketValue::kind),
+            Some("messagepack")
+        );
 
         let packed_bytes = packed::encode(&bucket).unwrap();
         let back = packed::decode(&packed_bytes).unwrap();
         assert_eq!(back, bucket);
         assert_eq!(back.format(), CheckpointFormat::MessagePack);
-        assert_eq!(back.get::<std::collections::HashMap<String, Vec<u64>>>("map").unwrap(), map);
+        assert_eq!(
+            back.get::<std::collections::HashMap<String, Vec<u64>>>("map")
+                .unwrap(),
+            map
+        );
         assert_eq!(
             back.get::<Vec<Loose>>("loose").unwrap(),
             [Loose::Number(1), Loose::Words(vec!["w".into()])]
@@ -593,7 +610,7 @@ mod tests {
         assert_eq!(back.get::<Option<u8>>("none").unwrap(), None);
         assert!(back.get::<f64>("f").unwrap().is_nan());
         assert_eq!(back.bucket("nested").unwrap().get::<u8>("n").unwrap(), 7);
-        // And through a JSON document (the file storage), MessagePack values as base64.
+        // And through a JSON document (the file storage), `MessagePack` values as base64.
         let text = serde_json::to_string(&bucket).unwrap();
         let back: CheckpointBucket = serde_json::from_str(&text).unwrap();
         assert_eq!(back, bucket);

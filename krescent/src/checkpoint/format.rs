@@ -1,4 +1,4 @@
-//! How a checkpoint's field values are encoded: JSON, or compact binary MessagePack.
+//! How a checkpoint's field values are encoded: JSON, or compact binary `MessagePack`.
 
 /// The encoding of the serde values in a [`CheckpointBucket`](super::CheckpointBucket).
 ///
@@ -20,7 +20,7 @@ pub enum CheckpointFormat {
 }
 
 impl CheckpointFormat {
-    /// The number a storage records for the format: 1 for JSON, 2 for MessagePack.
+    /// The number a storage records for the format: 1 for JSON, 2 for `MessagePack`.
     #[must_use]
     pub fn number(self) -> i16 {
         match self {

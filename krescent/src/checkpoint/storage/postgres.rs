@@ -10,7 +10,9 @@ use tokio_postgres::Row;
 
 use super::{CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::bucket::packed;
-use crate::checkpoint::{truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion};
+use crate::checkpoint::{
+    truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion,
+};
 use crate::store::postgres::{migrate, Component, DbFailure, Names};
 use crate::store::{PostgresConfig, StoreError};
 use crate::Position;
@@ -23,7 +25,7 @@ use crate::Position;
 /// `taken_at timestamptz` (exact to the microsecond), `format smallint` and the bucket: in
 /// `data json` (format 1, [`CheckpointFormat::Json`]; `json`, not `jsonb`, so that it comes
 /// back byte for byte) or in `data_binary bytea` (format 2, [`CheckpointFormat::MessagePack`],
-/// the default: one MessagePack document). Set the format with [`with_format`](Self::with_format);
+/// the default: one `MessagePack` document). Set the format with [`with_format`](Self::with_format);
 /// a checkpoint restores in the format its row records, so rows written in the other format, or
 /// by krescent 0.1 (which wrote JSON only), still restore. A store is one upsert that keeps the stored
 /// row when it has the same version and a later position, so a position never moves backwards
@@ -218,8 +220,11 @@ impl CheckpointStorage for PostgresCheckpointStorage {
         let Some(row) = loaded else {
             return Ok(None);
         };
-        type Columns<'a> = (String, String, SystemTime, i16, Option<&'a str>, Option<&'a [u8]>);
-        let columns = || -> Result<Columns<'_>, DbFailure> {
+        #[allow(clippy::type_complexity)] // the row's columns, in order
+        let columns = || -> Result<
+            (String, String, SystemTime, i16, Option<&str>, Option<&[u8]>),
+            DbFailure,
+        > {
             Ok((
                 row.try_get(0)?,
                 row.try_get(1)?,
@@ -239,12 +244,15 @@ impl CheckpointStorage for PostgresCheckpointStorage {
             .parse()
             .map_err(|e: crate::PositionParseError| corrupt(e.to_string()))?;
         let bucket: CheckpointBucket = match (CheckpointFormat::from_number(format), json, binary) {
-            (Some(CheckpointFormat::Json), Some(json), _) => serde_json::from_str(json)
-                .map_err(|e| corrupt(format!("undecodable data: {e}")))?,
+            (Some(CheckpointFormat::Json), Some(json), _) => {
+                serde_json::from_str(json).map_err(|e| corrupt(format!("undecodable data: {e}")))?
+            }
             (Some(CheckpointFormat::MessagePack), _, Some(binary)) => packed::decode(binary)
                 .map_err(|e| corrupt(format!("undecodable data_binary: {e}")))?,
             (Some(format), _, _) => {
-                return Err(corrupt(format!("format {format:?} with no data in its column")));
+                return Err(corrupt(format!(
+                    "format {format:?} with no data in its column"
+                )));
             }
             (None, _, _) => {
                 return Err(corrupt(format!(
