@@ -470,11 +470,19 @@ async fn read_events(
 ) -> Result<Vec<RecordedEvent>, DbFailure> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(&sql).await?;
-    let rows = client.query(&statement, &[&after, &limit]).await?;
-    let mut events = Vec::with_capacity(rows.len());
+    // Streamed: each row becomes an event as it arrives and is freed at once, rather than all
+    // rows of the batch collected first.
+    let params: [&(dyn ToSql + Sync); 2] = [&after, &limit];
+    let rows = client.query_raw(&statement, params).await?;
+    let mut rows = std::pin::pin!(rows);
+    let mut events = Vec::with_capacity(
+        usize::try_from(limit)
+            .unwrap_or(0)
+            .min(crate::runner::BATCH),
+    );
     let mut stream: Option<Arc<str>> = None;
     let mut types: Vec<Arc<str>> = Vec::new();
-    for row in &rows {
+    while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
         let stream_id: &str = row.try_get(1)?;
         let stream_id = match &stream {
             Some(last) if **last == *stream_id => last.clone(),
