@@ -81,8 +81,8 @@ async fn postgres_corrupt_checkpoint_names_table_and_namespace() {
     let client = db.client().await;
     client
         .batch_execute(
-            r#"UPDATE krescent_checkpoints SET data = '{"count": {"no_such_kind": 1}}' WHERE namespace = 'books.available';
-               UPDATE krescent_checkpoints SET data = '[1, 2]' WHERE namespace = 'books.lent';"#,
+            r#"UPDATE krescent_checkpoints SET format = 1, data = '{"count": {"no_such_kind": 1}}' WHERE namespace = 'books.available';
+               UPDATE krescent_checkpoints SET data_binary = '\x0102' WHERE namespace = 'books.lent';"#,
         )
         .await
         .expect("corrupt");

@@ -2,7 +2,7 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state]
 //! ```
 //!
 //! It prints one line per figure:
@@ -21,7 +21,7 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
-    /// Only the in-memory, the file store or the Postgres figures.
+    /// Only the in-memory, the file store or the Postgres figures, or only `large_state`.
     pub(crate) only: Option<String>,
 }
 
@@ -37,9 +37,12 @@ fn options() -> Result<Options, String> {
             .next()
             .ok_or_else(|| format!("`{arg}` needs a value"))?;
         if arg == "--only" {
-            if !matches!(value.as_str(), "memory" | "file" | "postgres") {
+            if !matches!(
+                value.as_str(),
+                "memory" | "file" | "postgres" | "large_state"
+            ) {
                 return Err(format!(
-                    "`--only {value}`: expected `memory`, `file` or `postgres`"
+                    "`--only {value}`: expected `memory`, `file`, `postgres` or `large_state`"
                 ));
             }
             options.only = Some(value);
@@ -86,7 +89,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if runs("file") {
         file::run(&options).await?;
     }
-    if runs("postgres") {
+    if runs("postgres") || runs("large_state") {
         postgres::run(&options).await?;
     }
     Ok(())

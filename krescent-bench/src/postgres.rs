@@ -1,4 +1,5 @@
-//! The `PostgreSQL` figures: append, replay with checkpoints, resume, live latency, large state.
+//! The `PostgreSQL` figures: append, replay with and without checkpoints, resume, live latency,
+//! large state.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -14,11 +15,11 @@ use krescent::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEvent
 use krescent::{CaughtUp, Position};
 use krescent_testkit::all_documents_model;
 use krescent_testkit::workload::{
-    apply_by_hand, DocumentCreated, DocumentEvent, Documents, Workload, SEED,
+    apply_by_hand_bytes, DocumentCreated, DocumentEvent, Documents, Workload, SEED,
 };
 use serde_json::value::RawValue;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, Type};
+use tokio_postgres::types::{FromSql, Json, Type};
 use tokio_postgres::{Client, NoTls};
 
 use crate::measure::{median, rate, throughput};
@@ -28,6 +29,28 @@ all_documents_model! {
     #[model(name = "bench.documents", version = 1)]
     #[checkpoint(strategy = "fixed_events(25)", storage = "postgres")]
     struct Documents25;
+}
+
+all_documents_model! {
+    #[model(name = "bench.documents.plain", version = 1)]
+    struct DocumentsPlain;
+}
+
+/// A `jsonb` value's JSON bytes as the binary protocol sends them (a version byte, then the
+/// text), borrowed from the row: what a careful hand-written client decodes from.
+struct JsonbBytes<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for JsonbBytes<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        match raw.split_first() {
+            Some((1, json)) => Ok(JsonbBytes(json)),
+            _ => Err("not a version 1 jsonb value".into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
 }
 
 /// A model whose handler notes when it was called.
@@ -97,20 +120,25 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     let storage = store.checkpoint_storage();
     storage.migrate().await?;
     let events = format!("krescent_bench.{}", config.events_table);
-
-    let workload: Vec<_> = Workload::new(SEED).take(options.events).collect();
-    append(options, &store, &client, &events, &workload).await?;
+    let checkpoints = format!("krescent_bench.{}", config.checkpoints_table);
 
     let krescent = Krescent::new(store).with_storage("postgres", storage.clone());
+    if options.only.as_deref() == Some("large_state") {
+        return large_state(options, &krescent, &storage, &client, &checkpoints).await;
+    }
+    let workload: Vec<_> = Workload::new(SEED).take(options.events).collect();
+    append(options, krescent.store(), &client, &events, &workload).await?;
+
     let full = replay(options, &krescent, &storage, &client, &events).await?;
     resume(options, &krescent, full).await?;
     live_latency(options, &url).await?;
-    large_state(options, &krescent, &storage).await?;
+    large_state(options, &krescent, &storage, &client, &checkpoints).await?;
     Ok(())
 }
 
-/// `append`: batches of 1,000 through the store, against binary `COPY` of the same rows into an
-/// equally indexed table.
+/// `append`: batches of 1,000 through the store, against binary `COPY` of the same rows, 1,000
+/// rows a `COPY`, into an equally indexed table (`append`) and into one with only the primary
+/// key (`append_pk_only`).
 async fn append(
     options: &Options,
     store: &PostgresEventStore,
@@ -141,22 +169,35 @@ async fn append(
                 .collect::<Result<_, serde_json::Error>>()
         })
         .collect::<Result<_, _>>()?;
-    client.batch_execute(&format!("DROP TABLE IF EXISTS krescent_bench.copy_target; CREATE TABLE krescent_bench.copy_target (LIKE {events} INCLUDING ALL)")).await?;
+    client.batch_execute(&format!(
+        "DROP TABLE IF EXISTS krescent_bench.copy_target, krescent_bench.copy_pk_only;
+         CREATE TABLE krescent_bench.copy_target (LIKE {events} INCLUDING ALL);
+         CREATE TABLE krescent_bench.copy_pk_only (LIKE {events} INCLUDING DEFAULTS INCLUDING IDENTITY, PRIMARY KEY (position))"
+    )).await?;
 
-    let copy = median(options.reps, || async {
-        client.batch_execute("TRUNCATE krescent_bench.copy_target RESTART IDENTITY").await?;
-        let types = [Type::TEXT, Type::INT8, Type::UUID, Type::TEXT, Type::JSONB];
-        for batch in &rows {
-            let sink = client.copy_in("COPY krescent_bench.copy_target (stream_id, stream_version, event_id, event_type, payload) FROM STDIN BINARY").await?;
-            let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-            for (stream, version, id, event_type, payload) in batch {
-                writer.as_mut().write(&[stream, version, id, event_type, &Json(&**payload)]).await?;
+    let copy = |table: &'static str| {
+        let rows = &rows;
+        median(options.reps, move || async move {
+            client
+                .batch_execute(&format!("TRUNCATE krescent_bench.{table} RESTART IDENTITY"))
+                .await?;
+            let types = [Type::TEXT, Type::INT8, Type::UUID, Type::TEXT, Type::JSONB];
+            for batch in rows {
+                let sink = client.copy_in(&format!("COPY krescent_bench.{table} (stream_id, stream_version, event_id, event_type, payload) FROM STDIN BINARY")).await?;
+                let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+                for (stream, version, id, event_type, payload) in batch {
+                    writer
+                        .as_mut()
+                        .write(&[stream, version, id, event_type, &Json(&**payload)])
+                        .await?;
+                }
+                writer.finish().await?;
             }
-            writer.finish().await?;
-        }
-        Ok::<_, tokio_postgres::Error>(())
-    })
-    .await?;
+            Ok::<_, tokio_postgres::Error>(())
+        })
+    };
+    let copy_indexed = copy("copy_target").await?;
+    let copy_pk_only = copy("copy_pk_only").await?;
     let appended = median(options.reps, || async {
         client
             .batch_execute(&format!("TRUNCATE {events} RESTART IDENTITY"))
@@ -173,12 +214,14 @@ async fn append(
         Ok::<_, Box<dyn Error>>(())
     })
     .await?;
-    throughput("append", workload.len(), appended, copy);
+    throughput("append", workload.len(), appended, copy_indexed);
+    throughput("append_pk_only", workload.len(), appended, copy_pk_only);
     Ok(())
 }
 
-/// `postgres_replay`: the whole table into the model with `fixed_events(25)` checkpoints into
-/// Postgres, against one streaming `SELECT` decoding every row.
+/// `postgres_replay_plain` (no checkpoints) and `postgres_replay` (`fixed_events(25)`
+/// checkpoints into Postgres): the whole table into the model, against one streaming `SELECT`
+/// in the binary protocol that decodes every jsonb payload from the row's bytes.
 async fn replay(
     options: &Options,
     krescent: &Krescent<PostgresEventStore>,
@@ -186,7 +229,7 @@ async fn replay(
     client: &Client,
     events: &str,
 ) -> Result<Duration, Box<dyn Error>> {
-    let select = format!("SELECT event_type, payload::text FROM {events} ORDER BY position");
+    let select = format!("SELECT event_type, payload FROM {events} ORDER BY position");
     let baseline = median(options.reps, || async {
         let rows = client
             .query_raw(&select, std::iter::empty::<&str>())
@@ -194,12 +237,19 @@ async fn replay(
         let mut rows = pin!(rows);
         let mut documents = Documents::new();
         while let Some(row) = rows.try_next().await? {
-            apply_by_hand(&mut documents, row.get(0), row.get(1))
+            let payload: JsonbBytes<'_> = row.try_get(1)?;
+            apply_by_hand_bytes(&mut documents, row.try_get(0)?, payload.0)
                 .map_err(|e| Box::new(e) as Box<dyn Error>)?;
         }
         Ok::<_, Box<dyn Error>>(documents.len())
     })
     .await?;
+    let plain = median(options.reps, || async {
+        let run: CaughtUp<DocumentsPlain> = krescent.catch_up(DocumentsPlain::default()).await?;
+        Ok::<_, Box<dyn Error>>(run.model.documents.len())
+    })
+    .await?;
+    throughput("postgres_replay_plain", options.events, plain, baseline);
     let checkpoints = std::cell::Cell::new(0);
     let replayed = median(options.reps, || async {
         storage.delete("bench.documents").await?;
@@ -297,11 +347,14 @@ async fn live_latency(options: &Options, url: &str) -> Result<(), Box<dyn Error>
     Ok(())
 }
 
-/// `large_state`: a checkpoint of an N-key map written to Postgres, and restored from it.
+/// `large_state`: a checkpoint of an N-key map written to Postgres in the storage's format, and
+/// restored from it; `bytes` is the size of the stored bucket before the server compresses it.
 async fn large_state(
     options: &Options,
     krescent: &Krescent<PostgresEventStore>,
     storage: &impl CheckpointStorage,
+    client: &Client,
+    checkpoints: &str,
 ) -> Result<(), Box<dyn Error>> {
     let mut model = Large::default();
     for (i, event) in Workload::new(SEED)
@@ -315,7 +368,7 @@ async fn large_state(
         model.entries.insert(event.document_id, i as u64);
     }
     let checkpoint = median(options.reps, || async {
-        let mut bucket = CheckpointBucket::new();
+        let mut bucket = CheckpointBucket::with_format(storage.format());
         model.create_checkpoint(&mut bucket)?;
         let stored = StoredCheckpoint::new(
             "bench.large",
@@ -327,6 +380,21 @@ async fn large_state(
         Ok::<_, Box<dyn Error>>(())
     })
     .await?;
+    let snapshot = median(options.reps, || async {
+        let mut bucket = CheckpointBucket::with_format(storage.format());
+        model.create_checkpoint(&mut bucket)?;
+        Ok::<_, Box<dyn Error>>(bucket)
+    })
+    .await?;
+    let load = median(options.reps, || async {
+        Ok::<_, Box<dyn Error>>(storage.load("bench.large").await?)
+    })
+    .await?;
+    eprintln!(
+        "large_state: of which the snapshot {} ms; of the restore, loading the bucket {} ms",
+        snapshot.as_millis(),
+        load.as_millis()
+    );
     let restore = median(options.reps, || async {
         let restored = krescent.restore_only(Large::default()).await?;
         assert_eq!(
@@ -338,9 +406,17 @@ async fn large_state(
         Ok::<_, Box<dyn Error>>(restored)
     })
     .await?;
+    let bytes: i64 = client
+        .query_one(
+            &format!("SELECT coalesce(octet_length(data_binary), octet_length(data::text))::bigint FROM {checkpoints} WHERE namespace = 'bench.large'"),
+            &[],
+        )
+        .await?
+        .try_get(0)?;
     println!(
-        "bench large_state keys={} checkpoint_ms={} restore_ms={}",
+        "bench large_state keys={} format={:?} checkpoint_ms={} restore_ms={} bytes={bytes}",
         model.entries.len(),
+        storage.format(),
         checkpoint.as_millis(),
         restore.as_millis()
     );

@@ -261,25 +261,60 @@ pub fn apply_by_hand(
     event_type: &str,
     payload: &str,
 ) -> Result<(), serde_json::Error> {
+    apply_from(
+        documents,
+        event_type,
+        &mut serde_json::Deserializer::from_str(payload),
+    )
+}
+
+/// [`apply_by_hand`] with the payload as bytes (as a database row holds it), decoded in place.
+///
+/// # Errors
+/// When the payload does not decode.
+pub fn apply_by_hand_bytes(
+    documents: &mut Documents,
+    event_type: &str,
+    payload: &[u8],
+) -> Result<(), serde_json::Error> {
+    apply_from(
+        documents,
+        event_type,
+        &mut serde_json::Deserializer::from_slice(payload),
+    )
+}
+
+fn apply_from<'de, R: serde_json::de::Read<'de>>(
+    documents: &mut Documents,
+    event_type: &str,
+    payload: &mut serde_json::Deserializer<R>,
+) -> Result<(), serde_json::Error> {
+    fn decode<'de, T: serde::Deserialize<'de>, R: serde_json::de::Read<'de>>(
+        payload: &mut serde_json::Deserializer<R>,
+    ) -> Result<T, serde_json::Error> {
+        let value = T::deserialize(&mut *payload)?;
+        payload.end()?;
+        Ok(value)
+    }
     match event_type {
         "document.created" => {
-            let e: DocumentCreated = serde_json::from_str(payload)?;
+            let e: DocumentCreated = decode(payload)?;
             documents.insert(e.document_id, HashMap::new());
         }
         "document.field.set" => {
-            let e: FieldSet = serde_json::from_str(payload)?;
+            let e: FieldSet = decode(payload)?;
             if let Some(doc) = documents.get_mut(&e.document_id) {
                 doc.insert(e.field_name, e.field_value);
             }
         }
         "document.field.removed" => {
-            let e: FieldRemoved = serde_json::from_str(payload)?;
+            let e: FieldRemoved = decode(payload)?;
             if let Some(doc) = documents.get_mut(&e.document_id) {
                 doc.remove(&e.field_name);
             }
         }
         "document.deleted" => {
-            let e: DocumentDeleted = serde_json::from_str(payload)?;
+            let e: DocumentDeleted = decode(payload)?;
             documents.remove(&e.document_id);
         }
         _ => {}

@@ -121,24 +121,28 @@ pub struct NewEvent {
 impl NewEvent {
     /// Serializes `event` with a fresh id.
     ///
+    /// Ids are `UUIDv7`: time-ordered, so a store's unique index on them grows at its end instead
+    /// of splitting pages at random.
+    ///
     /// # Errors
     /// When serde cannot serialize the event (for example a map with non-string keys).
     pub fn new<E: Event>(event: &E) -> Result<Self, serde_json::Error> {
         Ok(NewEvent {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             event_type: E::NAME.into(),
             payload: serde_json::to_string(event)?.into(),
         })
     }
 
-    /// An event from an already encoded payload; the payload must be JSON.
+    /// An event from an already encoded payload, with a fresh (`UUIDv7`) id; the payload must be
+    /// JSON.
     ///
     /// # Errors
     /// When `payload` is not valid JSON.
     pub fn from_json(event_type: &str, payload: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str::<serde::de::IgnoredAny>(payload)?;
         Ok(NewEvent {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             event_type: event_type.into(),
             payload: payload.into(),
         })

@@ -192,13 +192,16 @@ fn value_kind(value: &BucketValue) -> &'static str {
         BucketValue::Json(_) => "json",
         BucketValue::Bytes(_) => "bytes",
         BucketValue::Bucket(_) => "bucket",
+        BucketValue::MessagePack(_) => "messagepack",
     }
 }
 
 fn value_len(value: &BucketValue) -> usize {
     match value {
         BucketValue::Json(raw) => raw.get().len(),
-        BucketValue::Bytes(bytes) => bytes.len().div_ceil(3) * 4 + 2,
+        BucketValue::Bytes(bytes) | BucketValue::MessagePack(bytes) => {
+            bytes.len().div_ceil(3) * 4 + 2
+        }
         BucketValue::Bucket(nested) => json_len(nested),
         // Small values: serialized (a value that cannot be is counted as nothing).
         small => serde_json::to_vec(small)

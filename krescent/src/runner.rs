@@ -7,8 +7,8 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
-    CheckpointBucket, CheckpointStorage, CheckpointTrigger, CheckpointVersion, OnInvalid,
-    SnapshotBudget, StoredCheckpoint, StrategyState,
+    CheckpointBucket, CheckpointFormat, CheckpointStorage, CheckpointTrigger, CheckpointVersion,
+    OnInvalid, SnapshotBudget, StoredCheckpoint, StrategyState,
 };
 use crate::event::RecordedEvent;
 use crate::krescent::Checkpointing;
@@ -57,6 +57,8 @@ struct Checkpoints {
     state: StrategyState,
     writer: Writer,
     version: CheckpointVersion,
+    /// The storage's format, which snapshots are put in.
+    format: CheckpointFormat,
     /// A checkpoint fell due while the writer was busy; take it at the next event boundary.
     pending: bool,
     /// No snapshot before an instant: the snapshot budget, or the pause after a failed write.
@@ -223,6 +225,7 @@ impl<M: EventModel> Runner<M> {
         }
         let checkpoints = checkpointing.map(|c| Checkpoints {
             state: StrategyState::new(&c.strategy, trigger),
+            format: c.storage.format(),
             writer: Writer::new(c.storage),
             version: CheckpointVersion::of::<M>(),
             pending: false,
@@ -310,7 +313,7 @@ impl<M: EventModel> Runner<M> {
             return Ok(());
         };
         let started = Instant::now();
-        let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        let checkpoint = snapshot(&self.model, c, self.position)?;
         if let Some(transaction) = self.model.transaction() {
             transaction
                 .commit(&checkpoint)
@@ -355,7 +358,7 @@ impl<M: EventModel> Runner<M> {
             return Ok(());
         }
         let started = Instant::now();
-        let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+        let checkpoint = snapshot(&self.model, c, self.position)?;
         let bytes = json_len(&checkpoint.bucket);
         c.writer.start(checkpoint);
         // The budget covers all the model task spends on the checkpoint: the snapshot and
@@ -424,7 +427,7 @@ impl<M: EventModel> Runner<M> {
         let earlier = c.writer.settle().await;
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
             let started = Instant::now();
-            let checkpoint = snapshot(&self.model, &c.version, self.position)?;
+            let checkpoint = snapshot(&self.model, c, self.position)?;
             let bytes = json_len(&checkpoint.bucket);
             c.writer.start(checkpoint);
             c.record_taken();
@@ -436,13 +439,13 @@ impl<M: EventModel> Runner<M> {
     }
 }
 
-/// The model's state as a checkpoint at `position`.
+/// The model's state as a checkpoint at `position`, in the storage's format.
 fn snapshot<M: EventModel>(
     model: &M,
-    version: &CheckpointVersion,
+    c: &Checkpoints,
     position: Position,
 ) -> Result<StoredCheckpoint, Error> {
-    let mut bucket = CheckpointBucket::new();
+    let mut bucket = CheckpointBucket::with_format(c.format);
     model
         .create_checkpoint(&mut bucket)
         .map_err(|source| Error::Checkpoint {
@@ -451,7 +454,7 @@ fn snapshot<M: EventModel>(
         })?;
     Ok(StoredCheckpoint::new(
         M::NAME,
-        version.clone(),
+        c.version.clone(),
         position,
         bucket,
     ))

@@ -206,7 +206,7 @@ fn create(p: &TokenStream, c: &Container) -> TokenStream {
                 let create = respan(quote!(<#ty as #p::CheckpointSupport>::create_checkpoint(&self.#member, &mut __nested)), ty.span());
                 quote! {
                     {
-                        let mut __nested = #p::CheckpointBucket::new();
+                        let mut __nested = #p::CheckpointBucket::with_format(#p::CheckpointBucket::format(__bucket));
                         #create.map_err(|__error| #p::nested_error(#key, __error))?;
                         #p::CheckpointBucket::insert(__bucket, #key, #p::BucketValue::Bucket(__nested));
                     }

@@ -7,11 +7,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use super::CheckpointError;
+use super::{CheckpointError, CheckpointFormat};
 
 /// A value in a [`CheckpointBucket`].
 ///
-/// Primitives stay primitives, bytes stay bytes, any other serde value is kept as JSON text.
+/// Primitives stay primitives, bytes stay bytes, any other serde value is kept encoded in the
+/// bucket's [`CheckpointFormat`]: JSON text, or `MessagePack` bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BucketValue {
@@ -29,6 +30,9 @@ pub enum BucketValue {
     Json(Box<RawValue>),
     /// Binary data, base64 in the encoding.
     Bytes(#[serde(with = "bytes")] Vec<u8>),
+    /// Any other serde value, as `MessagePack` ([`CheckpointFormat::MessagePack`]); base64 in a
+    /// JSON encoding.
+    MessagePack(#[serde(with = "bytes")] Vec<u8>),
     /// A nested bucket, written by an extension's own [`CheckpointSupport`](super::CheckpointSupport).
     Bucket(CheckpointBucket),
 }
@@ -43,7 +47,7 @@ impl PartialEq for BucketValue {
             (V::Float(a), V::Float(b)) => a.to_bits() == b.to_bits(),
             (V::Bool(a), V::Bool(b)) => a == b,
             (V::Json(a), V::Json(b)) => a.get() == b.get(),
-            (V::Bytes(a), V::Bytes(b)) => a == b,
+            (V::Bytes(a), V::Bytes(b)) | (V::MessagePack(a), V::MessagePack(b)) => a == b,
             (V::Bucket(a), V::Bucket(b)) => a == b,
             _ => false,
         }
@@ -61,6 +65,7 @@ impl BucketValue {
             BucketValue::Bool(_) => "bool",
             BucketValue::Json(_) => "json",
             BucketValue::Bytes(_) => "bytes",
+            BucketValue::MessagePack(_) => "messagepack",
             BucketValue::Bucket(_) => "bucket",
         }
     }
@@ -91,6 +96,44 @@ impl BucketValue {
         })
     }
 
+    /// Serializes `value` in `format`, keeping a primitive as a primitive.
+    ///
+    /// # Errors
+    /// When serde cannot serialize the value in that format.
+    pub fn from_serde_in<T: Serialize + ?Sized>(
+        format: CheckpointFormat,
+        value: &T,
+    ) -> Result<Self, String> {
+        match format {
+            CheckpointFormat::Json => Self::from_serde(value).map_err(|e| e.to_string()),
+            CheckpointFormat::MessagePack => {
+                let packed = rmp_serde::to_vec_named(value).map_err(|e| e.to_string())?;
+                Self::from_message_pack(packed).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// A `MessagePack` encoding, a primitive as a primitive (told by its first byte).
+    fn from_message_pack(packed: Vec<u8>) -> Result<Self, rmp_serde::decode::Error> {
+        Ok(match packed.first() {
+            // fixstr, str 8/16/32
+            Some(0xa0..=0xbf | 0xd9..=0xdb) => BucketValue::Str(rmp_serde::from_slice(&packed)?),
+            Some(0xc2) => BucketValue::Bool(false),
+            Some(0xc3) => BucketValue::Bool(true),
+            // float 32/64
+            Some(0xca | 0xcb) => BucketValue::Float(rmp_serde::from_slice(&packed)?),
+            // fixint, int 8..64, uint 8..64
+            Some(0x00..=0x7f | 0xe0..=0xff | 0xd0..=0xd3 | 0xcc..=0xcf) => {
+                let value: i128 = rmp_serde::from_slice(&packed)?;
+                match i64::try_from(value) {
+                    Ok(i) => BucketValue::Int(i),
+                    Err(_) => BucketValue::Uint(u64::try_from(value).unwrap_or(u64::MAX)),
+                }
+            }
+            _ => BucketValue::MessagePack(packed),
+        })
+    }
+
     /// Deserializes the value as `T`.
     ///
     /// # Errors
@@ -100,9 +143,19 @@ impl BucketValue {
             BucketValue::Str(s) => serde_json::from_value(serde_json::Value::String(s.clone())),
             BucketValue::Int(i) => serde_json::from_value(serde_json::Value::from(*i)),
             BucketValue::Uint(u) => serde_json::from_value(serde_json::Value::from(*u)),
-            BucketValue::Float(f) => serde_json::from_value(serde_json::Value::from(*f)),
+            BucketValue::Float(f) if f.is_finite() => {
+                serde_json::from_value(serde_json::Value::from(*f))
+            }
+            // JSON has no NaN or infinity (`Value::from` would make them null).
+            BucketValue::Float(f) => {
+                let value = serde::de::value::F64Deserializer::<serde::de::value::Error>::new(*f);
+                return T::deserialize(value).map_err(|e| e.to_string());
+            }
             BucketValue::Bool(b) => serde_json::from_value(serde_json::Value::Bool(*b)),
             BucketValue::Json(raw) => serde_json::from_str(raw.get()),
+            BucketValue::MessagePack(packed) => {
+                return rmp_serde::from_slice(packed).map_err(|e| e.to_string());
+            }
             BucketValue::Bytes(_) | BucketValue::Bucket(_) => {
                 return Err(format!("expected a serde value, found {}", self.kind()));
             }
@@ -115,18 +168,43 @@ impl BucketValue {
 ///
 /// The derive fills it from the `#[checkpoint]` fields; hand-written
 /// [`CheckpointSupport`](super::CheckpointSupport) impls use [`put`](Self::put) and
-/// [`get`](Self::get).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// [`get`](Self::get). [`put`](Self::put) encodes in the bucket's [`format`](Self::format);
+/// [`get`](Self::get) reads either format. Two buckets are equal when their values are: the
+/// format only says how the next values are put.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CheckpointBucket {
     values: BTreeMap<String, BucketValue>,
+    #[serde(skip)]
+    format: CheckpointFormat,
+}
+
+impl PartialEq for CheckpointBucket {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values
+    }
 }
 
 impl CheckpointBucket {
-    /// An empty bucket.
+    /// An empty bucket that puts values as JSON.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty bucket that puts values in `format`.
+    #[must_use]
+    pub fn with_format(format: CheckpointFormat) -> Self {
+        CheckpointBucket {
+            values: BTreeMap::new(),
+            format,
+        }
+    }
+
+    /// The format [`put`](Self::put) encodes in.
+    #[must_use]
+    pub fn format(&self) -> CheckpointFormat {
+        self.format
     }
 
     /// Stores `value` under `key`, replacing what was there.
@@ -143,9 +221,11 @@ impl CheckpointBucket {
         key: &str,
         value: &T,
     ) -> Result<(), CheckpointError> {
-        let value = BucketValue::from_serde(value).map_err(|e| CheckpointError::Serialize {
-            key: key.to_owned(),
-            reason: e.to_string(),
+        let value = BucketValue::from_serde_in(self.format, value).map_err(|reason| {
+            CheckpointError::Serialize {
+                key: key.to_owned(),
+                reason,
+            }
         })?;
         self.insert(key, value);
         Ok(())
@@ -240,6 +320,136 @@ impl CheckpointBucket {
     }
 }
 
+/// The bucket in one `MessagePack` document, its binary values as `MessagePack` binaries (the
+/// Postgres storage's `data_binary`).
+#[cfg(any(feature = "postgres", test))]
+pub(crate) mod packed {
+    use std::collections::BTreeMap;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    use super::{BucketValue, CheckpointBucket, CheckpointFormat};
+
+    /// Bytes written as a `MessagePack` binary, not an array of numbers.
+    struct Raw<'a>(&'a [u8]);
+
+    impl Serialize for Raw<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct RawBuf(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for RawBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Bytes;
+            impl<'de> Visitor<'de> for Bytes {
+                type Value = Vec<u8>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                    Ok(v.to_vec())
+                }
+                fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                    Ok(v)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                    let mut bytes = Vec::new();
+                    while let Some(byte) = seq.next_element()? {
+                        bytes.push(byte);
+                    }
+                    Ok(bytes)
+                }
+            }
+            d.deserialize_byte_buf(Bytes).map(RawBuf)
+        }
+    }
+
+    #[derive(Serialize)]
+    enum ValueRef<'a> {
+        Str(&'a str),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool),
+        Json(&'a str),
+        Bytes(Raw<'a>),
+        MessagePack(Raw<'a>),
+        Bucket(BucketRef<'a>),
+    }
+
+    struct BucketRef<'a>(&'a CheckpointBucket);
+
+    impl Serialize for BucketRef<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.values.iter().map(|(key, value)| {
+                let value = match value {
+                    BucketValue::Str(v) => ValueRef::Str(v),
+                    BucketValue::Int(v) => ValueRef::Int(*v),
+                    BucketValue::Uint(v) => ValueRef::Uint(*v),
+                    BucketValue::Float(v) => ValueRef::Float(*v),
+                    BucketValue::Bool(v) => ValueRef::Bool(*v),
+                    BucketValue::Json(v) => ValueRef::Json(v.get()),
+                    BucketValue::Bytes(v) => ValueRef::Bytes(Raw(v)),
+                    BucketValue::MessagePack(v) => ValueRef::MessagePack(Raw(v)),
+                    BucketValue::Bucket(v) => ValueRef::Bucket(BucketRef(v)),
+                };
+                (key, value)
+            }))
+        }
+    }
+
+    #[derive(Deserialize)]
+    enum Value {
+        Str(String),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool),
+        Json(String),
+        Bytes(RawBuf),
+        MessagePack(RawBuf),
+        Bucket(BTreeMap<String, Value>),
+    }
+
+    fn bucket(values: BTreeMap<String, Value>) -> Result<CheckpointBucket, String> {
+        let mut decoded = CheckpointBucket::with_format(CheckpointFormat::MessagePack);
+        for (key, value) in values {
+            let value = match value {
+                Value::Str(v) => BucketValue::Str(v),
+                Value::Int(v) => BucketValue::Int(v),
+                Value::Uint(v) => BucketValue::Uint(v),
+                Value::Float(v) => BucketValue::Float(v),
+                Value::Bool(v) => BucketValue::Bool(v),
+                Value::Json(v) => BucketValue::Json(
+                    RawValue::from_string(v).map_err(|e| format!("key `{key}`: {e}"))?,
+                ),
+                Value::Bytes(v) => BucketValue::Bytes(v.0),
+                Value::MessagePack(v) => BucketValue::MessagePack(v.0),
+                Value::Bucket(v) => BucketValue::Bucket(bucket(v)?),
+            };
+            decoded.values.insert(key, value);
+        }
+        Ok(decoded)
+    }
+
+    /// `bucket` as one `MessagePack` document.
+    pub(crate) fn encode(bucket: &CheckpointBucket) -> Result<Vec<u8>, String> {
+        rmp_serde::to_vec(&BucketRef(bucket)).map_err(|e| e.to_string())
+    }
+
+    /// The bucket of a document written by [`encode`]; what is wrong with it otherwise.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<CheckpointBucket, String> {
+        let values: BTreeMap<String, Value> =
+            rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+        bucket(values)
+    }
+}
+
 mod bytes {
     use super::{Deserialize, Deserializer, Engine, Serializer};
 
@@ -330,6 +540,81 @@ mod tests {
         assert_eq!(back, bucket);
         assert_eq!(back.get_bytes("b").unwrap(), vec![0, 255, 7]);
         assert_eq!(back.bucket("nested").unwrap().get::<u8>("n").unwrap(), 7);
+    }
+
+    #[test]
+    fn message_pack_keeps_primitives_and_round_trips_every_kind() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(untagged)]
+        enum Loose {
+            Number(u32),
+            Words(Vec<String>),
+        }
+        let format = CheckpointFormat::MessagePack;
+        assert_eq!(
+            BucketValue::from_serde_in(format, "a").unwrap(),
+            BucketValue::Str("a".into())
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &-3i32).unwrap(),
+            BucketValue::Int(-3)
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &u64::MAX).unwrap(),
+            BucketValue::Uint(u64::MAX)
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &1.5f64).unwrap(),
+            BucketValue::Float(1.5)
+        );
+        assert_eq!(
+            BucketValue::from_serde_in(format, &false).unwrap(),
+            BucketValue::Bool(false)
+        );
+
+        let mut inner = CheckpointBucket::with_format(format);
+        inner.put("n", &7u8).unwrap();
+        let mut bucket = CheckpointBucket::with_format(format);
+        bucket.put("s", "text").unwrap();
+        bucket.put("f", &f64::NAN).unwrap();
+        let map = std::collections::HashMap::from([("k".to_owned(), vec![1u64, 2])]);
+        bucket.put("map", &map).unwrap();
+        bucket
+            .put("loose", &[Loose::Number(1), Loose::Words(vec!["w".into()])])
+            .unwrap();
+        bucket.put("none", &None::<u8>).unwrap();
+        bucket.put_bytes("b", &[0, 255, 7]);
+        bucket.insert(
+            "raw",
+            BucketValue::Json(RawValue::from_string(r#"{ "a" : 1 }"#.to_owned()).unwrap()),
+        );
+        bucket.insert("nested", BucketValue::Bucket(inner));
+        assert_eq!(
+            bucket.value("map").map(BucketValue::kind),
+            Some("messagepack")
+        );
+
+        let packed_bytes = packed::encode(&bucket).unwrap();
+        let back = packed::decode(&packed_bytes).unwrap();
+        assert_eq!(back, bucket);
+        assert_eq!(back.format(), CheckpointFormat::MessagePack);
+        assert_eq!(
+            back.get::<std::collections::HashMap<String, Vec<u64>>>("map")
+                .unwrap(),
+            map
+        );
+        assert_eq!(
+            back.get::<Vec<Loose>>("loose").unwrap(),
+            [Loose::Number(1), Loose::Words(vec!["w".into()])]
+        );
+        assert_eq!(back.get::<Option<u8>>("none").unwrap(), None);
+        assert!(back.get::<f64>("f").unwrap().is_nan());
+        assert_eq!(back.bucket("nested").unwrap().get::<u8>("n").unwrap(), 7);
+        // And through a JSON document (the file storage), `MessagePack` values as base64.
+        let text = serde_json::to_string(&bucket).unwrap();
+        let back: CheckpointBucket = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, bucket);
+        assert!(packed::decode(&[0x92, 1, 2]).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod bucket;
 mod budget;
 mod config;
 mod error;
+mod format;
 pub mod storage;
 mod stored;
 mod strategy;
@@ -16,6 +17,7 @@ pub use bucket::{BucketValue, CheckpointBucket};
 pub(crate) use budget::SnapshotBudget;
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
+pub use format::CheckpointFormat;
 pub use storage::{
     CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
 };

@@ -104,6 +104,9 @@ where
     }
 
     fn validate_checkpoint(&self, bucket: &CheckpointBucket) -> bool {
-        matches!(bucket.value(ENTRIES), Some(BucketValue::Json(_)))
+        matches!(
+            bucket.value(ENTRIES),
+            Some(BucketValue::Json(_) | BucketValue::MessagePack(_))
+        )
     }
 }

@@ -12,7 +12,7 @@ pub use memory::InMemoryCheckpointStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 
-use super::StoredCheckpoint;
+use super::{CheckpointFormat, StoredCheckpoint};
 
 /// Keeps one checkpoint per namespace.
 ///
@@ -65,6 +65,12 @@ use super::StoredCheckpoint;
 pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// The checkpoint of `namespace`, if there is one.
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError>;
+
+    /// The format a running model puts its checkpoints' values in for this storage; by default
+    /// [`CheckpointFormat::Json`]. A storage must still load checkpoints of either format.
+    fn format(&self) -> CheckpointFormat {
+        CheckpointFormat::Json
+    }
 
     /// Stores `checkpoint` under its namespace.
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError>;

@@ -9,7 +9,10 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
 use super::{CheckpointStorage, StorageError, StoredCheckpoint};
-use crate::checkpoint::{truncate_to_micros, CheckpointBucket, CheckpointVersion};
+use crate::checkpoint::bucket::packed;
+use crate::checkpoint::{
+    truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion,
+};
 use crate::store::postgres::{migrate, Component, DbFailure, Names};
 use crate::store::{PostgresConfig, StoreError};
 use crate::Position;
@@ -24,8 +27,12 @@ pub use deadpool_postgres::Pool as PostgresPool;
 /// [`migrate`](Self::migrate) creates the table ([`PostgresConfig::checkpoints_table`], by
 /// default `public.krescent_checkpoints`): `namespace text` (primary key, byte order),
 /// `version text`, `position numeric(20,0)` (every [`Position`], compared as a number),
-/// `taken_at timestamptz` (exact to the microsecond) and `data json` (the bucket; `json`, not
-/// `jsonb`, so that it comes back byte for byte). A store is one upsert that keeps the stored
+/// `taken_at timestamptz` (exact to the microsecond), `format smallint` and the bucket: in
+/// `data json` (format 1, [`CheckpointFormat::Json`]; `json`, not `jsonb`, so that it comes
+/// back byte for byte) or in `data_binary bytea` (format 2, [`CheckpointFormat::MessagePack`],
+/// the default: one `MessagePack` document). Set the format with [`with_format`](Self::with_format);
+/// a checkpoint restores in the format its row records, so rows written in the other format, or
+/// by krescent 0.1 (which wrote JSON only), still restore. A store is one upsert that keeps the stored
 /// row when it has the same version and a later position, so a position never moves backwards
 /// even with several writers.
 ///
@@ -33,6 +40,7 @@ pub use deadpool_postgres::Pool as PostgresPool;
 #[derive(Debug, Clone)]
 pub struct PostgresCheckpointStorage {
     pool: Pool,
+    format: CheckpointFormat,
     names: Arc<Names>,
     sql: Arc<Sql>,
 }
@@ -60,12 +68,13 @@ impl PostgresCheckpointStorage {
     pub(crate) fn from_names(pool: Pool, names: Arc<Names>) -> Self {
         let table = &names.checkpoints;
         let sql = Sql {
-            load: format!("SELECT version, position::text, taken_at, data::text FROM {table} WHERE namespace = $1"),
+            load: format!("SELECT version, position::text, taken_at, format, data::text, data_binary FROM {table} WHERE namespace = $1"),
             store: format!(
-                "INSERT INTO {table} AS stored (namespace, version, position, taken_at, data)
-                 VALUES ($1, $2, $3::text::numeric, $4, $5::json)
+                "INSERT INTO {table} AS stored (namespace, version, position, taken_at, format, data, data_binary)
+                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6::json, $7)
                  ON CONFLICT (namespace) DO UPDATE
-                 SET version = excluded.version, position = excluded.position, taken_at = excluded.taken_at, data = excluded.data
+                 SET version = excluded.version, position = excluded.position, taken_at = excluded.taken_at,
+                     format = excluded.format, data = excluded.data, data_binary = excluded.data_binary
                  WHERE stored.version <> excluded.version OR stored.position <= excluded.position"
             ),
             delete: format!("DELETE FROM {table} WHERE namespace = $1"),
@@ -74,6 +83,7 @@ impl PostgresCheckpointStorage {
         };
         PostgresCheckpointStorage {
             pool,
+            format: CheckpointFormat::MessagePack,
             names,
             sql: Arc::new(sql),
         }
@@ -89,6 +99,14 @@ impl PostgresCheckpointStorage {
             .await
             .map(drop)
             .map_err(|e| e.storage(format!("migrate `{}`", self.names.checkpoints_plain)))
+    }
+
+    /// This storage, putting new checkpoints in `format` (by default
+    /// [`CheckpointFormat::MessagePack`]; [`CheckpointFormat::Json`] to read them in the table).
+    #[must_use]
+    pub fn with_format(mut self, format: CheckpointFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// The pool.
@@ -117,7 +135,8 @@ impl PostgresCheckpointStorage {
         checkpoint: &StoredCheckpoint,
         data: &RawValue,
     ) -> Result<(), DbFailure> {
-        self.upsert(client, checkpoint, &Json(data)).await
+        self.upsert(client, checkpoint, Data::Json(&Json(data)))
+            .await
     }
 
     /// The upsert, with `data` a `json` parameter: sent as JSON, the server checks it once
@@ -127,10 +146,20 @@ impl PostgresCheckpointStorage {
         &self,
         client: &ClientWrapper,
         checkpoint: &StoredCheckpoint,
-        data: &(dyn ToSql + Sync),
+        data: Data<'_>,
     ) -> Result<(), DbFailure> {
         let position = checkpoint.position.to_string();
         let taken_at = truncate_to_micros(checkpoint.taken_at);
+        let none_json: Option<Json<()>> = None;
+        let none_binary: Option<&[u8]> = None;
+        let binary_value;
+        let (format, json, binary): (_, &(dyn ToSql + Sync), &(dyn ToSql + Sync)) = match data {
+            Data::Json(json) => (CheckpointFormat::Json, json, &none_binary),
+            Data::Binary(binary) => {
+                binary_value = binary;
+                (CheckpointFormat::MessagePack, &none_json, &binary_value)
+            }
+        };
         let statement = client.prepare_cached(&self.sql.store).await?;
         client
             .execute(
@@ -140,7 +169,9 @@ impl PostgresCheckpointStorage {
                     &checkpoint.version.as_str(),
                     &position,
                     &taken_at,
-                    data,
+                    &format.number(),
+                    json,
+                    binary,
                 ],
             )
             .await?;
@@ -199,15 +230,21 @@ impl CheckpointStorage for PostgresCheckpointStorage {
         let Some(row) = loaded else {
             return Ok(None);
         };
-        let columns = || -> Result<(String, String, SystemTime, &str), DbFailure> {
+        #[allow(clippy::type_complexity)] // the row's columns, in order
+        let columns = || -> Result<
+            (String, String, SystemTime, i16, Option<&str>, Option<&[u8]>),
+            DbFailure,
+        > {
             Ok((
                 row.try_get(0)?,
                 row.try_get(1)?,
                 row.try_get(2)?,
                 row.try_get(3)?,
+                row.try_get(4)?,
+                row.try_get(5)?,
             ))
         };
-        let (version, position, taken_at, data) =
+        let (version, position, taken_at, format, json, binary) =
             columns().map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
         let corrupt = |reason: String| StorageError::Corrupt {
             origin: self.origin(namespace),
@@ -216,8 +253,23 @@ impl CheckpointStorage for PostgresCheckpointStorage {
         let position: Position = position
             .parse()
             .map_err(|e: crate::PositionParseError| corrupt(e.to_string()))?;
-        let bucket: CheckpointBucket =
-            serde_json::from_str(data).map_err(|e| corrupt(format!("undecodable data: {e}")))?;
+        let bucket: CheckpointBucket = match (CheckpointFormat::from_number(format), json, binary) {
+            (Some(CheckpointFormat::Json), Some(json), _) => {
+                serde_json::from_str(json).map_err(|e| corrupt(format!("undecodable data: {e}")))?
+            }
+            (Some(CheckpointFormat::MessagePack), _, Some(binary)) => packed::decode(binary)
+                .map_err(|e| corrupt(format!("undecodable data_binary: {e}")))?,
+            (Some(format), _, _) => {
+                return Err(corrupt(format!(
+                    "format {format:?} with no data in its column"
+                )));
+            }
+            (None, _, _) => {
+                return Err(corrupt(format!(
+                    "unknown format {format} (this build reads 1 and 2)"
+                )));
+            }
+        };
         Ok(Some(StoredCheckpoint {
             namespace: namespace.to_owned(),
             version: CheckpointVersion::from_text(version),
@@ -230,13 +282,26 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
         let run = async {
             let client = self.pool.get().await?;
-            // Serialized straight into the statement's message, with no copy in between (a
-            // bucket always serializes: string keys, and non-finite floats as text).
-            self.upsert(&client, checkpoint, &Json(&checkpoint.bucket))
-                .await
+            match self.format {
+                // Serialized straight into the statement's message, with no copy in between (a
+                // bucket always serializes: string keys, and non-finite floats as text).
+                CheckpointFormat::Json => {
+                    self.upsert(&client, checkpoint, Data::Json(&Json(&checkpoint.bucket)))
+                        .await
+                }
+                CheckpointFormat::MessagePack => {
+                    let packed = packed::encode(&checkpoint.bucket).map_err(DbFailure::Other)?;
+                    self.upsert(&client, checkpoint, Data::Binary(&packed))
+                        .await
+                }
+            }
         };
         run.await
             .map_err(|e| e.storage(format!("store into {}", self.origin(&checkpoint.namespace))))
+    }
+
+    fn format(&self) -> CheckpointFormat {
+        self.format
     }
 
     async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
@@ -265,4 +330,13 @@ impl CheckpointStorage for PostgresCheckpointStorage {
             .map(drop)
             .map_err(|e| e.storage(format!("clear `{}`", self.names.checkpoints_plain)))
     }
+}
+
+/// A checkpoint's bucket as the upsert sends it.
+#[derive(Clone, Copy)]
+enum Data<'a> {
+    /// Into `data` (format 1).
+    Json(&'a (dyn ToSql + Sync)),
+    /// Into `data_binary` (format 2).
+    Binary(&'a [u8]),
 }

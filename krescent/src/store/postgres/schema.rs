@@ -68,6 +68,21 @@ impl Component {
                  END
                  $$",
                 checkpoints = names.checkpoints
+            ), format!(
+                // Step 2: the MessagePack format (2) in its own `bytea` column; rows written
+                // before it are JSON (format 1).
+                "ALTER TABLE {checkpoints}
+                     ADD COLUMN format smallint NOT NULL DEFAULT 1,
+                     ADD COLUMN data_binary bytea,
+                     ALTER COLUMN data DROP NOT NULL;
+                 DO $$
+                 BEGIN
+                     EXECUTE 'ALTER TABLE {checkpoints} ALTER COLUMN data_binary SET COMPRESSION lz4';
+                 EXCEPTION WHEN feature_not_supported OR syntax_error THEN
+                     NULL;
+                 END
+                 $$",
+                checkpoints = names.checkpoints
             )],
         }
     }
