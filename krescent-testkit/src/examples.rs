@@ -32,12 +32,12 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let dir = profile_dir();
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--quiet", "-p", package, "--bin", name]);
+        let mut command = std::process::Command::new(cargo);
+        command.args(["build", "--quiet", "-p", package, "--bin", name]);
         if dir.file_name().is_some_and(|d| d == "release") {
-            build.arg("--release");
+            command.arg("--release");
         }
-        let status = build.status().expect("run cargo");
+        let status = command.status().expect("run cargo");
         assert!(
             status.success(),
             "`cargo build -p {package} --bin {name}` failed"
