@@ -81,7 +81,7 @@ impl Books {
 #[derive(clap::Parser)]
 #[command(name = "bookstore")]
 struct Options {
-    /// The file data directory: `DIR/events.log` and `DIR/checkpoints/`.
+    /// The file data directory: `DIR/events/` and `DIR/checkpoints/` (a `DIR/events.log` of krescent 0.1 is imported once).
     #[arg(long, value_name = "DIR", default_value = "krescent-data")]
     data_dir: PathBuf,
     /// How many events this run appends.
