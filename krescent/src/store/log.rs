@@ -96,10 +96,7 @@ impl Log {
         if !expected.matches(actual) {
             return Err(StoreError::conflict(stream_id, expected, actual));
         }
-        let stream_id: Arc<str> = log
-            .streams
-            .get_key_value(stream_id)
-            .map_or_else(|| stream_id.into(), |(k, _)| k.clone());
+        let stream_id = super::stream_key(&log.streams, stream_id);
         let recorded_at = truncate_to_micros(SystemTime::now());
         let first = log.len() as u64 + 1;
         Ok(events

@@ -22,6 +22,17 @@ pub use subscription::Subscription;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::Position;
 
+/// The key `streams` already holds for `stream`, shared, or a new one: every event of a stream
+/// points at one allocation of its id.
+pub(crate) fn stream_key<V>(
+    streams: &std::collections::HashMap<std::sync::Arc<str>, V>,
+    stream: &str,
+) -> std::sync::Arc<str> {
+    streams
+        .get_key_value(stream)
+        .map_or_else(|| stream.into(), |(key, _)| key.clone())
+}
+
 /// Refuses an append whose payloads are not JSON, before anything is written: every store
 /// holds payloads as JSON text, and agrees on refusing what is not.
 pub(crate) fn check_payloads(stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {

@@ -714,10 +714,7 @@ impl Inner {
                 at += usize::try_from(frame.frame_len()).expect("an encoded frame fits memory");
             }
             let position = active.last;
-            let key: Arc<str> = state
-                .streams
-                .get_key_value(stream_id)
-                .map_or_else(|| stream_id.into(), |(k, _)| k.clone());
+            let key = super::stream_key(&state.streams, stream_id);
             let stream_version = actual + events.len() as u64;
             state.streams.insert(key, stream_version);
             Appended {

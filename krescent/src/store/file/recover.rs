@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::format::{frame_stream, FrameHeader, FRAME_HEADER};
 use super::index::SegmentIndex;
+use super::io_at;
 use crate::store::StoreError;
 
 /// What a scan of a segment found.
@@ -26,13 +27,6 @@ pub(super) struct Scanned {
     pub(super) torn_at: Option<u64>,
     /// The bytes read.
     pub(super) bytes_read: u64,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Scans `file` (of `file_len` bytes, at `path`) from where `index` ends, checking every frame
@@ -49,7 +43,7 @@ pub(super) fn scan(
 ) -> Result<Scanned, StoreError> {
     let start = index.len;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    reader.seek(SeekFrom::Start(start)).map_err(io(path))?;
+    reader.seek(SeekFrom::Start(start)).map_err(io_at(path))?;
     let corrupt = |offset: u64, reason: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         offset,
@@ -89,9 +83,9 @@ pub(super) fn scan(
         if remaining < FRAME_HEADER as u64 {
             break torn("an incomplete frame header")?;
         }
-        reader.read_exact(&mut header).map_err(io(path))?;
+        reader.read_exact(&mut header).map_err(io_at(path))?;
         let Some(frame) = FrameHeader::parse(&header) else {
-            if is_last && rest_is_zero(&header, &mut reader).map_err(io(path))? {
+            if is_last && rest_is_zero(&header, &mut reader).map_err(io_at(path))? {
                 break Some(group_start);
             }
             return Err(corrupt(offset, "frame header checksum mismatch".into()));
@@ -110,7 +104,7 @@ pub(super) fn scan(
             ));
         }
         body.resize(frame.len as usize, 0);
-        reader.read_exact(&mut body).map_err(io(path))?;
+        reader.read_exact(&mut body).map_err(io_at(path))?;
         if !frame.checks(&body) {
             return Err(corrupt(offset, "frame body checksum mismatch".into()));
         }
@@ -124,9 +118,7 @@ pub(super) fn scan(
             }
             _ => {
                 let version = first_version + u64::from(frame.count) - 1;
-                let key = streams
-                    .get_key_value(stream)
-                    .map_or_else(|| Arc::from(stream), |(k, _)| k.clone());
+                let key = crate::store::stream_key(streams, stream);
                 pending_stream = Some((key, version));
             }
         }
