@@ -228,6 +228,7 @@ async fn a_graceful_shutdown_writes_a_final_checkpoint() {
     append(&krescent, 1..=10).await;
     let running = krescent.stream(Every100::default());
     running.reached(Position::new(10)).await.expect("reached");
+    assert_eq!(running.status(), krescent::Status::Running);
     let stopped = running.shutdown().await.expect("shutdown");
     assert_eq!(stopped.model.seen.len(), 10);
     assert_eq!(
@@ -563,6 +564,7 @@ async fn reached_says_when_the_model_stopped_before_the_position() {
             position,
             wanted,
         }) => {
+            assert_eq!(running.status(), krescent::Status::Stopped);
             assert_eq!(model, "counter.always");
             assert!(position < Position::new(3), "{position}");
             assert_eq!(wanted, Position::new(5));

@@ -105,7 +105,7 @@ pub use krescent::{CaughtUp, Krescent, Restored};
 pub use krescent_derive::{handlers, Event, EventModel};
 pub use model::{EventModel, HandlerError, Handlers, Origin};
 pub use position::{Position, PositionParseError};
-pub use running::Running;
+pub use running::{Running, Status};
 
 /// The attribute that implements [`CheckpointStorage`](checkpoint::CheckpointStorage) and
 /// [`CheckpointTransaction`](checkpoint::CheckpointTransaction) need: `#[krescent::async_trait]`

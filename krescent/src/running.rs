@@ -20,11 +20,37 @@ const READ_AHEAD_FROM: usize = 64;
 /// The longest pause between retries after the store failed transiently.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// What a streaming model is doing, as [`Running::status`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// Restoring its checkpoint; no event processed yet in this run.
+    Starting,
+    /// Waiting until it may process events: another instance holds the model (or its segment).
+    Standby,
+    /// Processing events: catching up or following live appends.
+    Running,
+    /// Its task has ended (after a shutdown or an error; [`Running::shutdown`] says which).
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Starting => "starting",
+            Status::Standby => "standby",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
 /// A model following a store in its own task.
 #[derive(Debug)]
 pub struct Running<M> {
     stop: watch::Sender<bool>,
     progress: watch::Receiver<Position>,
+    status: watch::Receiver<Status>,
     trigger: CheckpointTrigger,
     task: JoinHandle<Result<CaughtUp<M>, Error>>,
 }
@@ -33,6 +59,18 @@ pub struct Running<M> {
 pub(crate) struct Control {
     stop: watch::Receiver<bool>,
     progress: watch::Sender<Position>,
+    status: watch::Sender<Status>,
+}
+
+impl Control {
+    /// Publishes what the model is doing now.
+    pub(crate) fn set_status(&self, status: Status) {
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
 }
 
 impl<M: EventModel> Running<M> {
@@ -42,20 +80,41 @@ impl<M: EventModel> Running<M> {
     {
         let (stop, stop_rx) = watch::channel(false);
         let (progress_tx, progress) = watch::channel(Position::START);
+        let (status_tx, status) = watch::channel(Status::Starting);
         let span = tracing::info_span!("stream", model = M::NAME);
+        let ended = status_tx.clone();
+        let run = run(Control {
+            stop: stop_rx,
+            progress: progress_tx,
+            status: status_tx,
+        });
         let task = tokio::spawn(
-            run(Control {
-                stop: stop_rx,
-                progress: progress_tx,
-            })
+            async move {
+                let result = run.await;
+                ended.send_replace(Status::Stopped);
+                result
+            }
             .instrument(span),
         );
         Running {
             stop,
             progress,
+            status,
             trigger,
             task,
         }
+    }
+
+    /// What the model is doing now.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// A receiver of the model's status, for waiting on a change (`changed`, `wait_for`).
+    #[must_use]
+    pub fn status_changes(&self) -> watch::Receiver<Status> {
+        self.status.clone()
     }
 
     /// Asks for a checkpoint (models with the `manual` strategy).
@@ -124,6 +183,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
     let mut backoff = Duration::from_millis(50);
     // The batch after the one applied last, read while it was applied.
     let mut read_ahead = None;
+    control.set_status(Status::Running);
     while !*control.stop.borrow() {
         let read = match read_ahead.take() {
             Some((after, read)) if after == runner.position => read,
