@@ -179,7 +179,7 @@ impl<S: EventStore> Krescent<S> {
         Ok(self.checkpointing_of::<M>()?.map(|c| c.storage))
     }
 
-    async fn start<M: EventModel>(
+    pub(crate) async fn start<M: EventModel>(
         &self,
         model: M,
         trigger: CheckpointTrigger,
@@ -250,11 +250,61 @@ impl<S: EventStore> Krescent<S> {
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();
-        Running::spawn(trigger.clone(), move |stop| async move {
+        Running::spawn(trigger.clone(), move |mut control| async move {
             crate::running::follow(
                 &*krescent.store,
                 krescent.start(model, trigger).await?,
-                stop,
+                &mut control,
+            )
+            .await
+        })
+    }
+
+    /// Runs the model that `make` builds in a task of its own, like [`stream`](Self::stream),
+    /// and keeps it running through transient failures: when the database goes away (a
+    /// projection write or a checkpoint commit fails because the connection was lost, the
+    /// checkpoint cannot be loaded) or a handler returns an error marked
+    /// [`Transient`](crate::Transient), the open transaction is rolled back, and after a
+    /// backoff (100 ms, doubling up to 10 s: [`RestartPolicy::default`]) a fresh model from
+    /// `make` is restored from the last checkpoint and goes on. Nothing the failed run applied
+    /// after that checkpoint is kept, so every event counts exactly once in the checkpointed
+    /// state and in a projection's tables.
+    ///
+    /// `make` is called once per start, so it builds a model as constructed (for a
+    /// `PostgresProjection` model, a new projection from its storage). A permanent error
+    /// ([`Error::is_transient`] is false: a handler bug, a payload that does not decode, an
+    /// unusable checkpoint with `on_invalid = "fail"`) ends the task, and
+    /// [`Running::shutdown`] returns it; so does a shutdown while the model waits to restart
+    /// (the transient error it was backing off from). While it waits, [`Running::status`] is
+    /// [`Status::Starting`](crate::Status::Starting). To run many models with a policy of your
+    /// own and a report of each, see the [`Supervisor`](crate::supervisor::Supervisor).
+    ///
+    /// [`RestartPolicy::default`]: crate::supervisor::RestartPolicy
+    pub fn stream_with<M: EventModel>(
+        &self,
+        make: impl FnMut() -> M + Send + 'static,
+    ) -> Running<M> {
+        let (attempts, _) = tokio::sync::watch::channel(crate::restart::Attempts::default());
+        self.stream_restarting(make, crate::supervisor::RestartPolicy::default(), attempts)
+    }
+
+    /// [`stream_with`](Self::stream_with) with `policy`, reporting setbacks to `attempts`.
+    pub(crate) fn stream_restarting<M: EventModel>(
+        &self,
+        make: impl FnMut() -> M + Send + 'static,
+        policy: crate::supervisor::RestartPolicy,
+        attempts: tokio::sync::watch::Sender<crate::restart::Attempts>,
+    ) -> Running<M> {
+        let krescent = self.clone();
+        let trigger = CheckpointTrigger::default();
+        Running::spawn(trigger.clone(), move |mut control| async move {
+            crate::restart::follow_restarting(
+                krescent,
+                make,
+                policy,
+                trigger,
+                &mut control,
+                &attempts,
             )
             .await
         })

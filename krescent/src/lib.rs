@@ -93,9 +93,12 @@ pub mod metrics;
 pub mod model;
 mod position;
 pub mod projection;
+mod restart;
 mod runner;
 mod running;
 pub mod store;
+pub mod supervisor;
+mod transient;
 
 pub use checkpoint::{CheckpointBucket, CheckpointSupport};
 pub use configure::Configure;
@@ -106,6 +109,7 @@ pub use krescent_derive::{handlers, Event, EventModel};
 pub use model::{EventModel, HandlerError, Handlers, Origin};
 pub use position::{Position, PositionParseError};
 pub use running::{Running, Status};
+pub use transient::Transient;
 
 /// The attribute that implements [`CheckpointStorage`](checkpoint::CheckpointStorage) and
 /// [`CheckpointTransaction`](checkpoint::CheckpointTransaction) need: `#[krescent::async_trait]`

@@ -24,7 +24,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Status {
-    /// Restoring its checkpoint; no event processed yet in this run.
+    /// Restoring its checkpoint, no event processed yet in this run; or, for a model run by
+    /// [`Krescent::stream_with`](crate::Krescent::stream_with), waiting to restart after a
+    /// transient failure.
     Starting,
     /// Waiting until it may process events: another instance holds the model (or its segment).
     Standby,
@@ -71,6 +73,16 @@ impl Control {
             changed
         });
     }
+
+    /// Whether a stop was asked for (or the handle is gone).
+    pub(crate) fn stop_requested(&self) -> bool {
+        *self.stop.borrow() || self.stop.has_changed().is_err()
+    }
+
+    /// Waits for `work` unless a stop comes first; whether it stopped.
+    pub(crate) async fn wait_or_stop(&mut self, work: impl Future<Output = ()>) -> bool {
+        wait_or_stop(&mut self.stop, work).await
+    }
 }
 
 impl<M: EventModel> Running<M> {
@@ -115,6 +127,11 @@ impl<M: EventModel> Running<M> {
     #[must_use]
     pub fn status_changes(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// A receiver of the model's position, for the supervisor.
+    pub(crate) fn progress_changes(&self) -> watch::Receiver<Position> {
+        self.progress.clone()
     }
 
     /// Asks for a checkpoint (models with the `manual` strategy).
@@ -177,7 +194,7 @@ impl<M: EventModel> Running<M> {
 pub(crate) async fn follow<S: EventStore, M: EventModel>(
     store: &S,
     mut runner: Runner<M>,
-    mut control: Control,
+    control: &mut Control,
 ) -> Result<CaughtUp<M>, Error> {
     let mut caught_up_at = None;
     let mut backoff = Duration::from_millis(50);

@@ -10,26 +10,49 @@ use crate::checkpoint::{
     CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, StorageError,
     StoredCheckpoint,
 };
-use crate::store::postgres::{identifier, DbFailure};
+use crate::store::postgres::{identifier, transient_cause, DbFailure};
 use crate::store::StoreError;
 
 const REVISION: &str = "revision";
 const TABLES: &str = "tables";
 
 /// What a projection handler's database work failed with.
+///
+/// [`is_transient`](Self::is_transient) says whether the connection went away (the server
+/// restarted, the network failed): a streaming model then rolls back and restarts from its
+/// last checkpoint ([`Error::is_transient`](crate::Error::is_transient)).
 #[derive(Debug, thiserror::Error)]
-#[error("projection write failed: {0}")]
-pub struct ProjectionError(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+#[error("projection write failed: {source}")]
+pub struct ProjectionError {
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    transient: bool,
+}
+
+impl ProjectionError {
+    /// Whether retrying may succeed: the connection was lost, refused or timed out, or the
+    /// server is shutting down or starting up.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
 
 impl From<tokio_postgres::Error> for ProjectionError {
     fn from(e: tokio_postgres::Error) -> Self {
-        ProjectionError(Box::new(e))
+        ProjectionError {
+            transient: transient_cause(&e).unwrap_or(false),
+            source: Box::new(e),
+        }
     }
 }
 
 impl From<PoolError> for ProjectionError {
     fn from(e: PoolError) -> Self {
-        ProjectionError(Box::new(e))
+        ProjectionError {
+            transient: transient_cause(&e).unwrap_or(false),
+            source: Box::new(e),
+        }
     }
 }
 
@@ -125,10 +148,19 @@ impl PostgresProjection {
     /// The open transaction's connection, beginning a transaction if none is open. Everything a
     /// handler writes through it commits with the next checkpoint.
     ///
+    /// A connection lost between transactions is replaced here; one lost inside the open
+    /// transaction fails the handler's statement with a transient [`ProjectionError`], and a
+    /// streaming model rolls back and restarts from its last checkpoint.
+    ///
     /// # Errors
     /// When no connection can be had or `BEGIN` fails.
     pub async fn transaction(&mut self) -> Result<&ClientWrapper, ProjectionError> {
         let client = match self.client.take() {
+            // A connection that closed between transactions holds nothing: take a new one.
+            Some(client) if client.is_closed() && !self.open => {
+                drop(Object::take(client));
+                self.storage.pool().get().await?
+            }
             Some(client) => client,
             None => self.storage.pool().get().await?,
         };
@@ -257,9 +289,15 @@ impl PostgresProjection {
             .map_err(|e| StorageError::Database(Box::new(e)))
     }
 
-    /// After a failure the connection's state is unknown: forget it.
+    /// After a failure the connection's state is unknown: forget it. A connection that is
+    /// closed (the server went away) is taken out of the pool rather than handed back, so no
+    /// one is given it again.
     fn discard(&mut self) {
-        self.client = None;
+        if let Some(client) = self.client.take() {
+            if client.is_closed() {
+                drop(Object::take(client));
+            }
+        }
         self.open = false;
     }
 }
