@@ -370,14 +370,11 @@ async fn stream_with_restarts_after_a_transient_handler_error() {
         .expect("recovered");
     assert_eq!(failures_left.load(Ordering::SeqCst), 0);
     let done = running.shutdown().await.expect("shutdown");
-    // Restored from the checkpoint at 15: every event counted exactly once.
+    // Restored from a checkpoint before the failed event (which one the snapshot budget
+    // decides): every event counted exactly once.
     assert_eq!((done.model.events, done.model.sum), (20, sum_to(20)));
-    assert_eq!(
-        done.origin,
-        Origin::Restored {
-            position: Position::new(15)
-        }
-    );
+    let restored_from = done.origin.restored_from().expect("restored");
+    assert!(restored_from < Position::new(17), "{restored_from}");
 }
 
 #[tokio::test]
