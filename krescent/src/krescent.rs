@@ -247,6 +247,14 @@ impl<S: EventStore> Krescent<S> {
 
     /// Runs `model` in a task of its own: it catches up, then follows live appends until
     /// [`Running::shutdown`].
+    ///
+    /// An event store that fails transiently (the database went away) is retried with backoff
+    /// from the last processed position, and a projection connection lost between two
+    /// transactions is replaced. Any other failure ends the task and `shutdown` returns it:
+    /// a handler error, or a projection write or commit that failed inside the open
+    /// transaction (which is rolled back). With one model value there is nothing to start
+    /// afresh from the last checkpoint; [`stream_with`](Self::stream_with) takes a function
+    /// that makes one, and restarts the model after transient failures.
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();

@@ -149,8 +149,10 @@ impl PostgresProjection {
     /// handler writes through it commits with the next checkpoint.
     ///
     /// A connection lost between transactions is replaced here; one lost inside the open
-    /// transaction fails the handler's statement with a transient [`ProjectionError`], and a
-    /// streaming model rolls back and restarts from its last checkpoint.
+    /// transaction fails the handler's statement with a transient [`ProjectionError`]: the
+    /// runner rolls back, and a model run by
+    /// [`Krescent::stream_with`](crate::Krescent::stream_with) or the
+    /// [`Supervisor`](crate::supervisor::Supervisor) restarts from its last checkpoint.
     ///
     /// # Errors
     /// When no connection can be had or `BEGIN` fails.
@@ -165,8 +167,11 @@ impl PostgresProjection {
             None => self.storage.pool().get().await?,
         };
         if !self.open {
-            // On failure the connection is dropped: its state is unknown.
-            client.batch_execute("BEGIN").await?;
+            if let Err(e) = client.batch_execute("BEGIN").await {
+                // Its state is unknown: closed, not handed back to the pool.
+                drop(Object::take(client));
+                return Err(e.into());
+            }
             self.open = true;
         }
         Ok(&**self.client.insert(client))
@@ -289,14 +294,12 @@ impl PostgresProjection {
             .map_err(|e| StorageError::Database(Box::new(e)))
     }
 
-    /// After a failure the connection's state is unknown: forget it. A connection that is
-    /// closed (the server went away) is taken out of the pool rather than handed back, so no
-    /// one is given it again.
+    /// After a failure the connection's state is unknown (lost, or inside a failed
+    /// transaction): it is taken out of the pool and closed rather than handed back, so no one
+    /// is given it again; the next transaction gets a new one.
     fn discard(&mut self) {
         if let Some(client) = self.client.take() {
-            if client.is_closed() {
-                drop(Object::take(client));
-            }
+            drop(Object::take(client));
         }
         self.open = false;
     }
@@ -429,7 +432,11 @@ impl CheckpointTransaction for PostgresProjection {
                 .map_err(|e| DbFailure::from(e).storage("roll back the projection")),
             None => Ok(()),
         };
-        self.discard();
+        if result.is_err() {
+            // Lost with its transaction (the server rolls it back): a new connection next.
+            self.discard();
+        }
+        self.open = false;
         result
     }
 }
