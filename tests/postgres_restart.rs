@@ -271,3 +271,52 @@ async fn postgres_supervised_projection_survives_server_crashes() {
     assert_eq!(exits[0].result.as_ref().expect("stopped"), &head);
     assert_equals_clean_replay(&setup, head).await;
 }
+
+/// `stream(model)` (one model value, no restarts) survives a crash while it is idle: the
+/// event store is retried and the projection's connection, lost between two transactions,
+/// is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_idle_streaming_projection_replaces_its_lost_connection() {
+    let setup = setup().await;
+    let store = setup.krescent.shared_store().clone();
+    let append = |n: i64| {
+        let store = store.clone();
+        async move {
+            let event = NewEvent::new(&Amount { account: 1, n }).expect("encode");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match store
+                    .append("account-1", ExpectedVersion::Any, vec![event.clone()])
+                    .await
+                {
+                    Ok(appended) => break appended.position,
+                    Err(e) if e.is_transient() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("append {n}: {e}"),
+                }
+            }
+        }
+    };
+    let running = setup.krescent.stream(Ledger::new(&setup.storage));
+    for crash in 1..=2 {
+        let head = append(crash).await;
+        tokio::time::timeout(Duration::from_secs(20), running.reached(head))
+            .await
+            .expect("in time")
+            .expect("running");
+        // Idle: the events are committed, no transaction is open.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| setup.server.stop_immediately());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| setup.server.start());
+    }
+    let head = append(3).await;
+    tokio::time::timeout(Duration::from_secs(20), running.reached(head))
+        .await
+        .expect("in time")
+        .expect("the model survived both crashes");
+    let done = running.shutdown().await.expect("shutdown");
+    assert_eq!(done.position, head);
+    assert_equals_clean_replay(&setup, head).await;
+}
