@@ -242,8 +242,8 @@ impl PostgresProjection {
             for plain in shapes.keys() {
                 let name = plain.strip_prefix(&prefix).unwrap_or(plain);
                 // A name that is not an identifier cannot be one of its tables: skipped.
-                if let Ok(with_table) = projection.clone_tables().table(name, "") {
-                    projection.tables = with_table.tables;
+                if let Ok(mut with_table) = projection.clone_tables().table(name, "") {
+                    projection.tables = std::mem::take(&mut with_table.tables);
                 }
             }
         }
@@ -257,10 +257,9 @@ impl PostgresProjection {
 
     /// A projection with the same storage, revision and tables, and no connection.
     fn clone_tables(&self) -> Self {
-        PostgresProjection {
-            tables: self.tables.clone(),
-            ..PostgresProjection::new(&self.storage, self.revision)
-        }
+        let mut projection = PostgresProjection::new(&self.storage, self.revision);
+        projection.tables.clone_from(&self.tables);
+        projection
     }
 
     /// Reads the shape of every table: `column type, …`; a missing table has none.
@@ -302,6 +301,17 @@ impl PostgresProjection {
             drop(Object::take(client));
         }
         self.open = false;
+    }
+}
+
+impl Drop for PostgresProjection {
+    /// A projection dropped inside a transaction (its model's task ended on an error that
+    /// left it open, or was aborted) closes the connection: the server rolls the transaction
+    /// back, and the pool never hands out a connection in the middle of one.
+    fn drop(&mut self) {
+        if self.open {
+            self.discard();
+        }
     }
 }
 
