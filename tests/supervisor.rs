@@ -396,3 +396,35 @@ async fn a_permanent_handler_error_ends_stream_with() {
         ),
     }
 }
+
+#[tokio::test]
+async fn supervisor_restarts_what_the_policy_says() {
+    let (krescent, _) = krescent_with(10).await;
+    let made = Arc::new(AtomicU32::new(0));
+    let count = made.clone();
+    let supervisor = Supervisor::new(krescent)
+        .with_policy(
+            RestartPolicy::default()
+                .initial_backoff(Duration::from_millis(5))
+                .max_restarts(3)
+                .restart_if(|e| matches!(e, Error::Handler { .. })),
+        )
+        .model(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            Buggy {
+                events: 0,
+                fail_at: Position::new(7),
+            }
+        });
+    let failed = wait_report(&supervisor, 0, "exhausted", |r| {
+        matches!(r.state, ModelState::Failed { .. })
+    })
+    .await;
+    assert_eq!(
+        failed.restarts, 3,
+        "a permanent error restarted as the policy says"
+    );
+    assert_eq!(made.load(Ordering::SeqCst), 4);
+    let exits = supervisor.shutdown().await;
+    assert!(matches!(exits[0].result, Err(Error::Handler { .. })));
+}

@@ -23,9 +23,10 @@ pub(crate) struct Attempts {
 }
 
 /// Runs a model made by `make` until stopped: restores it, catches up and follows appends;
-/// after a transient failure ([`Error::is_transient`]) — the open transaction was rolled back
-/// — it waits as `policy` says and starts again with a fresh model from the last checkpoint.
-/// A permanent failure, or one transient failure more than the policy allows, ends it.
+/// after a failure the policy restarts after (by default a transient one,
+/// [`Error::is_transient`]) — the open transaction was rolled back — it waits as `policy` says
+/// and starts again with a fresh model from the last checkpoint. Any other failure, or one
+/// more than the policy allows, ends it.
 pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
     krescent: Krescent<S>,
     mut make: impl FnMut() -> M,
@@ -49,7 +50,8 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
             failures = 0;
         }
         failures += 1;
-        if !error.is_transient() || policy.exhausted(failures) || control.stop_requested() {
+        if !policy.restarts_after(&error) || policy.exhausted(failures) || control.stop_requested()
+        {
             let error_text = describe(&error);
             attempts.send_modify(|a| {
                 a.setback = Some(ModelState::Failed { error: error_text });
@@ -58,7 +60,7 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
         }
         let delay = policy.delay(failures);
         let error_text = describe(&error);
-        warn!(model = M::NAME, error = %error_text, retry_in = ?delay, failure = failures, "model failed transiently; restarting from its last checkpoint");
+        warn!(model = M::NAME, error = %error_text, retry_in = ?delay, failure = failures, "model failed; restarting from its last checkpoint");
         attempts.send_modify(|a| {
             a.setback = Some(ModelState::BackingOff {
                 attempt: failures,

@@ -2,12 +2,16 @@
 
 use std::time::Duration;
 
+use crate::Error;
+
 /// How a model that failed transiently is restarted: after `initial_backoff`, doubling with
 /// each consecutive failure up to `max_backoff`; a run that stayed healthy for `reset_after`
 /// starts the count again; after `max_restarts` consecutive restarts (if set) the next
-/// transient failure is final.
+/// transient failure is final. Which failures restart a model is [`restart_if`](Self::restart_if)'s
+/// choice: by default the transient ones ([`Error::is_transient`]).
 ///
-/// The default: 100 ms, doubling up to 10 s, reset after 60 s, restarts without limit.
+/// The default: 100 ms, doubling up to 10 s, reset after 60 s, restarts without limit, after
+/// transient failures only.
 ///
 /// ```
 /// use std::time::Duration;
@@ -22,12 +26,13 @@ use std::time::Duration;
 /// assert_eq!(policy.delay(3), Duration::from_millis(200));
 /// assert_eq!(policy.delay(30), Duration::from_secs(2));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RestartPolicy {
     initial: Duration,
     max: Duration,
     reset_after: Duration,
     max_restarts: Option<u32>,
+    restart_if: fn(&Error) -> bool,
 }
 
 impl Default for RestartPolicy {
@@ -37,6 +42,7 @@ impl Default for RestartPolicy {
             max: Duration::from_secs(10),
             reset_after: Duration::from_secs(60),
             max_restarts: None,
+            restart_if: Error::is_transient,
         }
     }
 }
@@ -69,6 +75,29 @@ impl RestartPolicy {
     pub fn max_restarts(mut self, restarts: u32) -> Self {
         self.max_restarts = Some(restarts);
         self
+    }
+
+    /// Which errors restart the model (the others end it, reported failed); by default
+    /// [`Error::is_transient`]. A model that failed any other way fails the same way again
+    /// from the same checkpoint, so restarting it only helps when something outside changed
+    /// (another instance gave up the model, an operator fixed the data).
+    ///
+    /// ```
+    /// use krescent::supervisor::RestartPolicy;
+    ///
+    /// // Also restart after a handler error of any kind.
+    /// let policy = RestartPolicy::default()
+    ///     .restart_if(|e| e.is_transient() || matches!(e, krescent::Error::Handler { .. }));
+    /// ```
+    #[must_use]
+    pub fn restart_if(mut self, restart: fn(&Error) -> bool) -> Self {
+        self.restart_if = restart;
+        self
+    }
+
+    /// Whether `error` restarts the model.
+    pub(crate) fn restarts_after(&self, error: &Error) -> bool {
+        (self.restart_if)(error)
     }
 
     /// The pause before the `failure`-th consecutive restart (counted from 1).
