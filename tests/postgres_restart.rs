@@ -1,8 +1,8 @@
 //! A streaming `PostgresProjection` model through crash-restarts of its PostgreSQL server
 //! (`pg_ctl stop -m immediate`, then start again) while appends go on: the projection's
 //! write fails with the lost connection, the open transaction is gone with it, and the model
-//! restarts from its last checkpoint by itself — run with `stream_with`, and under the
-//! supervisor. The tables end equal to a clean replay's: every event exactly once.
+//! restarts from its last checkpoint by itself — run with `stream` (restored in place),
+//! `stream_with` (a fresh model each start), and under the supervisor. The tables end equal to a clean replay's: every event exactly once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -235,6 +235,27 @@ async fn postgres_streaming_projection_survives_server_crashes() {
     ));
     let storage = setup.storage.clone();
     let running = setup.krescent.stream_with(move || Ledger::new(&storage));
+    let head = crash_twice(&setup, &stop, appender, || running.position()).await;
+    tokio::time::timeout(Duration::from_secs(30), running.reached(head))
+        .await
+        .expect("the model catches up after the crashes")
+        .expect("still running");
+    let done = running.shutdown().await.expect("shutdown");
+    assert_eq!(done.position, head);
+    assert_equals_clean_replay(&setup, head).await;
+}
+
+/// The same with `stream(model)`: one model value, restored in place from the last
+/// checkpoint after each failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stream_projection_restores_in_place_through_server_crashes() {
+    let setup = setup().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = tokio::spawn(append_until(
+        setup.krescent.shared_store().clone(),
+        stop.clone(),
+    ));
+    let running = setup.krescent.stream(Ledger::new(&setup.storage));
     let head = crash_twice(&setup, &stop, appender, || running.position()).await;
     tokio::time::timeout(Duration::from_secs(30), running.reached(head))
         .await

@@ -295,7 +295,7 @@ async fn supervisor_fails_a_model_after_max_restarts() {
         matches!(r.state, ModelState::Failed { .. })
     })
     .await;
-    assert_eq!(failed.restarts, 2);
+    assert_eq!(failed.restarts, 2, "{failed:?}");
     let exits = supervisor.shutdown().await;
     let error = exits[0].result.as_ref().expect_err("failed");
     assert!(
@@ -427,4 +427,66 @@ async fn supervisor_restarts_what_the_policy_says() {
     assert_eq!(made.load(Ordering::SeqCst), 4);
     let exits = supervisor.shutdown().await;
     assert!(matches!(exits[0].result, Err(Error::Handler { .. })));
+}
+
+#[tokio::test]
+async fn stream_restores_its_model_in_place_after_a_transient_handler_error() {
+    let (krescent, head) = krescent_with(20).await;
+    let failures_left = Arc::new(AtomicU32::new(2));
+    let running = krescent.stream(Flaky {
+        events: 0,
+        sum: 0,
+        fail_at: Position::new(13),
+        failures_left: failures_left.clone(),
+    });
+    tokio::time::timeout(Duration::from_secs(20), running.reached(head))
+        .await
+        .expect("in time")
+        .expect("recovered");
+    assert_eq!(failures_left.load(Ordering::SeqCst), 0);
+    let done = running.shutdown().await.expect("shutdown");
+    // The checkpointed fields were overwritten from the checkpoint before event 13 each time:
+    // every event counted exactly once.
+    assert_eq!((done.model.events, done.model.sum), (20, sum_to(20)));
+    assert!(done.origin.restored_from().expect("restored") < Position::new(13));
+}
+
+#[tokio::test]
+async fn stream_ends_when_it_fails_before_its_first_checkpoint() {
+    let (krescent, _) = krescent_with(20).await;
+    let failures_left = Arc::new(AtomicU32::new(1));
+    // Fails at 3, before the first checkpoint (at 5): there is nothing to restore the model
+    // from in place, and replaying over its state would count events 1 and 2 twice.
+    let running = krescent.stream(Flaky {
+        events: 0,
+        sum: 0,
+        fail_at: Position::new(3),
+        failures_left: failures_left.clone(),
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(20), running.reached(Position::new(20)))
+        .await
+        .expect("in time");
+    assert!(matches!(ended, Err(Error::Stopped { .. })), "{ended:?}");
+    match running.shutdown().await {
+        Err(e @ Error::Handler { .. }) => assert!(e.is_transient(), "{e}"),
+        other => panic!(
+            "expected the handler's error, got {:?}",
+            other.map(|c| c.position)
+        ),
+    }
+    // `stream_with` builds a fresh model instead, and gets there.
+    failures_left.store(1, Ordering::SeqCst);
+    let left = failures_left.clone();
+    let running = krescent.stream_with(move || Flaky {
+        events: 0,
+        sum: 0,
+        fail_at: Position::new(3),
+        failures_left: left.clone(),
+    });
+    tokio::time::timeout(Duration::from_secs(20), running.reached(Position::new(20)))
+        .await
+        .expect("in time")
+        .expect("recovered");
+    let done = running.shutdown().await.expect("shutdown");
+    assert_eq!((done.model.events, done.model.sum), (20, sum_to(20)));
 }

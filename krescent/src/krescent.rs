@@ -179,6 +179,22 @@ impl<S: EventStore> Krescent<S> {
         Ok(self.checkpointing_of::<M>()?.map(|c| c.storage))
     }
 
+    /// [`start`](Self::start), handing the model back on failure (for a restart in place).
+    pub(crate) async fn start_keeping<M: EventModel>(
+        &self,
+        model: M,
+        trigger: CheckpointTrigger,
+    ) -> Result<Runner<M>, (Error, M)> {
+        let checkpointing = match self.checkpointing_of::<M>() {
+            Ok(checkpointing) => checkpointing,
+            Err(e) => return Err((e, model)),
+        };
+        let start =
+            crate::runner::restore_keeping(model, checkpointing.as_ref().map(|c| &c.storage))
+                .await?;
+        Runner::begin_keeping(start, checkpointing, trigger).await
+    }
+
     pub(crate) async fn start<M: EventModel>(
         &self,
         model: M,
@@ -248,28 +264,32 @@ impl<S: EventStore> Krescent<S> {
     /// Runs `model` in a task of its own: it catches up, then follows live appends until
     /// [`Running::shutdown`].
     ///
-    /// An event store that fails transiently (the database went away) is retried with backoff
-    /// from the last processed position, and a projection connection lost between two
-    /// transactions is replaced. Any other failure ends the task and `shutdown` returns it:
-    /// a handler error, or a projection write or commit that failed inside the open
-    /// transaction (which is rolled back). With one model value there is nothing to start
-    /// afresh from the last checkpoint; [`stream_with`](Self::stream_with) takes a function
-    /// that makes one, and restarts the model after transient failures.
+    /// It keeps going through transient failures ([`Error::is_transient`]): an event store
+    /// that fails (the database went away) is retried from the last processed position; a
+    /// projection connection lost between two transactions is replaced; and after a
+    /// projection write or commit that failed with the lost connection (the open transaction
+    /// is rolled back), a checkpoint that cannot be loaded yet, or a handler error marked
+    /// [`Transient`](crate::Transient), the model is restored in place from its last
+    /// checkpoint after a backoff (100 ms, doubling up to 10 s) and goes on. Restoring
+    /// overwrites every checkpointed field, so every event counts exactly once in them and in
+    /// a projection's tables; fields that are not checkpointed keep the values the failed run
+    /// left. A restart needs a checkpoint to go back to: a model that failed before its first
+    /// checkpoint was stored (or one that does not checkpoint) ends with the error instead.
+    /// [`stream_with`](Self::stream_with) builds a fresh model for every start and has no such
+    /// limit. Any other error ends the task, and `shutdown` returns it.
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
-        let krescent = self.clone();
-        let trigger = CheckpointTrigger::default();
-        Running::spawn(trigger.clone(), move |mut control| async move {
-            crate::running::follow(
-                &*krescent.store,
-                krescent.start(model, trigger).await?,
-                &mut control,
-            )
-            .await
-        })
+        let (attempts, _) = tokio::sync::watch::channel(crate::restart::Attempts::default());
+        self.stream_restarting(
+            crate::restart::Models::Once(Some(model)),
+            crate::supervisor::RestartPolicy::default(),
+            attempts,
+        )
     }
 
     /// Runs the model that `make` builds in a task of its own, like [`stream`](Self::stream),
-    /// and keeps it running through transient failures: when the database goes away (a
+    /// and keeps it running through transient failures with a fresh model for every start
+    /// (so, unlike `stream`, also after a failure before the first checkpoint): when the
+    /// database goes away (a
     /// projection write or a checkpoint commit fails because the connection was lost, the
     /// checkpoint cannot be loaded) or a handler returns an error marked
     /// [`Transient`](crate::Transient), the open transaction is rolled back, and after a
@@ -293,13 +313,17 @@ impl<S: EventStore> Krescent<S> {
         make: impl FnMut() -> M + Send + 'static,
     ) -> Running<M> {
         let (attempts, _) = tokio::sync::watch::channel(crate::restart::Attempts::default());
-        self.stream_restarting(make, crate::supervisor::RestartPolicy::default(), attempts)
+        self.stream_restarting(
+            crate::restart::Models::Make(Box::new(make)),
+            crate::supervisor::RestartPolicy::default(),
+            attempts,
+        )
     }
 
     /// [`stream_with`](Self::stream_with) with `policy`, reporting setbacks to `attempts`.
     pub(crate) fn stream_restarting<M: EventModel>(
         &self,
-        make: impl FnMut() -> M + Send + 'static,
+        models: crate::restart::Models<M>,
         policy: crate::supervisor::RestartPolicy,
         attempts: tokio::sync::watch::Sender<crate::restart::Attempts>,
     ) -> Running<M> {
@@ -308,7 +332,7 @@ impl<S: EventStore> Krescent<S> {
         Running::spawn(trigger.clone(), move |mut control| async move {
             crate::restart::follow_restarting(
                 krescent,
-                make,
+                models,
                 policy,
                 trigger,
                 &mut control,

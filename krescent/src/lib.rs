@@ -76,10 +76,11 @@
 //! `manual` checkpoints only when asked through [`Running::request_checkpoint`], so a model
 //! run by [`Krescent::catch_up`] with `manual` alone never checkpoints.
 //!
-//! A streaming model that [`Krescent::stream_with`] runs is restarted from its last
-//! checkpoint, with a fresh model and after a backoff, when a failure is transient
-//! ([`Error::is_transient`]: the database went away, or a handler error marked [`Transient`]);
-//! the [`supervisor`] runs many models that way in one process and reports each.
+//! A streaming model is restarted from its last checkpoint after a backoff when a failure is
+//! transient ([`Error::is_transient`]: the database went away, or a handler error marked
+//! [`Transient`]): [`Krescent::stream`] restores its one model value in place,
+//! [`Krescent::stream_with`] builds a fresh one; the [`supervisor`] runs many models that way
+//! in one process and reports each.
 //!
 //! Every running model records its progress, checkpoints and lag through the `metrics`
 //! facade (the [`metrics` module](crate::metrics) lists the names); the application installs the

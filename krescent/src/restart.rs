@@ -22,30 +22,82 @@ pub(crate) struct Attempts {
     pub(crate) restarts: u32,
 }
 
-/// Runs a model made by `make` until stopped: restores it, catches up and follows appends;
+/// Where each run's model comes from.
+pub(crate) enum Models<M> {
+    /// Built afresh for every run.
+    Make(Box<dyn FnMut() -> M + Send>),
+    /// One value ([`Krescent::stream`]): given to the first run, and after a failure restored
+    /// in place from the last checkpoint, which overwrites every checkpointed field.
+    Once(Option<M>),
+}
+
+/// Runs the models `models` gives until stopped: restores one, catches up and follows appends;
 /// after a failure the policy restarts after (by default a transient one,
 /// [`Error::is_transient`]) — the open transaction was rolled back — it waits as `policy` says
-/// and starts again with a fresh model from the last checkpoint. Any other failure, or one
-/// more than the policy allows, ends it.
+/// and starts again from the last checkpoint, with a fresh model or, for [`Models::Once`],
+/// the same one restored in place (only when there is a checkpoint to restore: otherwise the
+/// failure ends it). Any other failure, or one more than the policy allows, ends it.
 pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
     krescent: Krescent<S>,
-    mut make: impl FnMut() -> M,
+    mut models: Models<M>,
     policy: RestartPolicy,
     trigger: CheckpointTrigger,
     control: &mut Control,
     attempts: &watch::Sender<Attempts>,
 ) -> Result<CaughtUp<M>, Error> {
     let mut failures = 0;
+    // For `Models::Once`: the model a failed run handed back, and whether it holds events that
+    // only a restored checkpoint can undo.
+    let mut kept: Option<M> = None;
+    let mut dirty = false;
+    let mut last_error: Option<Error> = None;
     loop {
+        let model = match &mut models {
+            Models::Make(make) => make(),
+            Models::Once(first) => match first.take().or_else(|| kept.take()) {
+                Some(model) => model,
+                None => {
+                    return Err(last_error.unwrap_or(Error::Aborted {
+                        model: M::NAME,
+                        reason: "no model to restart".to_owned(),
+                    }))
+                }
+            },
+        };
         let began = Instant::now();
-        let run = async {
-            let runner = krescent.start(make(), trigger.clone()).await?;
-            follow(krescent.store(), runner, control).await
+        let (error, back) = match krescent.start_keeping(model, trigger.clone()).await {
+            Err((error, model)) => (error, model),
+            Ok(mut runner) => {
+                let restored = runner.origin.restored_from().is_some();
+                if dirty && !restored {
+                    // Nothing overwrote what the failed run applied: replaying over it would
+                    // count events twice. (Dropping the runner rolls back what `begin` did.)
+                    drop(runner);
+                    let error = last_error.unwrap_or(Error::Aborted {
+                        model: M::NAME,
+                        reason: "no checkpoint to restart from".to_owned(),
+                    });
+                    let error_text = describe(&error);
+                    attempts.send_modify(|a| {
+                        a.setback = Some(ModelState::Failed { error: error_text });
+                    });
+                    return Err(error);
+                }
+                match follow(krescent.store(), &mut runner, control).await {
+                    Ok(()) => return Ok(runner.into_caught_up()),
+                    Err(error) => {
+                        // A fresh model from `Make` holds nothing of this run.
+                        dirty = matches!(models, Models::Once(_));
+                        (error, runner.into_caught_up().model)
+                    }
+                }
+            }
         };
-        let error = match run.await {
-            Ok(done) => return Ok(done),
-            Err(error) => error,
-        };
+        if matches!(models, Models::Once(_)) {
+            kept = Some(back);
+        } else {
+            drop(back);
+        }
         if policy.healthy(began.elapsed()) {
             failures = 0;
         }
@@ -72,6 +124,7 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
         if control.wait_or_stop(tokio::time::sleep(delay)).await {
             return Err(error);
         }
+        last_error = Some(error);
         attempts.send_modify(|a| {
             a.setback = None;
             a.restarts += 1;

@@ -24,9 +24,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Status {
-    /// Restoring its checkpoint, no event processed yet in this run; or, for a model run by
-    /// [`Krescent::stream_with`](crate::Krescent::stream_with), waiting to restart after a
-    /// transient failure.
+    /// Restoring its checkpoint, no event processed yet in this run; or waiting to restart
+    /// after a transient failure.
     Starting,
     /// Waiting until it may process events: another instance holds the model (or its segment).
     Standby,
@@ -189,13 +188,14 @@ impl<M: EventModel> Running<M> {
     }
 }
 
-/// Catches up, then follows live appends until stopped. Transient store failures are retried
-/// with backoff from the last processed position.
+/// Catches up, then follows live appends until stopped, then takes the final checkpoint.
+/// Transient store failures are retried with backoff from the last processed position; other
+/// failures end it (the restart loop in `restart.rs` decides what comes next).
 pub(crate) async fn follow<S: EventStore, M: EventModel>(
     store: &S,
-    mut runner: Runner<M>,
+    runner: &mut Runner<M>,
     control: &mut Control,
-) -> Result<CaughtUp<M>, Error> {
+) -> Result<(), Error> {
     let mut caught_up_at = None;
     let mut backoff = Duration::from_millis(50);
     // The batch after the one applied last, read while it was applied.
@@ -264,8 +264,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
             break;
         }
     }
-    runner.finish().await?;
-    Ok(runner.into_caught_up())
+    runner.finish().await
 }
 
 /// Waits for `work` unless a stop comes first; whether it stopped.

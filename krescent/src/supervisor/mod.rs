@@ -48,7 +48,7 @@ use std::pin::Pin;
 
 use tokio::sync::watch;
 
-use crate::restart::Attempts;
+use crate::restart::{Attempts, Models};
 use crate::running::{Running, Status};
 use crate::store::EventStore;
 use crate::{EventModel, Krescent, Position};
@@ -180,9 +180,11 @@ impl<S: EventStore> Supervisor<S> {
     /// already held.
     pub fn add<M: EventModel>(&mut self, make: impl FnMut() -> M + Send + 'static) {
         let (attempts, attempts_rx) = watch::channel(Attempts::default());
-        let running = self
-            .krescent
-            .stream_restarting(make, self.policy.clone(), attempts);
+        let running = self.krescent.stream_restarting(
+            Models::Make(Box::new(make)),
+            self.policy.clone(),
+            attempts,
+        );
         self.models.push(Entry {
             name: M::NAME,
             attempts: attempts_rx,
