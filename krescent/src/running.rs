@@ -144,7 +144,9 @@ impl<M: EventModel> Running<M> {
         self.trigger.clone()
     }
 
-    /// The position of the last event processed so far.
+    /// The position of the last event processed so far. After a restart from the last
+    /// checkpoint it goes back to that checkpoint's position until the model has caught up
+    /// again.
     #[must_use]
     pub fn position(&self) -> Position {
         *self.progress.borrow()
