@@ -70,18 +70,14 @@ impl Component {
                 checkpoints = names.checkpoints
             ), format!(
                 // Step 2: the MessagePack format (2) in its own `bytea` column; rows written
-                // before it are JSON (format 1).
+                // before it are JSON (format 1). Stored out of line without compression: the
+                // server's lz4 spent ~0.1 s on the 43 MB checkpoint of a 1,000,000-key map
+                // and saved 0.1 % of it; a state that compresses well is stored larger.
                 "ALTER TABLE {checkpoints}
                      ADD COLUMN format smallint NOT NULL DEFAULT 1,
                      ADD COLUMN data_binary bytea,
-                     ALTER COLUMN data DROP NOT NULL;
-                 DO $$
-                 BEGIN
-                     EXECUTE 'ALTER TABLE {checkpoints} ALTER COLUMN data_binary SET COMPRESSION lz4';
-                 EXCEPTION WHEN feature_not_supported OR syntax_error THEN
-                     NULL;
-                 END
-                 $$",
+                     ALTER COLUMN data DROP NOT NULL,
+                     ALTER COLUMN data_binary SET STORAGE EXTERNAL",
                 checkpoints = names.checkpoints
             )],
         }
