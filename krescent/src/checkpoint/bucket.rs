@@ -438,8 +438,42 @@ pub(crate) mod packed {
     }
 
     /// `bucket` as one `MessagePack` document.
+    #[cfg(test)]
     pub(crate) fn encode(bucket: &CheckpointBucket) -> Result<Vec<u8>, String> {
-        rmp_serde::to_vec(&BucketRef(bucket)).map_err(|e| e.to_string())
+        let mut out = Vec::new();
+        encode_into(bucket, &mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// Writes `bucket` as one `MessagePack` document into `out` (the Postgres storage: straight
+    /// into the statement's parameter buffer, with no copy in between).
+    pub(crate) fn encode_into<W: std::io::Write>(
+        bucket: &CheckpointBucket,
+        out: &mut W,
+    ) -> Result<(), rmp_serde::encode::Error> {
+        rmp_serde::encode::write(out, &BucketRef(bucket))
+    }
+
+    /// About the size [`encode_into`] writes (at least the values' bytes), to reserve it once.
+    pub(crate) fn size_hint(bucket: &CheckpointBucket) -> usize {
+        bucket
+            .values
+            .iter()
+            .map(|(key, value)| {
+                key.len()
+                    + 16
+                    + match value {
+                        BucketValue::Str(v) => v.len(),
+                        BucketValue::Json(v) => v.get().len(),
+                        BucketValue::Bytes(v) | BucketValue::MessagePack(v) => v.len(),
+                        BucketValue::Bucket(v) => size_hint(v),
+                        BucketValue::Int(_)
+                        | BucketValue::Uint(_)
+                        | BucketValue::Float(_)
+                        | BucketValue::Bool(_) => 8,
+                    }
+            })
+            .sum()
     }
 
     /// The bucket of a document written by [`encode`]; what is wrong with it otherwise.

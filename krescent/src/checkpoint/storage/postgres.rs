@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use deadpool_postgres::{ClientWrapper, Pool};
 use serde_json::value::RawValue;
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::private::BytesMut;
+use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::{CheckpointStorage, StorageError, StoredCheckpoint};
@@ -30,7 +31,8 @@ pub use deadpool_postgres::Pool as PostgresPool;
 /// `taken_at timestamptz` (exact to the microsecond), `format smallint` and the bucket: in
 /// `data json` (format 1, [`CheckpointFormat::Json`]; `json`, not `jsonb`, so that it comes
 /// back byte for byte) or in `data_binary bytea` (format 2, [`CheckpointFormat::MessagePack`],
-/// the default: one `MessagePack` document). Set the format with [`with_format`](Self::with_format);
+/// the default: one `MessagePack` document, stored without the server's compression, which
+/// costs more time than it saves space on `MessagePack` of random ids). Set the format with [`with_format`](Self::with_format);
 /// a checkpoint restores in the format its row records, so rows written in the other format, or
 /// by krescent 0.1 (which wrote JSON only), still restore. A store is one upsert that keeps the stored
 /// row when it has the same version and a later position, so a position never moves backwards
@@ -152,13 +154,9 @@ impl PostgresCheckpointStorage {
         let taken_at = truncate_to_micros(checkpoint.taken_at);
         let none_json: Option<Json<()>> = None;
         let none_binary: Option<&[u8]> = None;
-        let binary_value;
         let (format, json, binary): (_, &(dyn ToSql + Sync), &(dyn ToSql + Sync)) = match data {
             Data::Json(json) => (CheckpointFormat::Json, json, &none_binary),
-            Data::Binary(binary) => {
-                binary_value = binary;
-                (CheckpointFormat::MessagePack, &none_json, &binary_value)
-            }
+            Data::Binary(binary) => (CheckpointFormat::MessagePack, &none_json, binary),
         };
         let statement = client.prepare_cached(&self.sql.store).await?;
         client
@@ -289,10 +287,15 @@ impl CheckpointStorage for PostgresCheckpointStorage {
                     self.upsert(&client, checkpoint, Data::Json(&Json(&checkpoint.bucket)))
                         .await
                 }
+                // Likewise encoded straight into the statement's message (a large state's
+                // bucket is tens of MB: an intermediate `Vec` cost a copy and its growth).
                 CheckpointFormat::MessagePack => {
-                    let packed = packed::encode(&checkpoint.bucket).map_err(DbFailure::Other)?;
-                    self.upsert(&client, checkpoint, Data::Binary(&packed))
-                        .await
+                    self.upsert(
+                        &client,
+                        checkpoint,
+                        Data::Binary(&Packed(&checkpoint.bucket)),
+                    )
+                    .await
                 }
             }
         };
@@ -338,5 +341,47 @@ enum Data<'a> {
     /// Into `data` (format 1).
     Json(&'a (dyn ToSql + Sync)),
     /// Into `data_binary` (format 2).
-    Binary(&'a [u8]),
+    Binary(&'a (dyn ToSql + Sync)),
+}
+
+/// A bucket as a `bytea` parameter: one `MessagePack` document ([`packed::encode_into`]),
+/// written into the statement's message as it is sent.
+#[derive(Debug)]
+struct Packed<'a>(&'a CheckpointBucket);
+
+impl ToSql for Packed<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.reserve(packed::size_hint(self.0));
+        packed::encode_into(self.0, &mut Appender(out))?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::BYTEA
+    }
+
+    to_sql_checked!();
+}
+
+/// Writes append to the buffer.
+struct Appender<'a>(&'a mut BytesMut);
+
+impl std::io::Write for Appender<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
