@@ -85,6 +85,7 @@
 
 pub mod checkpoint;
 mod configure;
+pub mod decide;
 mod durable;
 mod error;
 pub mod event;
@@ -99,6 +100,7 @@ pub mod store;
 
 pub use checkpoint::{CheckpointBucket, CheckpointSupport};
 pub use configure::Configure;
+pub use decide::{Decide, DecideError, Decided, Loaded};
 pub use error::Error;
 pub use event::{DecodeError, Event, EventMeta, EventType, NewEvent, RecordedEvent};
 pub use krescent::{CaughtUp, Krescent, Restored};
@@ -128,10 +130,10 @@ pub use deadpool_postgres;
 /// [`Error`] and its [`HandlerError`] and [`DecodeError`]), the store trait with the in-memory
 /// store and [`ExpectedVersion`](store::ExpectedVersion), and serde's derives.
 pub mod prelude {
-    pub use crate::store::{EventStore, ExpectedVersion, InMemoryEventStore};
+    pub use crate::store::{EventStore, ExpectedVersion, InMemoryEventStore, Query};
     pub use crate::{
-        handlers, CaughtUp, DecodeError, Error, Event, EventMeta, EventModel, HandlerError,
-        Krescent, NewEvent, Origin, Position, Running,
+        handlers, CaughtUp, DecideError, Decided, DecodeError, Error, Event, EventMeta, EventModel,
+        HandlerError, Krescent, NewEvent, Origin, Position, Running,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -149,10 +149,7 @@ impl Log {
         let mut log = self.events.write().unwrap_or_else(PoisonError::into_inner);
         let appended = match records.last() {
             Some(last) => {
-                let positions = log
-                    .streams
-                    .entry(last.meta.stream_id.clone())
-                    .or_default();
+                let positions = log.streams.entry(last.meta.stream_id.clone()).or_default();
                 positions.extend(records.iter().map(|r| r.position().get()));
                 Appended {
                     position: last.meta.position,
@@ -221,7 +218,11 @@ impl Log {
 
     /// The position of the latest event matching `query` after `after`, if any: from the
     /// streams' position lists, and a scan after `after` for event types.
-    pub(crate) fn latest_matching(&self, query: &super::Query, after: Position) -> Option<Position> {
+    pub(crate) fn latest_matching(
+        &self,
+        query: &super::Query,
+        after: Position,
+    ) -> Option<Position> {
         let log = self.read();
         let mut latest = query
             .stream_ids()

@@ -5,9 +5,9 @@ mod error;
 mod file;
 mod log;
 mod memory;
-mod query;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+mod query;
 mod subscription;
 
 use std::future::Future;
@@ -16,9 +16,9 @@ pub use batch::EventBatch;
 pub use error::StoreError;
 pub use file::{FileEventStore, FileStoreOptions, DEFAULT_SEGMENT_BYTES};
 pub use memory::InMemoryEventStore;
-pub use query::{AppendCondition, Query};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresEventStore};
+pub use query::{AppendCondition, Query};
 pub use subscription::Subscription;
 
 use crate::event::{NewEvent, RecordedEvent};

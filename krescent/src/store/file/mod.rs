@@ -366,7 +366,13 @@ impl FileEventStore {
                 };
                 let appended = self
                     .inner
-                    .append(&first.stream, expected, events, Some(first.recorded_at()), None)
+                    .append(
+                        &first.stream,
+                        expected,
+                        events,
+                        Some(first.recorded_at()),
+                        None,
+                    )
                     .await?;
                 if appended.position.get() != run.last().map_or(0, |r| r.position) {
                     return Err(StoreError::Corrupt {

@@ -445,12 +445,14 @@ impl PostgresEventStore {
             .query_one(statement, &query::latest_params(&arrays))
             .await?;
         let latest = Position::new(non_negative(row.try_get(0)?, "position")?);
-        Ok((latest > condition.read_at).then(|| StoreError::QueryConflict {
-            stream: stream_id.to_owned(),
-            query: condition.query.to_string(),
-            read_at: condition.read_at,
-            found: latest,
-        }))
+        Ok(
+            (latest > condition.read_at).then(|| StoreError::QueryConflict {
+                stream: stream_id.to_owned(),
+                query: condition.query.to_string(),
+                read_at: condition.read_at,
+                found: latest,
+            }),
+        )
     }
 
     /// An empty append: only checks the expected version.

@@ -31,7 +31,8 @@ pub(super) struct QuerySql {
     pub(super) latest: String,
 }
 
-const COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, payload, recorded_at";
+const COLUMNS: &str =
+    "position, stream_id, stream_version, event_id, event_type, payload, recorded_at";
 
 impl QuerySql {
     pub(super) fn new(names: &Names) -> Self {
