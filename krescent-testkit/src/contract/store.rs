@@ -423,7 +423,11 @@ pub async fn read_matching_streams_and_types<S: EventStore>(store: &S) {
 pub async fn conditional_append_over_a_query<S: EventStore>(store: &S) {
     use krescent::store::{AppendCondition, Query};
     store
-        .append("book-1", ExpectedVersion::NoStream, vec![event("book.added", 1)])
+        .append(
+            "book-1",
+            ExpectedVersion::NoStream,
+            vec![event("book.added", 1)],
+        )
         .await
         .expect("append");
     let read_at = store.head().await.expect("head");
@@ -470,12 +474,21 @@ pub async fn conditional_append_over_a_query<S: EventStore>(store: &S) {
     assert_eq!(store.head().await.expect("head"), head, "nothing written");
     // An event of a queried type in any stream conflicts too.
     store
-        .append("elsewhere", ExpectedVersion::Any, vec![event("library.closed", 5)])
+        .append(
+            "elsewhere",
+            ExpectedVersion::Any,
+            vec![event("library.closed", 5)],
+        )
         .await
         .expect("append");
     let fresh = AppendCondition::new(query.clone(), head);
     let refused = store
-        .append_if("book-1", ExpectedVersion::Any, vec![event("book.lent", 6)], &fresh)
+        .append_if(
+            "book-1",
+            ExpectedVersion::Any,
+            vec![event("book.lent", 6)],
+            &fresh,
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::QueryConflict { .. })),
@@ -484,14 +497,24 @@ pub async fn conditional_append_over_a_query<S: EventStore>(store: &S) {
     // Read at the head: it succeeds, and the stream's version is still checked.
     let now = AppendCondition::new(query, store.head().await.expect("head"));
     let wrong_version = store
-        .append_if("book-1", ExpectedVersion::Exact(7), vec![event("book.lent", 7)], &now)
+        .append_if(
+            "book-1",
+            ExpectedVersion::Exact(7),
+            vec![event("book.lent", 7)],
+            &now,
+        )
         .await;
     assert!(
         matches!(wrong_version, Err(StoreError::Conflict { actual: 1, .. })),
         "{wrong_version:?}"
     );
     store
-        .append_if("book-1", ExpectedVersion::Exact(1), vec![event("book.lent", 8)], &now)
+        .append_if(
+            "book-1",
+            ExpectedVersion::Exact(1),
+            vec![event("book.lent", 8)],
+            &now,
+        )
         .await
         .expect("append under the condition");
     let all = read_all(store).await;
