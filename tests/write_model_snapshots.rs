@@ -42,7 +42,16 @@ const EVENTS: u64 = 100_000;
 async fn a_snapshot_at_the_tail_of_a_long_stream<S: EventStore>(store: S) {
     let krescent = Krescent::new(CountingStore::new(store));
     // 100,000 events, in large batches: lends and returns of one copy.
-    let mut version = 0;
+    let mut version = krescent
+        .store()
+        .append(
+            "book-long",
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(&CopiesAdded { copies: 20 }).expect("encode")],
+        )
+        .await
+        .expect("append")
+        .stream_version;
     for batch in 0..EVENTS / 1_000 {
         let events: Vec<NewEvent> = (0..1_000)
             .map(|i| {
@@ -55,24 +64,20 @@ async fn a_snapshot_at_the_tail_of_a_long_stream<S: EventStore>(store: S) {
                 .expect("encode")
             })
             .collect();
-        let expected = match version {
-            0 => ExpectedVersion::NoStream,
-            v => ExpectedVersion::Exact(v),
-        };
         version = krescent
             .store()
-            .append("book-long", expected, events)
+            .append("book-long", ExpectedVersion::Exact(version), events)
             .await
             .expect("append")
             .stream_version;
     }
-    // A decision at the tail: `fixed_events(3)` is due, the snapshot covers all 100,001 events.
+    // A decision at the tail: `fixed_events(3)` is due, the snapshot covers all 100,002 events.
     let decided = krescent
         .decide::<Book>("book-long")
         .run(|book| book.add(1))
         .await
         .expect("decide");
-    assert_eq!(decided.read, EVENTS, "no snapshot yet: the whole stream");
+    assert_eq!(decided.read, EVENTS + 1, "no snapshot yet: the whole stream");
     decided
         .snapshot
         .expect("due")
@@ -88,8 +93,8 @@ async fn a_snapshot_at_the_tail_of_a_long_stream<S: EventStore>(store: S) {
         0,
         "nothing after the snapshot"
     );
-    assert_eq!(loaded.stream_version, EVENTS + 1);
-    assert_eq!(loaded.model.copies, 1);
+    assert_eq!(loaded.stream_version, EVENTS + 2);
+    assert_eq!(loaded.model.copies, 21);
 
     // Ten more events: the load reads exactly those ten.
     let more: Vec<NewEvent> = (0..10)
@@ -102,7 +107,7 @@ async fn a_snapshot_at_the_tail_of_a_long_stream<S: EventStore>(store: S) {
         .collect();
     krescent
         .store()
-        .append("book-long", ExpectedVersion::Exact(EVENTS + 1), more)
+        .append("book-long", ExpectedVersion::Exact(EVENTS + 2), more)
         .await
         .expect("append");
     let loaded = krescent.load::<Book>("book-long").await.expect("load");
@@ -117,7 +122,7 @@ async fn a_snapshot_at_the_tail_of_a_long_stream<S: EventStore>(store: S) {
     krescent.store().take_read();
     let bumped = krescent.load::<BookV2>("book-long").await.expect("load");
     assert_eq!(bumped.snapshot, None);
-    assert_eq!(bumped.read, EVENTS + 11);
+    assert_eq!(bumped.read, EVENTS + 12);
     assert_eq!(bumped.model.lent, loaded.model.lent);
     assert_eq!(bumped.model.copies, loaded.model.copies);
 }
