@@ -77,7 +77,11 @@ async fn a_snapshot_at_the_tail_of_a_long_stream<S: EventStore>(store: S) {
         .run(|book| book.add(1))
         .await
         .expect("decide");
-    assert_eq!(decided.read, EVENTS + 1, "no snapshot yet: the whole stream");
+    assert_eq!(
+        decided.read,
+        EVENTS + 1,
+        "no snapshot yet: the whole stream"
+    );
     decided
         .snapshot
         .expect("due")
