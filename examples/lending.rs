@@ -55,7 +55,7 @@ enum LendError {
 impl Book {
     /// The command: lend a copy to `member`, if one is available.
     fn lend(&self, member: &str) -> Result<Vec<NewEvent>, LendError> {
-        if self.lent_to.len() as u32 >= self.copies {
+        if self.lent_to.len() >= self.copies as usize {
             return Err(LendError::NotAvailable);
         }
         Ok(vec![NewEvent::new(&BookLent {

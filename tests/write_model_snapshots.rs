@@ -55,7 +55,7 @@ async fn a_snapshot_at_the_tail_of_a_long_stream<S: EventStore>(store: S) {
     for batch in 0..EVENTS / 1_000 {
         let events: Vec<NewEvent> = (0..1_000)
             .map(|i| {
-                let member = format!("m{}", (batch * 1_000 + i) / 2);
+                let member = format!("m{}", batch * 500 + i / 2);
                 if i % 2 == 0 {
                     NewEvent::new(&BookLent { member })
                 } else {

@@ -63,6 +63,9 @@ fn count(by: u64) -> Result<Vec<NewEvent>, Encode> {
     Ok(vec![NewEvent::new(&Counted { by })?])
 }
 
+/// Decisions per task in `decide_throughput` (8 × 50 in all).
+const PER_TASK: u64 = 50;
+
 /// Stream length for the `decide` figure.
 const STREAM: usize = 10_000;
 
@@ -143,13 +146,12 @@ async fn postgres(options: &Options) -> Result<(), Box<dyn Error>> {
             .await?;
     }
 
-    let per_task = 50;
     let time = median(options.reps, || async {
         let tasks: Vec<_> = (0..8u64)
             .map(|t| {
                 let krescent = krescent.clone();
                 tokio::spawn(async move {
-                    for i in 0..per_task {
+                    for i in 0..PER_TASK {
                         let stream = format!("account-{}", (t * 37 + i * 13) % 100);
                         krescent
                             .decide::<Snapshotted>(stream)
@@ -170,10 +172,16 @@ async fn postgres(options: &Options) -> Result<(), Box<dyn Error>> {
     .map_err(|e| e as Box<dyn Error>)?;
     println!(
         "bench decide_throughput decisions_per_s={:.0} tasks=8 streams=100",
-        rate(8 * per_task as usize, time)
+        rate(8 * 50, time)
     );
+    condition_cost(options, krescent.shared_store()).await
+}
 
-    let store = krescent.shared_store().clone();
+/// `decide_condition`: 8 writers on streams of their own, conditional against plain appends.
+async fn condition_cost(
+    options: &Options,
+    store: &Arc<PostgresEventStore>,
+) -> Result<(), Box<dyn Error>> {
     let appends = 100;
     let writers = |conditional: bool| {
         let store = store.clone();

@@ -67,7 +67,7 @@ impl Book {
         if self.lent.contains(member) {
             return Err(LendError::AlreadyLent(member.to_owned()));
         }
-        if self.lent.len() as u32 >= self.copies {
+        if self.lent.len() >= self.copies as usize {
             return Err(LendError::NotAvailable);
         }
         Ok(vec![NewEvent::new(&BookLent {
@@ -84,6 +84,7 @@ impl Book {
         })?])
     }
 
+    #[allow(clippy::unused_self)] // a command like the others
     pub fn add(&self, copies: u32) -> Result<Vec<NewEvent>, LendError> {
         Ok(vec![NewEvent::new(&CopiesAdded { copies })?])
     }
@@ -91,7 +92,7 @@ impl Book {
     /// The invariant every state must keep.
     pub fn check(&self) {
         assert!(
-            self.lent.len() as u32 <= self.copies,
+            self.lent.len() <= self.copies as usize,
             "more lent than copies: {self:?}"
         );
     }

@@ -389,11 +389,11 @@ pub async fn non_json_payload_is_refused<S: EventStore>(store: &S) {
 /// order, up to its limit.
 pub async fn read_matching_streams_and_types<S: EventStore>(store: &S) {
     use krescent::store::Query;
-    for i in 0..6 {
+    for (i, n) in (0..6u32).enumerate() {
         let stream = ["a", "b", "c"][i % 3];
         let kind = if i == 4 { "x.special" } else { "x.plain" };
         store
-            .append(stream, ExpectedVersion::Any, vec![event(kind, i as u32)])
+            .append(stream, ExpectedVersion::Any, vec![event(kind, n)])
             .await
             .expect("append");
     }

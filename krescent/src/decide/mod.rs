@@ -191,6 +191,32 @@ impl<S: EventStore> Krescent<S> {
     }
 }
 
+/// The snapshot the strategy wants after `appended`, started; `None` when not due. The state
+/// covers exactly the stream up to the append just made: every event it reflects is stored.
+fn snapshot_after<M: EventModel + Default>(
+    checkpointing: &crate::krescent::Checkpointing,
+    stream_id: &str,
+    state: &State<M>,
+    appended: Appended,
+) -> Option<SnapshotWrite> {
+    if !snapshot::due(
+        &checkpointing.strategy,
+        appended.stream_version,
+        state.snapshot,
+    ) {
+        return None;
+    }
+    snapshot::write(
+        &checkpointing.storage,
+        stream_id,
+        &state.model,
+        appended.stream_version,
+        appended.position,
+    )
+    .inspect_err(|e| tracing::warn!(stream = stream_id, error = %e, "cannot take a snapshot"))
+    .ok()
+}
+
 impl<S: EventStore, M: EventModel + Default> Decide<'_, S, M> {
     /// Retry at most `retries` times after a conflict (default [`DEFAULT_RETRIES`]); 0 returns
     /// the first conflict.
@@ -204,6 +230,31 @@ impl<S: EventStore, M: EventModel + Default> Decide<'_, S, M> {
     pub fn backoff(mut self, backoff: Duration) -> Self {
         self.backoff = backoff;
         self
+    }
+
+    /// Appends a decision's `events` as the state says: with its version expected, or under
+    /// the condition that nothing matching the query changed since it was read.
+    async fn append(
+        &self,
+        state: &State<M>,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, crate::store::StoreError> {
+        let store = self.krescent.store();
+        match &self.query {
+            None => {
+                let expected = match state.version {
+                    0 => ExpectedVersion::NoStream,
+                    v => ExpectedVersion::Exact(v),
+                };
+                store.append(&self.stream_id, expected, events).await
+            }
+            Some(query) => {
+                let condition = AppendCondition::new(query.clone(), state.read_at);
+                store
+                    .append_if(&self.stream_id, ExpectedVersion::Any, events, &condition)
+                    .await
+            }
+        }
     }
 
     /// Loads the state, calls `decide` with it, and appends the events it returns; on a
@@ -256,21 +307,7 @@ impl<S: EventStore, M: EventModel + Default> Decide<'_, S, M> {
                     snapshot: None,
                 });
             }
-            let outcome = match &self.query {
-                None => {
-                    let expected = match state.version {
-                        0 => ExpectedVersion::NoStream,
-                        v => ExpectedVersion::Exact(v),
-                    };
-                    store.append(stream_id, expected, events.clone()).await
-                }
-                Some(query) => {
-                    let condition = AppendCondition::new(query.clone(), state.read_at);
-                    store
-                        .append_if(stream_id, ExpectedVersion::Any, events.clone(), &condition)
-                        .await
-                }
-            };
+            let outcome = self.append(&state, events.clone()).await;
             match outcome {
                 Ok(appended) => {
                     state
@@ -278,25 +315,7 @@ impl<S: EventStore, M: EventModel + Default> Decide<'_, S, M> {
                         .await
                         .map_err(LoadError::widen)?;
                     let snapshot = match (&checkpointing, &self.query) {
-                        (Some(c), None)
-                            if snapshot::due(
-                                &c.strategy,
-                                appended.stream_version,
-                                state.snapshot,
-                            ) =>
-                        {
-                            // The state covers exactly the stream up to the append just made:
-                            // every event it reflects is in the store.
-                            snapshot::write(
-                                &c.storage,
-                                stream_id,
-                                &state.model,
-                                appended.stream_version,
-                                appended.position,
-                            )
-                            .inspect_err(|e| tracing::warn!(stream = stream_id, error = %e, "cannot take a snapshot"))
-                            .ok()
-                        }
+                        (Some(c), None) => snapshot_after(c, stream_id, &state, appended),
                         _ => None,
                     };
                     return Ok(Decided {

@@ -400,6 +400,26 @@ impl Inner {
         *self.head.borrow()
     }
 
+    /// Refuses an append to `stream_id` whose condition finds a matching event.
+    fn check_condition(
+        &self,
+        stream_id: &str,
+        condition: Option<&AppendCondition>,
+    ) -> Result<(), StoreError> {
+        let Some(condition) = condition else {
+            return Ok(());
+        };
+        match self.latest_matching(&condition.query, condition.read_at)? {
+            Some(found) => Err(StoreError::QueryConflict {
+                stream: stream_id.to_owned(),
+                query: condition.query.to_string(),
+                read_at: condition.read_at,
+                found,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The latest event matching `query` after `after`, read from the segments: the cost is
     /// the events appended after `after`, which for a decision is those appended since it read.
     fn latest_matching(
@@ -675,17 +695,8 @@ impl Inner {
     ) -> Result<Appended, StoreError> {
         check_payloads(stream_id, &events)?;
         let mut writer = self.writer.lock().await;
-        if let Some(condition) = condition {
-            // Under the writer's lock: no append can come between the check and this one.
-            if let Some(found) = self.latest_matching(&condition.query, condition.read_at)? {
-                return Err(StoreError::QueryConflict {
-                    stream: stream_id.to_owned(),
-                    query: condition.query.to_string(),
-                    read_at: condition.read_at,
-                    found,
-                });
-            }
-        }
+        // Under the writer's lock: no append can come between the check and this one.
+        self.check_condition(stream_id, condition)?;
         let (actual, head, segment_len, segment_empty) = {
             let state = self.read_state();
             let active = state.active();
