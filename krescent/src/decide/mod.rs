@@ -1,7 +1,7 @@
 //! Write models: load a model's state for a stream, decide a command from it, append what the
 //! decision emits with optimistic concurrency, retry on conflict, and snapshot per stream.
 //!
-//! A write model is an ordinary [`EventModel`](crate::EventModel) that is also `Default`: its
+//! A write model is an ordinary [`EventModel`] that is also `Default`: its
 //! `#[krescent::handlers]` apply events, its `#[checkpoint]` fields are its snapshot, and its
 //! `#[checkpoint(strategy = "...", storage = "...")]` says when to snapshot a stream and where
 //! (strategies count per stream: `fixed_events(N)` snapshots a stream after N of its events
@@ -67,7 +67,7 @@
 //!
 //! **Beyond one stream.** [`Krescent::decide_on`] builds the state from every event matching a
 //! [`Query`] (several streams, event types) and appends under an
-//! [`AppendCondition`](crate::store::AppendCondition): the append is refused when any matching
+//! [`AppendCondition`]: the append is refused when any matching
 //! event was appended after the state was read. Such decisions take no snapshots.
 //!
 //! **Limits.** A decision is a synchronous closure over `&M` (it cannot mutate the state or
