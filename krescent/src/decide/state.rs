@@ -161,8 +161,10 @@ impl<M: EventModel + Default> State<M> {
         appended: Appended,
     ) -> Result<(), LoadError> {
         let count = events.len() as u64;
-        let first_version = appended.stream_version + 1 - count;
-        let first_position = appended.position.get() + 1 - count;
+        // Saturating: a store of your own that reports less than it appended gets wrong
+        // metadata on these events, not a panic.
+        let first_version = (appended.stream_version + 1).saturating_sub(count);
+        let first_position = (appended.position.get() + 1).saturating_sub(count);
         let stream: Arc<str> = stream_id.into();
         let recorded_at = truncate_to_micros(SystemTime::now());
         for (i, event) in (0..).zip(events) {
