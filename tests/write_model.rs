@@ -355,3 +355,38 @@ mod postgres {
         );
     }
 }
+
+/// The append condition's check is index probes, not a scan: its plan on a table of 50,000
+/// events has no sequential scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_condition_check_uses_indexes() {
+    let db = krescent_testkit::postgres::fresh_database().await;
+    let store = db.event_store().await;
+    for i in 0..50 {
+        let batch = (0..1_000)
+            .map(|n| NewEvent::from_json("bench.counted", &format!("{{\"n\":{n}}}")).expect("json"))
+            .collect();
+        store
+            .append(&format!("stream-{i}"), ExpectedVersion::Any, batch)
+            .await
+            .expect("append");
+    }
+    let client = db.client().await;
+    client
+        .batch_execute("ANALYZE public.krescent_events")
+        .await
+        .expect("analyze");
+    let explain = format!("EXPLAIN {}", store.condition_statement());
+    let streams = vec!["stream-7".to_owned(), "stream-9".to_owned()];
+    let types = vec!["bench.counted".to_owned()];
+    let plan: Vec<String> = client
+        .query(&explain, &[&streams, &types])
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(plan.contains("Index"), "{plan}");
+}

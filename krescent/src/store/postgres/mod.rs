@@ -306,6 +306,14 @@ impl PostgresEventStore {
         }
     }
 
+    /// The statement that finds the latest event matching an append condition (`$1` the
+    /// streams, `$2` the types, as `text[]`), for tests that check its plan.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn condition_statement(&self) -> &str {
+        &self.sql.query.latest
+    }
+
     /// [`append_if`](EventStore::append_if), with `before_commit` as in
     /// [`append_with`](Self::append_with).
     #[doc(hidden)]
