@@ -243,7 +243,7 @@ async fn postgres_migrate_is_idempotent_and_safe_concurrently() {
         versions,
         [
             ("checkpoints:krescent_checkpoints".to_owned(), 2),
-            ("events:krescent_events".to_owned(), 1)
+            ("events:krescent_events".to_owned(), 2)
         ]
     );
     store

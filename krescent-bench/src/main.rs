@@ -2,12 +2,13 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state|decide]
 //! ```
 //!
 //! It prints one line per figure:
 //! `bench <figure> ratio=<krescent/baseline> krescent=<events/s> baseline=<events/s>`.
 
+mod decide;
 mod file;
 mod measure;
 mod memory;
@@ -21,7 +22,8 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
-    /// Only the in-memory, the file store or the Postgres figures, or only `large_state`.
+    /// Only the in-memory, the file store, the Postgres or the write-model (`decide`)
+    /// figures, or only `large_state`.
     pub(crate) only: Option<String>,
 }
 
@@ -39,10 +41,10 @@ fn options() -> Result<Options, String> {
         if arg == "--only" {
             if !matches!(
                 value.as_str(),
-                "memory" | "file" | "postgres" | "large_state"
+                "memory" | "file" | "postgres" | "large_state" | "decide"
             ) {
                 return Err(format!(
-                    "`--only {value}`: expected `memory`, `file`, `postgres` or `large_state`"
+                    "`--only {value}`: expected `memory`, `file`, `postgres`, `large_state` or `decide`"
                 ));
             }
             options.only = Some(value);
@@ -56,7 +58,7 @@ fn options() -> Result<Options, String> {
             "--reps" => options.reps = number.max(1),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres`"
+                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres|large_state|decide`"
                 ))
             }
         }
@@ -91,6 +93,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     if runs("postgres") || runs("large_state") {
         postgres::run(&options).await?;
+    }
+    if runs("decide") {
+        decide::run(&options).await?;
     }
     Ok(())
 }

@@ -22,7 +22,8 @@ macro_rules! store_contract {
             subscription_from_history_into_live, subscription_from_tail_sees_only_new,
             expected_version_conflicts, conflicting_batch_writes_nothing,
             empty_append_reports_the_stream, odd_strings_round_trip,
-            non_json_payload_is_refused);
+            non_json_payload_is_refused, read_matching_streams_and_types,
+            conditional_append_over_a_query);
     };
     (@tests $make:expr; $($case:ident),*) => {
         $(

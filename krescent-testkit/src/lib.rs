@@ -6,6 +6,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 pub mod contract;
+pub mod counting;
 pub mod examples;
 #[cfg(feature = "postgres")]
 pub mod postgres;

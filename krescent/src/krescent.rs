@@ -147,7 +147,7 @@ impl<S: EventStore> Krescent<S> {
     }
 
     /// How `M` checkpoints, its overrides applied; `None` when it does not checkpoint.
-    fn checkpointing_of<M: EventModel>(&self) -> Result<Option<Checkpointing>, Error> {
+    pub(crate) fn checkpointing_of<M: EventModel>(&self) -> Result<Option<Checkpointing>, Error> {
         let Some(config) = M::checkpointing() else {
             return Ok(None);
         };

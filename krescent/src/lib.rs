@@ -82,6 +82,13 @@
 //! [`Krescent::stream_with`] builds a fresh one; the [`supervisor`] runs many models that way
 //! in one process and reports each.
 //!
+//! **Write models** decide commands from a stream's state: [`Krescent::decide`] loads a
+//! `Default` model from the stream's snapshot and events, calls the decision with `&M`, appends
+//! what it returns with the loaded version as the expected version, retries on conflict, and
+//! snapshots per stream (never from state with an event the store does not hold);
+//! [`Krescent::decide_on`] decides over a [`Query`](store::Query) of several streams or event
+//! types with an [`AppendCondition`](store::AppendCondition). See the [`decide`] module.
+//!
 //! Every running model records its progress, checkpoints and lag through the `metrics`
 //! facade (the [`metrics` module](crate::metrics) lists the names); the application installs the
 //! recorder, krescent none.
@@ -91,6 +98,7 @@
 
 pub mod checkpoint;
 mod configure;
+pub mod decide;
 mod durable;
 mod error;
 pub mod event;
@@ -108,6 +116,7 @@ mod transient;
 
 pub use checkpoint::{CheckpointBucket, CheckpointSupport};
 pub use configure::Configure;
+pub use decide::{Decide, DecideError, Decided, Loaded};
 pub use error::Error;
 pub use event::{DecodeError, Event, EventMeta, EventType, NewEvent, RecordedEvent};
 pub use krescent::{CaughtUp, Krescent, Restored};
@@ -136,12 +145,13 @@ pub use deadpool_postgres;
 /// What a first program needs: `use krescent::prelude::*;` brings the derives and
 /// `#[handlers]`, the entry point and what it returns ([`Krescent`], [`Origin`], [`Position`],
 /// [`Error`] and its [`HandlerError`] and [`DecodeError`]), the store trait with the in-memory
-/// store and [`ExpectedVersion`](store::ExpectedVersion), and serde's derives.
+/// store and [`ExpectedVersion`](store::ExpectedVersion), the write side ([`DecideError`],
+/// [`Decided`], [`Query`](store::Query)), and serde's derives.
 pub mod prelude {
-    pub use crate::store::{EventStore, ExpectedVersion, InMemoryEventStore};
+    pub use crate::store::{EventStore, ExpectedVersion, InMemoryEventStore, Query};
     pub use crate::{
-        handlers, CaughtUp, DecodeError, Error, Event, EventMeta, EventModel, HandlerError,
-        Krescent, NewEvent, Origin, Position, Running,
+        handlers, CaughtUp, DecideError, Decided, DecodeError, Error, Event, EventMeta, EventModel,
+        HandlerError, Krescent, NewEvent, Origin, Position, Running,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -384,3 +384,139 @@ pub async fn non_json_payload_is_refused<S: EventStore>(store: &S) {
     );
     assert_eq!(numbers(&read_all(store).await), [1]);
 }
+
+/// `read_matching` returns the events of the query's streams and types after a position, in
+/// order, up to its limit.
+pub async fn read_matching_streams_and_types<S: EventStore>(store: &S) {
+    use krescent::store::Query;
+    for (i, n) in (0..6u32).enumerate() {
+        let stream = ["a", "b", "c"][i % 3];
+        let kind = if i == 4 { "x.special" } else { "x.plain" };
+        store
+            .append(stream, ExpectedVersion::Any, vec![event(kind, n)])
+            .await
+            .expect("append");
+    }
+    let read = |query: Query, after: u64, limit: usize| async move {
+        let events = store
+            .read_matching(&query, Position::new(after), limit)
+            .await
+            .expect("read");
+        numbers(&events)
+    };
+    assert_eq!(read(Query::stream("a"), 0, 100).await, [0, 3]);
+    assert_eq!(read(Query::stream("a"), 1, 100).await, [3]);
+    assert_eq!(read(Query::streams(["a", "c"]), 0, 100).await, [0, 2, 3, 5]);
+    assert_eq!(read(Query::streams(["a", "c"]), 0, 3).await, [0, 2, 3]);
+    assert_eq!(read(Query::types(["x.special"]), 0, 100).await, [4]);
+    assert_eq!(
+        read(Query::stream("c").or_type("x.special"), 0, 100).await,
+        [2, 4, 5]
+    );
+    assert!(read(Query::stream("nothing"), 0, 100).await.is_empty());
+    assert!(read(Query::default(), 0, 100).await.is_empty());
+    assert!(read(Query::stream("a"), 6, 100).await.is_empty());
+}
+
+/// `append_if` appends when nothing matching its query came after its position, and refuses
+/// (writing nothing) with `QueryConflict` when something did; unrelated appends do not matter.
+pub async fn conditional_append_over_a_query<S: EventStore>(store: &S) {
+    use krescent::store::{AppendCondition, Query};
+    store
+        .append(
+            "book-1",
+            ExpectedVersion::NoStream,
+            vec![event("book.added", 1)],
+        )
+        .await
+        .expect("append");
+    let read_at = store.head().await.expect("head");
+    let query = Query::streams(["book-1", "member-1"]).or_type("library.closed");
+    // Unrelated writers: another stream, another type.
+    store
+        .append("book-2", ExpectedVersion::Any, vec![event("book.added", 2)])
+        .await
+        .expect("append");
+    let condition = AppendCondition::new(query.clone(), read_at);
+    let appended = store
+        .append_if(
+            "member-1",
+            ExpectedVersion::Any,
+            vec![event("member.borrowed", 3)],
+            &condition,
+        )
+        .await
+        .expect("nothing matching changed");
+    assert_eq!(appended.stream_version, 1);
+    // The same condition again: the append just made matches it now.
+    let head = store.head().await.expect("head");
+    match store
+        .append_if(
+            "book-1",
+            ExpectedVersion::Any,
+            vec![event("book.lent", 4)],
+            &condition,
+        )
+        .await
+    {
+        Err(StoreError::QueryConflict {
+            stream,
+            read_at: at,
+            found,
+            ..
+        }) => {
+            assert_eq!(stream, "book-1");
+            assert_eq!(at, read_at);
+            assert_eq!(found, appended.position);
+        }
+        other => panic!("expected a query conflict, got {other:?}"),
+    }
+    assert_eq!(store.head().await.expect("head"), head, "nothing written");
+    // An event of a queried type in any stream conflicts too.
+    store
+        .append(
+            "elsewhere",
+            ExpectedVersion::Any,
+            vec![event("library.closed", 5)],
+        )
+        .await
+        .expect("append");
+    let fresh = AppendCondition::new(query.clone(), head);
+    let refused = store
+        .append_if(
+            "book-1",
+            ExpectedVersion::Any,
+            vec![event("book.lent", 6)],
+            &fresh,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::QueryConflict { .. })),
+        "{refused:?}"
+    );
+    // Read at the head: it succeeds, and the stream's version is still checked.
+    let now = AppendCondition::new(query, store.head().await.expect("head"));
+    let wrong_version = store
+        .append_if(
+            "book-1",
+            ExpectedVersion::Exact(7),
+            vec![event("book.lent", 7)],
+            &now,
+        )
+        .await;
+    assert!(
+        matches!(wrong_version, Err(StoreError::Conflict { actual: 1, .. })),
+        "{wrong_version:?}"
+    );
+    store
+        .append_if(
+            "book-1",
+            ExpectedVersion::Exact(1),
+            vec![event("book.lent", 8)],
+            &now,
+        )
+        .await
+        .expect("append under the condition");
+    let all = read_all(store).await;
+    assert_eq!(numbers(&all), [1, 2, 3, 5, 8]);
+}

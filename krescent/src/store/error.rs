@@ -17,6 +17,26 @@ pub enum StoreError {
         /// The stream's version (0 for none).
         actual: u64,
     },
+    /// An event matching the append's condition was appended after the position the decider
+    /// read at; nothing was written.
+    #[error("append to stream `{stream}` refused: an event matching {query} was appended at position {found}, after position {read_at} where the decision read")]
+    QueryConflict {
+        /// The stream appended to.
+        stream: String,
+        /// The condition's query, as text.
+        query: String,
+        /// Where the decider had read up to.
+        read_at: Position,
+        /// The latest matching event's position.
+        found: Position,
+    },
+    /// The store does not implement this operation (a store of your own that kept the trait's
+    /// default); nothing was written.
+    #[error("this event store does not support {operation}")]
+    Unsupported {
+        /// What was asked of it.
+        operation: &'static str,
+    },
     /// The file system failed.
     #[error("event log `{}`: {source}", path.display())]
     Io {
@@ -98,6 +118,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the append was refused because another writer got there first: a
+    /// [`Conflict`](Self::Conflict) on the stream's version or a
+    /// [`QueryConflict`](Self::QueryConflict) on an append condition. Reading again and
+    /// deciding again may succeed.
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Conflict { .. } | StoreError::QueryConflict { .. }
+        )
+    }
+
     /// Whether retrying may succeed: a lost or refused connection.
     #[must_use]
     pub fn is_transient(&self) -> bool {

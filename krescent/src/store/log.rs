@@ -24,12 +24,28 @@ struct Events {
     sealed: Vec<Arc<[RecordedEvent]>>,
     /// The events after the sealed chunks; fewer than [`CHUNK`].
     open: Vec<RecordedEvent>,
-    streams: HashMap<Arc<str>, u64>,
+    /// The positions of every stream's events, in order: its version is their number.
+    streams: HashMap<Arc<str>, Vec<u64>>,
 }
 
 impl Events {
     fn len(&self) -> usize {
         self.sealed.len() * CHUNK + self.open.len()
+    }
+
+    /// The event at `position`, if the log holds it.
+    fn at(&self, position: u64) -> Option<&RecordedEvent> {
+        let index = usize::try_from(position.checked_sub(1)?).ok()?;
+        let (chunk, offset) = (index / CHUNK, index % CHUNK);
+        match self.sealed.get(chunk) {
+            Some(sealed) => sealed.get(offset),
+            None if chunk == self.sealed.len() => self.open.get(offset),
+            None => None,
+        }
+    }
+
+    fn version(&self, stream_id: &str) -> u64 {
+        self.streams.get(stream_id).map_or(0, |p| p.len() as u64)
     }
 
     fn push(&mut self, event: RecordedEvent) {
@@ -92,7 +108,7 @@ impl Log {
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let log = self.read();
-        let actual = log.streams.get(stream_id).copied().unwrap_or(0);
+        let actual = log.version(stream_id);
         if !expected.matches(actual) {
             return Err(StoreError::conflict(stream_id, expected, actual));
         }
@@ -133,8 +149,8 @@ impl Log {
         let mut log = self.events.write().unwrap_or_else(PoisonError::into_inner);
         let appended = match records.last() {
             Some(last) => {
-                log.streams
-                    .insert(last.meta.stream_id.clone(), last.meta.stream_version);
+                let positions = log.streams.entry(last.meta.stream_id.clone()).or_default();
+                positions.extend(records.iter().map(|r| r.position().get()));
                 Appended {
                     position: last.meta.position,
                     stream_version: last.meta.stream_version,
@@ -159,7 +175,71 @@ impl Log {
 
     /// The version of `stream_id` (0 when it has no events).
     pub(crate) fn stream_version(&self, stream_id: &str) -> u64 {
-        self.read().streams.get(stream_id).copied().unwrap_or(0)
+        self.read().version(stream_id)
+    }
+
+    /// Up to `limit` events matching `query` after `after`. A query of streams alone is
+    /// answered from their position lists (a binary search each, then only their events);
+    /// one with event types scans the log after `after`.
+    pub(crate) fn read_matching(
+        &self,
+        query: &super::Query,
+        after: Position,
+        limit: usize,
+    ) -> Vec<RecordedEvent> {
+        let log = self.read();
+        let mut matching = Vec::new();
+        if query.event_types().next().is_none() {
+            let mut positions: Vec<u64> = Vec::new();
+            for stream in query.stream_ids() {
+                if let Some(all) = log.streams.get(stream) {
+                    let from = all.partition_point(|&p| p <= after.get());
+                    positions.extend(all[from..].iter().take(limit));
+                }
+            }
+            positions.sort_unstable();
+            positions.truncate(limit);
+            matching.extend(positions.into_iter().filter_map(|p| log.at(p).cloned()));
+            return matching;
+        }
+        let (mut start, end) = log.range(after, usize::MAX);
+        while start < end && matching.len() < limit {
+            let part = log.chunk_from(start, end);
+            start += part.len();
+            matching.extend(
+                part.iter()
+                    .filter(|e| query.matches(e))
+                    .take(limit - matching.len())
+                    .cloned(),
+            );
+        }
+        matching
+    }
+
+    /// The position of the latest event matching `query` after `after`, if any: from the
+    /// streams' position lists, and a scan after `after` for event types.
+    pub(crate) fn latest_matching(
+        &self,
+        query: &super::Query,
+        after: Position,
+    ) -> Option<Position> {
+        let log = self.read();
+        let mut latest = query
+            .stream_ids()
+            .filter_map(|s| log.streams.get(s).and_then(|p| p.last().copied()))
+            .filter(|&p| p > after.get())
+            .max();
+        if query.event_types().next().is_some() {
+            let (mut start, end) = log.range(after, usize::MAX);
+            while start < end {
+                let part = log.chunk_from(start, end);
+                start += part.len();
+                if let Some(e) = part.iter().rev().find(|e| query.matches(e)) {
+                    latest = latest.max(Some(e.position().get()));
+                }
+            }
+        }
+        latest.map(Position::new)
     }
 
     pub(crate) fn read_after(&self, after: Position, limit: usize) -> Vec<RecordedEvent> {

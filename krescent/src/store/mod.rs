@@ -7,6 +7,7 @@ mod log;
 mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+mod query;
 mod subscription;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ pub use file::{FileEventStore, FileStoreOptions, DEFAULT_SEGMENT_BYTES};
 pub use memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresEventStore};
+pub use query::{AppendCondition, Query};
 pub use subscription::Subscription;
 
 use crate::event::{NewEvent, RecordedEvent};
@@ -100,6 +102,64 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Appends like [`append`](Self::append), and only if moreover no event matching
+    /// `condition.query` was appended after `condition.read_at`: optimistic concurrency over a
+    /// query (several streams, event types) rather than one stream's version. The check and the
+    /// append are one step: no matching event can slip in between.
+    ///
+    /// Every store of this crate implements it; the default refuses with
+    /// [`StoreError::Unsupported`] (a store of your own must implement it to serve decisions).
+    ///
+    /// # Errors
+    /// [`StoreError::QueryConflict`] naming the stream, the query and both positions when a
+    /// matching event was appended; [`StoreError::Conflict`] as for `append`. Nothing is written
+    /// then.
+    fn append_if(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        condition: &AppendCondition,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send {
+        let _ = (stream_id, expected, events, condition);
+        std::future::ready(Err(StoreError::Unsupported {
+            operation: "conditional appends (`append_if`)",
+        }))
+    }
+
+    /// Up to `limit` events matching `query` after `after`, in order; fewer than `limit` only
+    /// when no more match. What write models load with: one stream's events after its snapshot,
+    /// or the events a decision over several streams depends on.
+    ///
+    /// The default reads every event after `after` with [`read_batch`](Self::read_batch) and
+    /// keeps those that match, so its cost is the whole log after `after`. The memory and
+    /// Postgres stores find a stream's events through an index; the file store scans (see
+    /// [`FileEventStore`]).
+    fn read_matching(
+        &self,
+        query: &Query,
+        after: Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        async move {
+            let mut matching = Vec::new();
+            let mut at = after;
+            while matching.len() < limit && !query.is_empty() {
+                let batch = self.read_batch(at, 4096).await?;
+                let Some(last) = batch.last() else { break };
+                at = last.position();
+                matching.extend(
+                    batch
+                        .iter()
+                        .filter(|e| query.matches(e))
+                        .take(limit - matching.len())
+                        .cloned(),
+                );
+            }
+            Ok(matching)
+        }
+    }
 
     /// Up to `limit` events after `after`, in order.
     fn read_after(

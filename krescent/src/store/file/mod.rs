@@ -31,7 +31,10 @@ use tokio::sync::watch;
 
 use self::format::{Draft, FrameHeader, Names, FRAME_HEADER, SEGMENT_HEADER};
 use self::index::{HeadState, SegmentIndex};
-use super::{check_payloads, Appended, EventBatch, EventStore, ExpectedVersion, StoreError};
+use super::{
+    check_payloads, AppendCondition, Appended, EventBatch, EventStore, ExpectedVersion, Query,
+    StoreError,
+};
 use crate::checkpoint::truncate_to_micros;
 use crate::durable::{is_temporary, write_atomically};
 use crate::event::{NewEvent, RecordedEvent};
@@ -97,6 +100,13 @@ impl FileStoreOptions {
 /// process at a time ([`StoreError::Locked`] for a second); memory grows with the number of
 /// streams (one version each) and by 16 bytes per 64 KiB of log, not with the events; a single
 /// event's fields and a 1024-event frame are at most 4 GiB.
+///
+/// **Queries** ([`read_matching`](EventStore::read_matching), what write models load with, and
+/// the condition of [`append_if`](EventStore::append_if)): the store keeps no per-stream index
+/// of positions, so both read the log from the query's position on and keep the matching
+/// events. Loading a stream costs the whole log after its snapshot (after the start without
+/// one), all streams included; checking a condition costs the events appended since the
+/// decision read.
 #[derive(Debug)]
 pub struct FileEventStore {
     inner: Arc<Inner>,
@@ -356,7 +366,13 @@ impl FileEventStore {
                 };
                 let appended = self
                     .inner
-                    .append(&first.stream, expected, events, Some(first.recorded_at()))
+                    .append(
+                        &first.stream,
+                        expected,
+                        events,
+                        Some(first.recorded_at()),
+                        None,
+                    )
                     .await?;
                 if appended.position.get() != run.last().map_or(0, |r| r.position) {
                     return Err(StoreError::Corrupt {
@@ -382,6 +398,46 @@ impl FileEventStore {
 impl Inner {
     fn head(&self) -> Position {
         *self.head.borrow()
+    }
+
+    /// Refuses an append to `stream_id` whose condition finds a matching event.
+    fn check_condition(
+        &self,
+        stream_id: &str,
+        condition: Option<&AppendCondition>,
+    ) -> Result<(), StoreError> {
+        let Some(condition) = condition else {
+            return Ok(());
+        };
+        match self.latest_matching(&condition.query, condition.read_at)? {
+            Some(found) => Err(StoreError::QueryConflict {
+                stream: stream_id.to_owned(),
+                query: condition.query.to_string(),
+                read_at: condition.read_at,
+                found,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The latest event matching `query` after `after`, read from the segments: the cost is
+    /// the events appended after `after`, which for a decision is those appended since it read.
+    fn latest_matching(
+        &self,
+        query: &Query,
+        after: Position,
+    ) -> Result<Option<Position>, StoreError> {
+        let (head, mut at) = (self.head().get(), after.get());
+        let mut latest = None;
+        while at < head && !query.is_empty() {
+            let events = self.read_segment(at + 1, 4096)?;
+            let Some(last) = events.last() else { break };
+            at = last.position().get();
+            if let Some(e) = events.iter().rev().find(|e| query.matches(e)) {
+                latest = Some(e.position());
+            }
+        }
+        Ok(latest)
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -635,9 +691,12 @@ impl Inner {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         recorded_at: Option<SystemTime>,
+        condition: Option<&AppendCondition>,
     ) -> Result<Appended, StoreError> {
         check_payloads(stream_id, &events)?;
         let mut writer = self.writer.lock().await;
+        // Under the writer's lock: no append can come between the check and this one.
+        self.check_condition(stream_id, condition)?;
         let (actual, head, segment_len, segment_empty) = {
             let state = self.read_state();
             let active = state.active();
@@ -740,7 +799,21 @@ impl EventStore for FileEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
-        self.inner.append(stream_id, expected, events, None).await
+        self.inner
+            .append(stream_id, expected, events, None, None)
+            .await
+    }
+
+    async fn append_if(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        condition: &AppendCondition,
+    ) -> Result<Appended, StoreError> {
+        self.inner
+            .append(stream_id, expected, events, None, Some(condition))
+            .await
     }
 
     async fn read_after(

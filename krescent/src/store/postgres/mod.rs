@@ -4,6 +4,7 @@
 mod config;
 mod error;
 mod listener;
+mod query;
 mod schema;
 
 use std::future::Future;
@@ -22,7 +23,9 @@ pub(crate) use error::{transient_cause, DbFailure};
 use listener::{wait_past, ListenTo, Listener};
 pub(crate) use schema::{migrate, Component};
 
-use super::{Appended, EventBatch, EventStore, ExpectedVersion, StoreError};
+use super::{
+    AppendCondition, Appended, EventBatch, EventStore, ExpectedVersion, Query, StoreError,
+};
 use crate::checkpoint::storage::PostgresCheckpointStorage;
 use crate::event::{EventMeta, NewEvent, RecordedEvent};
 use crate::Position;
@@ -131,6 +134,7 @@ struct Sql {
     append: String,
     read: Arc<str>,
     head: String,
+    query: query::QuerySql,
 }
 
 /// Takes the append lock of a table until the transaction ends.
@@ -167,6 +171,7 @@ impl Sql {
             )
             .into(),
             head: format!("SELECT coalesce(max(position), 0)::bigint FROM {events}"),
+            query: query::QuerySql::new(names),
         }
     }
 }
@@ -290,7 +295,7 @@ impl PostgresEventStore {
         super::check_payloads(stream_id, &events)?;
         refuse_nul(stream_id, &events)?;
         match self
-            .try_append(stream_id, expected, events, before_commit)
+            .try_append(stream_id, expected, events, None, before_commit)
             .await
         {
             Ok(outcome) => outcome,
@@ -301,17 +306,75 @@ impl PostgresEventStore {
         }
     }
 
+    /// The statement that finds the latest event matching an append condition (`$1` the
+    /// streams, `$2` the types, as `text[]`), for tests that check its plan.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn condition_statement(&self) -> &str {
+        &self.sql.query.latest
+    }
+
+    /// [`append_if`](EventStore::append_if), with `before_commit` as in
+    /// [`append_with`](Self::append_with).
+    #[doc(hidden)]
+    pub async fn append_if_with(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        condition: &AppendCondition,
+        before_commit: impl Future<Output = Result<(), StoreError>> + Send,
+    ) -> Result<Appended, StoreError> {
+        super::check_payloads(stream_id, &events)?;
+        refuse_nul(stream_id, &events)?;
+        match self
+            .try_append(stream_id, expected, events, Some(condition), before_commit)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => Err(e.store(format!(
+                "append to stream `{stream_id}` in `{}` under the condition {}",
+                self.names.events_plain, condition.query
+            ))),
+        }
+    }
+
     /// The append; the outer error is the database's, the inner one a conflict or the hook's.
+    ///
+    /// With a condition, the latest event matching its query is looked up in the append's
+    /// transaction, after the lock is taken and before the events are inserted: every earlier
+    /// append has committed by then and no later one can start until this one ends, so the
+    /// check sees exactly the events that precede this append. It costs one backward index probe
+    /// per stream and type of the query (see `query.rs`), sent in the same round trip.
     async fn try_append(
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        condition: Option<&AppendCondition>,
         before_commit: impl Future<Output = Result<(), StoreError>> + Send,
     ) -> Result<Result<Appended, StoreError>, DbFailure> {
         let mut client = self.pool.get().await?;
-        if events.is_empty() {
+        if events.is_empty() && condition.is_none() {
             return self.check_version(&client, stream_id, expected).await;
+        }
+        let latest = match condition {
+            Some(_) => Some(client.prepare_cached(&self.sql.query.latest).await?),
+            None => None,
+        };
+        if events.is_empty() {
+            // An empty append under a condition: check it under the lock, append nothing.
+            let tx = client.transaction().await?;
+            let lock = tx.prepare_cached(LOCK).await?;
+            tx.execute(&lock, &[&self.names.append_lock()]).await?;
+            if let Some(refused) =
+                Self::check_condition(&tx, latest.as_ref(), stream_id, condition).await?
+            {
+                return Ok(Err(refused));
+            }
+            let outcome = self.check_version(&tx, stream_id, expected).await?;
+            tx.commit().await?;
+            return Ok(outcome);
         }
         let lock = client.prepare_cached(LOCK).await?;
         let append = client.prepare_cached(&self.sql.append).await?;
@@ -341,11 +404,17 @@ impl PostgresEventStore {
             &self.names.channel,
             &prefix,
         ];
-        let (locked, appended) = tokio::join!(
+        let (locked, refused, appended) = tokio::join!(
             tx.execute(&lock, &lock_params),
+            Self::check_condition(&tx, latest.as_ref(), stream_id, condition),
             tx.query_one(&append, &append_params)
         );
         locked?;
+        if let Some(refused) = refused? {
+            drop(appended);
+            tx.rollback().await?;
+            return Ok(Err(refused));
+        }
         let row = appended?;
         let actual = non_negative(row.try_get(0)?, "stream version")?;
         let last: Option<i64> = row.try_get(1)?;
@@ -367,10 +436,37 @@ impl PostgresEventStore {
         }))
     }
 
+    /// The conflict `condition` finds, if any: the latest event matching its query when it is
+    /// after the condition's position. Run in the append's transaction, after the lock; the
+    /// statement is prepared beforehand, so that pipelined with the append it runs before it.
+    async fn check_condition(
+        tx: &deadpool_postgres::Transaction<'_>,
+        statement: Option<&tokio_postgres::Statement>,
+        stream_id: &str,
+        condition: Option<&AppendCondition>,
+    ) -> Result<Option<StoreError>, DbFailure> {
+        let (Some(condition), Some(statement)) = (condition, statement) else {
+            return Ok(None);
+        };
+        let arrays = query::arrays(&condition.query);
+        let row = tx
+            .query_one(statement, &query::latest_params(&arrays))
+            .await?;
+        let latest = Position::new(non_negative(row.try_get(0)?, "position")?);
+        Ok(
+            (latest > condition.read_at).then(|| StoreError::QueryConflict {
+                stream: stream_id.to_owned(),
+                query: condition.query.to_string(),
+                read_at: condition.read_at,
+                found: latest,
+            }),
+        )
+    }
+
     /// An empty append: only checks the expected version.
     async fn check_version(
         &self,
-        client: &deadpool_postgres::Client,
+        client: &impl deadpool_postgres::GenericClient,
         stream_id: &str,
         expected: ExpectedVersion,
     ) -> Result<Result<Appended, StoreError>, DbFailure> {
@@ -546,6 +642,39 @@ impl EventStore for PostgresEventStore {
     ) -> Result<Appended, StoreError> {
         self.append_with(stream_id, expected, events, std::future::ready(Ok(())))
             .await
+    }
+
+    async fn append_if(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        condition: &AppendCondition,
+    ) -> Result<Appended, StoreError> {
+        self.append_if_with(
+            stream_id,
+            expected,
+            events,
+            condition,
+            std::future::ready(Ok(())),
+        )
+        .await
+    }
+
+    async fn read_matching(
+        &self,
+        query: &Query,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        query::read_matching(&self.pool, &self.sql.query, query, after, limit)
+            .await
+            .map_err(|e| {
+                e.store(format!(
+                    "read {query} after position {after} in `{}`",
+                    self.names.events_plain
+                ))
+            })
     }
 
     async fn read_after(

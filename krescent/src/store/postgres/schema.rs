@@ -50,6 +50,14 @@ impl Component {
                  );
                  COMMENT ON TABLE {events} IS 'krescent events. Append only through krescent: appends hold an advisory lock until they commit so that positions become visible in order.'",
                 events = names.events
+            ), format!(
+                // Step 2: the indexes of write models' queries. A stream's events after a
+                // position are a range of the first; the latest event of a stream or of a type
+                // (an append condition's check) is one backward probe of either. Unnamed:
+                // Postgres picks names that cannot collide, whatever the table's name's length.
+                "CREATE INDEX ON {events} (stream_id, position);
+                 CREATE INDEX ON {events} (event_type, position)",
+                events = names.events
             )],
             Component::Checkpoints => vec![format!(
                 "CREATE TABLE {checkpoints} (

@@ -1,0 +1,122 @@
+//! Queries of write models: one stream's (or several streams' and types') events, and the
+//! check of an append condition inside the append's transaction.
+//!
+//! Both use the indexes of the events table's second migration step, `(stream_id, position)`
+//! and `(event_type, position)`: a stream's events after a position are an index range, and
+//! "the latest event matching the query" is one backward index probe per stream and per type
+//! (`ORDER BY position DESC LIMIT 1`), whatever the table's size and however many other
+//! streams are written.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+use tokio_postgres::types::ToSql;
+
+use super::config::Names;
+use super::error::DbFailure;
+use super::{non_negative, JsonbText};
+use crate::event::{EventMeta, RecordedEvent};
+use crate::store::Query;
+use crate::Position;
+
+/// The statements of the queries, with the store's quoted table name in them.
+#[derive(Debug)]
+pub(super) struct QuerySql {
+    /// Events of any of the streams `$3` after `$1`, up to `$2`.
+    streams: String,
+    /// Events of any of the streams `$3` or of the types `$4` after `$1`, up to `$2`.
+    any: String,
+    /// The position of the latest event of any of the streams `$1` or types `$2` (0 for none).
+    pub(super) latest: String,
+}
+
+const COLUMNS: &str =
+    "position, stream_id, stream_version, event_id, event_type, payload, recorded_at";
+
+impl QuerySql {
+    pub(super) fn new(names: &Names) -> Self {
+        let events = &names.events;
+        QuerySql {
+            streams: format!(
+                "SELECT {COLUMNS} FROM {events}
+                 WHERE stream_id = ANY($3::text[]) AND position > $1 ORDER BY position LIMIT $2"
+            ),
+            any: format!(
+                "SELECT {COLUMNS} FROM {events}
+                 WHERE position > $1 AND (stream_id = ANY($3::text[]) OR event_type = ANY($4::text[]))
+                 ORDER BY position LIMIT $2"
+            ),
+            latest: format!(
+                "SELECT coalesce(max(latest.p), 0)::bigint FROM (
+                     SELECT (SELECT e.position FROM {events} e WHERE e.stream_id = s.id
+                             ORDER BY e.position DESC LIMIT 1) AS p
+                     FROM unnest($1::text[]) AS s(id)
+                     UNION ALL
+                     SELECT (SELECT e.position FROM {events} e WHERE e.event_type = t.name
+                             ORDER BY e.position DESC LIMIT 1)
+                     FROM unnest($2::text[]) AS t(name)
+                 ) AS latest"
+            ),
+        }
+    }
+}
+
+/// The streams and types of `query`, as the statements' array parameters.
+pub(super) fn arrays(query: &Query) -> (Vec<&str>, Vec<&str>) {
+    (query.stream_ids().collect(), query.event_types().collect())
+}
+
+/// Up to `limit` events matching `query` after `after`.
+pub(super) async fn read_matching(
+    pool: &Pool,
+    sql: &QuerySql,
+    query: &Query,
+    after: Position,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, DbFailure> {
+    if query.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let client = pool.get().await?;
+    let (streams, types) = arrays(query);
+    let after = i64::try_from(after.get()).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = if types.is_empty() {
+        let statement = client.prepare_cached(&sql.streams).await?;
+        client
+            .query(&statement, &[&after, &limit, &streams])
+            .await?
+    } else {
+        let statement = client.prepare_cached(&sql.any).await?;
+        client
+            .query(&statement, &[&after, &limit, &streams, &types])
+            .await?
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let stream_id: &str = row.try_get(1)?;
+        let event_type: &str = row.try_get(4)?;
+        let payload: JsonbText<'_> = row.try_get(5)?;
+        let recorded_at: SystemTime = row.try_get(6)?;
+        events.push(RecordedEvent {
+            meta: EventMeta {
+                event_id: row.try_get(3)?,
+                stream_id: Arc::from(stream_id),
+                stream_version: non_negative(row.try_get(2)?, "stream version")?,
+                position: Position::new(non_negative(row.try_get(0)?, "position")?),
+                recorded_at,
+                event_type: Arc::from(event_type),
+            },
+            payload: Arc::from(payload.0),
+        });
+    }
+    Ok(events)
+}
+
+/// The parameters of [`QuerySql::latest`].
+pub(super) fn latest_params<'a>(
+    arrays: &'a (Vec<&'a str>, Vec<&'a str>),
+) -> [&'a (dyn ToSql + Sync); 2] {
+    [&arrays.0, &arrays.1]
+}
