@@ -55,6 +55,16 @@ impl<S> Krescent<S> {
     }
 }
 
+/// Restores `model` from `checkpointing`'s storage and makes it a runner.
+async fn start_with<M: EventModel>(
+    model: M,
+    checkpointing: Option<Checkpointing>,
+    trigger: CheckpointTrigger,
+) -> Result<Runner<M>, Error> {
+    let start = restore(model, checkpointing.as_ref().map(|c| &c.storage)).await?;
+    Runner::begin(start, checkpointing, trigger).await
+}
+
 /// A model that has processed every event the store held.
 #[derive(Debug)]
 pub struct CaughtUp<M> {
@@ -185,8 +195,100 @@ impl<S: EventStore> Krescent<S> {
         trigger: CheckpointTrigger,
     ) -> Result<Runner<M>, Error> {
         let checkpointing = self.checkpointing_of::<M>()?;
-        let start = restore(model, checkpointing.as_ref().map(|c| &c.storage)).await?;
-        Runner::begin(start, checkpointing, trigger).await
+        start_with(model, checkpointing, trigger).await
+    }
+
+    /// Runs `model` in the stream's task: waits for its lease when it needs one (as a standby),
+    /// then restores and follows, fenced by the lease.
+    async fn run_stream<M: EventModel>(
+        &self,
+        mut model: M,
+        trigger: CheckpointTrigger,
+        control: crate::running::Control,
+    ) -> Result<CaughtUp<M>, Error> {
+        let checkpointing = self.checkpointing_of::<M>()?;
+        #[cfg(feature = "postgres")]
+        let checkpointing = {
+            let changed = self.overrides.get(M::NAME);
+            let exclusive = changed.is_some_and(|o| o.exclusive) || model.transaction().is_some();
+            let leases = checkpointing
+                .as_ref()
+                .and_then(|c| c.storage.leases())
+                .filter(|_| exclusive);
+            match (leases, checkpointing) {
+                (Some(leases), Some(checkpointing)) => {
+                    let config = changed.and_then(|o| o.lease).unwrap_or_default();
+                    return self
+                        .run_leased(model, leases, config, checkpointing, trigger, control)
+                        .await;
+                }
+                (_, checkpointing) => checkpointing,
+            }
+        };
+        let runner = start_with(model, checkpointing, trigger).await?;
+        crate::running::follow(&*self.store, runner, control).await
+    }
+
+    /// [`run_stream`](Self::run_stream) of a model that needs a lease: a standby until it holds
+    /// it, then fenced by it; the lease is released when the model stops (not when it was
+    /// fenced: it is not its own any more).
+    #[cfg(feature = "postgres")]
+    async fn run_leased<M: EventModel>(
+        &self,
+        mut model: M,
+        leases: crate::fleet::Leases,
+        config: crate::fleet::LeaseConfig,
+        mut checkpointing: Checkpointing,
+        trigger: CheckpointTrigger,
+        control: crate::running::Control,
+    ) -> Result<CaughtUp<M>, Error> {
+        control.set_status(crate::Status::Standby);
+        let mut stop = control.stop_flag();
+        let Some(lease) = leases.acquire(M::NAME, config, &mut stop).await else {
+            // Stopped while a standby: nothing ran.
+            return Ok(CaughtUp {
+                model,
+                origin: Origin::Scratch,
+                position: Position::START,
+                processed: 0,
+                checkpoints: 0,
+            });
+        };
+        control.set_status(crate::Status::Starting);
+        let fence = lease.fence().clone();
+        if let Some(fenced) = checkpointing.storage.fenced(&fence) {
+            checkpointing.storage = fenced;
+        }
+        if let Some(transaction) = model.transaction() {
+            transaction.set_fence(Some(fence.clone()));
+        }
+        // The checkpoint is loaded only now that the lease is held.
+        let result = async {
+            let runner = start_with(model, Some(checkpointing), trigger).await?;
+            crate::running::follow(&*self.store, runner, control).await
+        }
+        .await;
+        match result {
+            Err(Error::Storage {
+                source: crate::checkpoint::StorageError::Fenced { namespace, epoch, .. },
+                ..
+            }) => {
+                tracing::warn!(
+                    model = M::NAME,
+                    epoch,
+                    "fenced: another instance holds the lease now; stepping down"
+                );
+                Err(Error::Fenced {
+                    model: M::NAME,
+                    namespace,
+                    epoch,
+                })
+            }
+            result => {
+                lease.release().await;
+                result
+            }
+        }
     }
 
     /// Restores `model` from its checkpoint (if any), replays every later event, and returns
@@ -250,13 +352,8 @@ impl<S: EventStore> Krescent<S> {
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();
-        Running::spawn(trigger.clone(), move |stop| async move {
-            crate::running::follow(
-                &*krescent.store,
-                krescent.start(model, trigger).await?,
-                stop,
-            )
-            .await
+        Running::spawn(trigger.clone(), move |control| async move {
+            krescent.run_stream(model, trigger, control).await
         })
     }
 

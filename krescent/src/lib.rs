@@ -88,6 +88,7 @@ mod configure;
 mod durable;
 mod error;
 pub mod event;
+pub mod fleet;
 mod krescent;
 pub mod metrics;
 pub mod model;

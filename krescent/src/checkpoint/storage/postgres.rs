@@ -13,6 +13,7 @@ use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion,
 };
+use crate::fleet::{check_fence, Fence, FenceFailure, Leases};
 use crate::store::postgres::{migrate, Component, DbFailure, Names};
 use crate::store::{PostgresConfig, StoreError};
 use crate::Position;
@@ -43,6 +44,8 @@ pub struct PostgresCheckpointStorage {
     format: CheckpointFormat,
     names: Arc<Names>,
     sql: Arc<Sql>,
+    /// The lease every store must still hold (a leased model's storage; see [`crate::fleet`]).
+    fence: Option<Arc<Fence>>,
 }
 
 /// The statements, with the quoted table name in them.
@@ -86,6 +89,7 @@ impl PostgresCheckpointStorage {
             format: CheckpointFormat::MessagePack,
             names,
             sql: Arc::new(sql),
+            fence: None,
         }
     }
 
@@ -117,6 +121,50 @@ impl PostgresCheckpointStorage {
 
     pub(crate) fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// Upserts `checkpoint` in a transaction of its own that first checks `fence`.
+    async fn store_fenced(
+        &self,
+        checkpoint: &StoredCheckpoint,
+        fence: &Fence,
+    ) -> Result<(), StorageError> {
+        let doing = || format!("store into {}", self.origin(&checkpoint.namespace));
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbFailure::from(e).storage(doing()))?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| DbFailure::from(e).storage(doing()))?;
+        let run = async {
+            check_fence(&client, &self.names, fence).await?;
+            match self.format {
+                CheckpointFormat::Json => {
+                    self.upsert(&client, checkpoint, Data::Json(&Json(&checkpoint.bucket)))
+                        .await?;
+                }
+                CheckpointFormat::MessagePack => {
+                    let packed = packed::encode(&checkpoint.bucket).map_err(DbFailure::Other)?;
+                    self.upsert(&client, checkpoint, Data::Binary(&packed))
+                        .await?;
+                }
+            }
+            client.batch_execute("COMMIT").await?;
+            Ok::<_, FenceFailure>(())
+        };
+        match run.await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The connection goes back to the pool: it must not keep the transaction.
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                Err(e.storage(fence, doing()))
+            }
+        }
     }
 
     /// The bucket of `checkpoint` as the `data` column holds it.
@@ -280,6 +328,9 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
+        if let Some(fence) = &self.fence {
+            return self.store_fenced(checkpoint, fence).await;
+        }
         let run = async {
             let client = self.pool.get().await?;
             match self.format {
@@ -302,6 +353,17 @@ impl CheckpointStorage for PostgresCheckpointStorage {
 
     fn format(&self) -> CheckpointFormat {
         self.format
+    }
+
+    fn leases(&self) -> Option<Leases> {
+        Some(Leases::new(self.pool.clone(), self.names.clone()))
+    }
+
+    fn fenced(&self, fence: &Fence) -> Option<Arc<dyn CheckpointStorage>> {
+        Some(Arc::new(PostgresCheckpointStorage {
+            fence: Some(Arc::new(fence.clone())),
+            ..self.clone()
+        }))
     }
 
     async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {

@@ -83,6 +83,20 @@ impl Component {
                  END
                  $$",
                 checkpoints = names.checkpoints
+            ), format!(
+                // Step 3: the leases of the models checkpointing here (`crate::fleet`), one
+                // table per schema shared by its checkpoint tables, keyed by both. A row is
+                // never deleted, so an epoch only grows.
+                "CREATE TABLE IF NOT EXISTS {leases} (
+                     checkpoints text COLLATE \"C\" NOT NULL,
+                     namespace text COLLATE \"C\" NOT NULL,
+                     holder text NOT NULL,
+                     epoch bigint NOT NULL CHECK (epoch > 0),
+                     expires_at timestamptz NOT NULL,
+                     PRIMARY KEY (checkpoints, namespace)
+                 );
+                 COMMENT ON TABLE {leases} IS 'krescent leases: who may write a model''s checkpoint, under which fencing epoch'",
+                leases = names.leases
             )],
         }
     }
