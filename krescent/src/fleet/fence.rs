@@ -10,6 +10,11 @@ pub struct Fence {
     pub holder: String,
     /// The epoch the holder took the lease under.
     pub epoch: u64,
+    /// The lease's time to live: a fenced commit that sits idle in its transaction longer
+    /// than this (its process paused) is ended by the server
+    /// (`idle_in_transaction_session_timeout`), so the lease row it locked cannot hold back a
+    /// takeover for longer.
+    pub ttl: std::time::Duration,
 }
 
 #[cfg(feature = "postgres")]
@@ -49,6 +54,12 @@ mod checked {
         names: &Names,
         fence: &Fence,
     ) -> Result<(), FenceFailure> {
+        let timeout = fence.ttl.as_millis().clamp(1, i32::MAX as u128);
+        client
+            .batch_execute(&format!(
+                "SET LOCAL idle_in_transaction_session_timeout = {timeout}"
+            ))
+            .await?;
         let sql = format!(
             "SELECT holder, epoch FROM {} WHERE checkpoints = $1 AND namespace = $2 FOR SHARE",
             names.leases

@@ -138,6 +138,7 @@ impl Leases {
                         namespace: namespace.to_owned(),
                         holder,
                         epoch,
+                        ttl: config.ttl,
                     };
                     let heartbeat = tokio::spawn(heartbeat(self.clone(), fence.clone(), config));
                     return Some(HeldLease {
