@@ -1,6 +1,6 @@
 //! Many replicas of one projection model, one writer at a time: real worker processes
-//! (`src/bin/fleet_worker.rs`) against a real PostgreSQL server, the holder SIGKILLed at random
-//! moments or SIGSTOPped past its lease, while events are appended. The projected table must
+//! (`src/bin/fleet_worker.rs`) against a real PostgreSQL server, the holder killed (`SIGKILL`) at
+//! random moments or stopped (`SIGSTOP`) past its lease, while events are appended. The projected table must
 //! equal a clean replay (one row per event, with the event's data), the checkpoint position
 //! must never move backwards, and a paused holder's commits after its resumption must be fenced.
 
@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use krescent::prelude::*;
-use krescent::tokio_postgres;
 use krescent::store::PostgresEventStore;
+use krescent::tokio_postgres;
 use krescent_testkit::postgres::{fresh_database, TestDatabase};
 
 #[derive(Event, Serialize, Deserialize)]
@@ -139,11 +139,14 @@ fn appender(store: Arc<PostgresEventStore>, stop: Arc<AtomicBool>) -> tokio::tas
     })
 }
 
+/// Each time the checkpoint's position moved backwards: from, to.
+type Backwards = Arc<Mutex<Vec<(i64, i64)>>>;
+
 /// Records the checkpoint's position every few milliseconds; every time it moved backwards.
 fn position_watcher(
     db: &TestDatabase,
     stop: Arc<AtomicBool>,
-) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<(i64, i64)>>>) {
+) -> (tokio::task::JoinHandle<()>, Backwards) {
     let backwards = Arc::new(Mutex::new(Vec::new()));
     let seen = backwards.clone();
     let config = db.config();
@@ -179,7 +182,10 @@ fn position_watcher(
 /// clean replay of the events table: every event exactly once, with its own data.
 async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64) {
     let head: i64 = client
-        .query_one("SELECT coalesce(max(position), 0) FROM krescent_events", &[])
+        .query_one(
+            "SELECT coalesce(max(position), 0) FROM krescent_events",
+            &[],
+        )
         .await
         .expect("head")
         .get(0);
@@ -197,7 +203,10 @@ async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64) {
         if at == Some(head) {
             break;
         }
-        assert!(Instant::now() < deadline, "the checkpoint stayed at {at:?}, head {head}");
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint stayed at {at:?}, head {head}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let replay = client
@@ -208,17 +217,25 @@ async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64) {
         .await
         .expect("events");
     let projected = client
-        .query("SELECT position, stream_id, n FROM projected ORDER BY position, n", &[])
+        .query(
+            "SELECT position, stream_id, n FROM projected ORDER BY position, n",
+            &[],
+        )
         .await
         .expect("projected");
     let rows = |rows: &[tokio_postgres::Row]| -> Vec<(i64, String, i64)> {
-        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
     };
     let (replay, projected) = (rows(&replay), rows(&projected));
     let doubled = projected.windows(2).filter(|w| w[0].0 == w[1].0).count();
     assert_eq!(doubled, 0, "{doubled} events were projected twice");
     assert_eq!(projected.len(), replay.len(), "events lost");
-    assert!(projected == replay, "the projected table differs from a clean replay");
+    assert!(
+        projected == replay,
+        "the projected table differs from a clean replay"
+    );
 }
 
 fn median(values: &mut [u128]) -> u128 {
@@ -264,14 +281,20 @@ async fn twenty_kills_of_the_holder_lose_and_double_nothing() {
         workers.push(Worker::spawn(&db, &FAST));
         (holder, epoch) = new_holder(&client, epoch, Duration::from_secs(10)).await;
         failovers.push(killed_at.elapsed().as_millis());
-        println!("kill {kill}: failover_ms={} new epoch {epoch}", failovers[kill]);
+        println!(
+            "kill {kill}: failover_ms={} new epoch {epoch}",
+            failovers[kill]
+        );
     }
     stop.store(true, Ordering::SeqCst);
     let appended = appending.await.expect("appender");
     assert_exactly_once(&client, appended).await;
     watching.await.expect("watcher");
     let backwards = backwards.lock().expect("lock").clone();
-    assert!(backwards.is_empty(), "the checkpoint moved backwards: {backwards:?}");
+    assert!(
+        backwards.is_empty(),
+        "the checkpoint moved backwards: {backwards:?}"
+    );
     println!(
         "fleet: 20 kills, {appended} events, failover_ms median={} max={} (ttl 1 s), {:.1} s",
         median(&mut failovers.clone()),
@@ -319,7 +342,10 @@ async fn a_holder_paused_past_its_lease_is_fenced_when_it_resumes() {
     assert_exactly_once(&client, appended).await;
     watching.await.expect("watcher");
     let backwards = backwards.lock().expect("lock").clone();
-    assert!(backwards.is_empty(), "the checkpoint moved backwards: {backwards:?}");
+    assert!(
+        backwards.is_empty(),
+        "the checkpoint moved backwards: {backwards:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

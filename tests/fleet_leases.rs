@@ -70,7 +70,7 @@ impl Counted {
 }
 
 const FAST: LeaseConfig = LeaseConfig {
-    ttl: Duration::from_millis(1000),
+    ttl: Duration::from_secs(1),
     heartbeat: Duration::from_millis(300),
     poll: Duration::from_millis(50),
 };
@@ -84,8 +84,14 @@ async fn setup() -> (
     let store = db.event_store().await;
     let storage = db.checkpoint_storage().await;
     let mut krescent = Krescent::new(store).with_storage("postgres", storage.clone());
-    krescent.configure::<Projected>().lease(FAST).expect("checkpointed");
-    krescent.configure::<Counted>().lease(FAST).expect("checkpointed");
+    krescent
+        .configure::<Projected>()
+        .lease(FAST)
+        .expect("checkpointed");
+    krescent
+        .configure::<Counted>()
+        .lease(FAST)
+        .expect("checkpointed");
     (db, storage, krescent)
 }
 
@@ -140,7 +146,12 @@ async fn a_second_projection_instance_waits_as_a_standby_and_takes_over_on_shutd
     let head = append(&krescent, 20, 5).await;
     second.reached(head).await.expect("second follows");
     let second = second.shutdown().await.expect("graceful stop");
-    assert_eq!(second.origin, Origin::Restored { position: Position::new(20) });
+    assert_eq!(
+        second.origin,
+        Origin::Restored {
+            position: Position::new(20)
+        }
+    );
     assert_eq!(second.processed, 5);
     assert_eq!(projected_rows(&db.client().await).await, (25, 25));
 }
@@ -167,10 +178,16 @@ async fn in_memory_models_run_in_every_instance_unless_made_exclusive() {
     a.reached(head).await.expect("a runs");
     b.reached(head).await.expect("b runs");
     assert_eq!((a.status(), b.status()), (Status::Running, Status::Running));
-    let (a, b) = (a.shutdown().await.expect("a"), b.shutdown().await.expect("b"));
+    let (a, b) = (
+        a.shutdown().await.expect("a"),
+        b.shutdown().await.expect("b"),
+    );
     assert_eq!((a.model.count, b.model.count), (10, 10));
 
-    krescent.configure::<Counted>().exclusive().expect("checkpointed");
+    krescent
+        .configure::<Counted>()
+        .exclusive()
+        .expect("checkpointed");
     let head = append(&krescent, 10, 5).await;
     let a = krescent.stream(Counted::default());
     a.reached(head).await.expect("a runs");
@@ -208,7 +225,10 @@ async fn a_projection_commit_after_a_takeover_is_fenced_and_rolled_back() {
     take_over(&client, "leases.projected").await;
     let head = append(&krescent, 5, 5).await;
     // Its commit when it has caught up is rejected, which ends its task.
-    running.reached(head).await.expect_err("fenced before it got there");
+    running
+        .reached(head)
+        .await
+        .expect_err("fenced before it got there");
     let error = running.shutdown().await.expect_err("fenced");
     assert!(
         matches!(&error, Error::Fenced { model: "leases.projected", namespace, epoch: 1 } if namespace == "leases.projected"),
@@ -231,7 +251,10 @@ async fn a_projection_commit_after_a_takeover_is_fenced_and_rolled_back() {
 #[tokio::test]
 async fn a_checkpoint_write_after_a_takeover_is_fenced() {
     let (db, _storage, mut krescent) = setup().await;
-    krescent.configure::<Counted>().exclusive().expect("checkpointed");
+    krescent
+        .configure::<Counted>()
+        .exclusive()
+        .expect("checkpointed");
     let client = db.client().await;
     let head = append(&krescent, 0, 3).await;
     let running = krescent.stream(Counted::default());
@@ -251,5 +274,8 @@ async fn a_checkpoint_write_after_a_takeover_is_fenced() {
         .await
         .expect("checkpoint")
         .map(|row| row.get(0));
-    assert!(at.is_none_or(|at| at <= 3), "a fenced writer stored position {at:?}");
+    assert!(
+        at.is_none_or(|at| at <= 3),
+        "a fenced writer stored position {at:?}"
+    );
 }

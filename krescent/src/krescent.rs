@@ -200,6 +200,7 @@ impl<S: EventStore> Krescent<S> {
 
     /// Runs `model` in the stream's task: waits for its lease when it needs one (as a standby),
     /// then restores and follows, fenced by the lease.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))] // asked for a transaction
     async fn run_stream<M: EventModel>(
         &self,
         mut model: M,
@@ -270,7 +271,10 @@ impl<S: EventStore> Krescent<S> {
         .await;
         match result {
             Err(Error::Storage {
-                source: crate::checkpoint::StorageError::Fenced { namespace, epoch, .. },
+                source:
+                    crate::checkpoint::StorageError::Fenced {
+                        namespace, epoch, ..
+                    },
                 ..
             }) => {
                 tracing::warn!(

@@ -64,6 +64,7 @@ pub(crate) struct Control {
 
 impl Control {
     /// The stop flag, for waiting before the runner starts (a standby waiting for its lease).
+    #[cfg(feature = "postgres")]
     pub(crate) fn stop_flag(&self) -> watch::Receiver<bool> {
         self.stop.clone()
     }

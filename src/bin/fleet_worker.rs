@@ -89,7 +89,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         let name = table.name_of("projected").ok_or("declared")?.to_owned();
         let model = Projected {
             table,
-            insert: format!("INSERT INTO {name} (position, stream_id, n, pid) VALUES ($1, $2, $3, $4)"),
+            insert: format!(
+                "INSERT INTO {name} (position, stream_id, n, pid) VALUES ($1, $2, $3, $4)"
+            ),
             slow,
         };
         let running = krescent.stream(model);

@@ -66,10 +66,7 @@ mod checked {
         );
         let statement = client.prepare_cached(&sql).await?;
         let row = client
-            .query_opt(
-                &statement,
-                &[&names.checkpoints_plain, &fence.namespace],
-            )
+            .query_opt(&statement, &[&names.checkpoints_plain, &fence.namespace])
             .await?;
         let Some(row) = row else {
             return Err(FenceFailure::Lost { current: None });
