@@ -279,3 +279,35 @@ async fn a_checkpoint_write_after_a_takeover_is_fenced() {
         "a fenced writer stored position {at:?}"
     );
 }
+
+/// Made exclusive by its attribute.
+#[derive(EventModel, Default, Debug)]
+#[model(name = "leases.solo", exclusive)]
+#[checkpoint(strategy = "fixed_events(2)", storage = "postgres")]
+struct Solo {
+    #[checkpoint]
+    count: u64,
+}
+
+#[krescent::handlers]
+impl Solo {
+    fn tick(&mut self, _: &Tick) {
+        self.count += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_model_marked_exclusive_runs_in_one_instance_at_a_time() {
+    let (_db, _storage, mut krescent) = setup().await;
+    krescent.configure::<Solo>().lease(FAST).expect("checkpointed");
+    let head = append(&krescent, 0, 4).await;
+    let a = krescent.stream(Solo::default());
+    a.reached(head).await.expect("a runs");
+    let b = krescent.stream(Solo::default());
+    wait_status(&b, Status::Standby).await;
+    let a = a.shutdown().await.expect("a");
+    assert_eq!(a.model.count, 4);
+    wait_status(&b, Status::Running).await;
+    let b = b.shutdown().await.expect("b");
+    assert_eq!((b.origin, b.model.count), (Origin::Restored { position: head }, 4));
+}

@@ -211,7 +211,9 @@ impl<S: EventStore> Krescent<S> {
         #[cfg(feature = "postgres")]
         let checkpointing = {
             let changed = self.overrides.get(M::NAME);
-            let exclusive = changed.is_some_and(|o| o.exclusive) || model.transaction().is_some();
+            let exclusive = M::EXCLUSIVE
+                || changed.is_some_and(|o| o.exclusive)
+                || model.transaction().is_some();
             let leases = checkpointing
                 .as_ref()
                 .and_then(|c| c.storage.leases())
