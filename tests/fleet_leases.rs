@@ -299,7 +299,10 @@ impl Solo {
 #[tokio::test]
 async fn a_model_marked_exclusive_runs_in_one_instance_at_a_time() {
     let (_db, _storage, mut krescent) = setup().await;
-    krescent.configure::<Solo>().lease(FAST).expect("checkpointed");
+    krescent
+        .configure::<Solo>()
+        .lease(FAST)
+        .expect("checkpointed");
     let head = append(&krescent, 0, 4).await;
     let a = krescent.stream(Solo::default());
     a.reached(head).await.expect("a runs");
@@ -309,5 +312,34 @@ async fn a_model_marked_exclusive_runs_in_one_instance_at_a_time() {
     assert_eq!(a.model.count, 4);
     wait_status(&b, Status::Running).await;
     let b = b.shutdown().await.expect("b");
-    assert_eq!((b.origin, b.model.count), (Origin::Restored { position: head }, 4));
+    assert_eq!(
+        (b.origin, b.model.count),
+        (Origin::Restored { position: head }, 4)
+    );
+}
+
+#[tokio::test]
+async fn catch_up_of_a_projection_waits_for_the_lease_a_stream_holds() {
+    let (db, storage, krescent) = setup().await;
+    let head = append(&krescent, 0, 6).await;
+    let running = krescent.stream(Projected::new(&storage));
+    running.reached(head).await.expect("runs");
+    let catching_up = tokio::spawn({
+        let krescent = krescent.clone();
+        let storage = storage.clone();
+        async move { krescent.catch_up(Projected::new(&storage)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!catching_up.is_finished(), "catch_up ran beside the holder");
+    let head = append(&krescent, 6, 4).await;
+    running.reached(head).await.expect("follows");
+    running.shutdown().await.expect("graceful stop");
+    let caught_up = tokio::time::timeout(Duration::from_secs(10), catching_up)
+        .await
+        .expect("catch_up took the released lease")
+        .expect("task")
+        .expect("catch_up");
+    assert_eq!(caught_up.origin, Origin::Restored { position: head });
+    assert_eq!(caught_up.processed, 0);
+    assert_eq!(projected_rows(&db.client().await).await, (10, 10));
 }

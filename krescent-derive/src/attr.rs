@@ -410,9 +410,7 @@ fn flag(meta: &ParseNestedMeta, key: &str) -> syn::Result<()> {
     if meta.input.is_empty() || meta.input.peek(syn::Token![,]) {
         return Ok(());
     }
-    let error = meta.error(format!(
-        "`{key}` takes no value; write `#[model({key})]`"
-    ));
+    let error = meta.error(format!("`{key}` takes no value; write `#[model({key})]`"));
     skip_value(meta)?;
     Err(error)
 }

@@ -31,6 +31,7 @@ pub struct Krescent<S> {
 }
 
 /// Where and how a model checkpoints, its overrides applied and its storage resolved.
+#[derive(Clone)]
 pub(crate) struct Checkpointing {
     /// The name the storage is registered under.
     pub(crate) name: String,
@@ -52,6 +53,54 @@ impl<S> Krescent<S> {
     /// The override of `model`, created empty; for [`Configure`].
     pub(crate) fn override_mut(&mut self, model: &'static str) -> &mut Override {
         Arc::make_mut(&mut self.overrides).entry(model).or_default()
+    }
+}
+
+/// A model that never ran: stopped while a standby.
+#[cfg(feature = "postgres")]
+fn unrun<M>(model: M) -> CaughtUp<M> {
+    CaughtUp {
+        model,
+        origin: Origin::Scratch,
+        position: Position::START,
+        processed: 0,
+        checkpoints: 0,
+    }
+}
+
+/// After a leased run: a fenced commit becomes [`Error::Fenced`] (the lease is not this run's
+/// any more), anything else releases the lease so that a standby takes over at once.
+#[cfg(feature = "postgres")]
+async fn settle<M: EventModel, T>(
+    result: Result<T, Error>,
+    lease: Option<crate::fleet::HeldLease>,
+) -> Result<T, Error> {
+    let Some(lease) = lease else {
+        return result;
+    };
+    match result {
+        Err(Error::Storage {
+            source:
+                crate::checkpoint::StorageError::Fenced {
+                    namespace, epoch, ..
+                },
+            ..
+        }) => {
+            tracing::warn!(
+                model = M::NAME,
+                epoch,
+                "fenced: another instance holds the lease now; stepping down"
+            );
+            Err(Error::Fenced {
+                model: M::NAME,
+                namespace,
+                epoch,
+            })
+        }
+        result => {
+            lease.release().await;
+            result
+        }
     }
 }
 
@@ -189,120 +238,109 @@ impl<S: EventStore> Krescent<S> {
         Ok(self.checkpointing_of::<M>()?.map(|c| c.storage))
     }
 
-    async fn start<M: EventModel>(
-        &self,
-        model: M,
-        trigger: CheckpointTrigger,
-    ) -> Result<Runner<M>, Error> {
-        let checkpointing = self.checkpointing_of::<M>()?;
-        start_with(model, checkpointing, trigger).await
-    }
-
     /// Runs `model` in the stream's task: waits for its lease when it needs one (as a standby),
     /// then restores and follows, fenced by the lease.
-    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))] // asked for a transaction
     async fn run_stream<M: EventModel>(
         &self,
-        mut model: M,
+        model: M,
         trigger: CheckpointTrigger,
         control: crate::running::Control,
     ) -> Result<CaughtUp<M>, Error> {
         let checkpointing = self.checkpointing_of::<M>()?;
         #[cfg(feature = "postgres")]
-        let checkpointing = {
-            let changed = self.overrides.get(M::NAME);
-            let exclusive = M::EXCLUSIVE
-                || changed.is_some_and(|o| o.exclusive)
-                || model.transaction().is_some();
-            let leases = checkpointing
-                .as_ref()
-                .and_then(|c| c.storage.leases())
-                .filter(|_| exclusive);
-            match (leases, checkpointing) {
-                (Some(leases), Some(checkpointing)) => {
-                    let config = changed.and_then(|o| o.lease).unwrap_or_default();
-                    return self
-                        .run_leased(model, leases, config, checkpointing, trigger, control)
-                        .await;
-                }
-                (_, checkpointing) => checkpointing,
+        let (model, checkpointing, lease) = {
+            let mut stop = control.stop_flag();
+            let standby = || control.set_status(crate::Status::Standby);
+            match self.lease(model, checkpointing, &mut stop, standby).await {
+                Ok(leased) => leased,
+                Err(model) => return Ok(unrun(model)),
             }
         };
-        let runner = start_with(model, checkpointing, trigger).await?;
-        crate::running::follow(&*self.store, runner, control).await
+        #[cfg(feature = "postgres")]
+        control.set_status(crate::Status::Starting);
+        let result = async {
+            let runner = start_with(model, checkpointing, trigger).await?;
+            crate::running::follow(&*self.store, runner, control).await
+        }
+        .await;
+        #[cfg(feature = "postgres")]
+        let result = settle::<M, _>(result, lease).await;
+        result
     }
 
-    /// [`run_stream`](Self::run_stream) of a model that needs a lease: a standby until it holds
-    /// it, then fenced by it; the lease is released when the model stops (not when it was
-    /// fenced: it is not its own any more).
+    /// Takes `M`'s lease when it needs one — it has a projection (a transaction) or is
+    /// exclusive, and its storage keeps leases — waiting while another instance holds it
+    /// (after calling `standby`); then fences its storage and its transaction with it. The model
+    /// back when `stop` is set first.
     #[cfg(feature = "postgres")]
-    async fn run_leased<M: EventModel>(
+    async fn lease<M: EventModel>(
         &self,
         mut model: M,
-        leases: crate::fleet::Leases,
-        config: crate::fleet::LeaseConfig,
-        mut checkpointing: Checkpointing,
-        trigger: CheckpointTrigger,
-        control: crate::running::Control,
-    ) -> Result<CaughtUp<M>, Error> {
-        control.set_status(crate::Status::Standby);
-        let mut stop = control.stop_flag();
-        let Some(lease) = leases.acquire(M::NAME, config, &mut stop).await else {
-            // Stopped while a standby: nothing ran.
-            return Ok(CaughtUp {
-                model,
-                origin: Origin::Scratch,
-                position: Position::START,
-                processed: 0,
-                checkpoints: 0,
-            });
+        checkpointing: Option<Checkpointing>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        standby: impl FnOnce(),
+    ) -> Result<(M, Option<Checkpointing>, Option<crate::fleet::HeldLease>), M> {
+        let changed = self.overrides.get(M::NAME);
+        let exclusive =
+            M::EXCLUSIVE || changed.is_some_and(|o| o.exclusive) || model.transaction().is_some();
+        let leases = checkpointing
+            .as_ref()
+            .and_then(|c| c.storage.leases())
+            .filter(|_| exclusive);
+        let (Some(leases), Some(mut checkpointing)) = (leases, checkpointing.clone()) else {
+            return Ok((model, checkpointing, None));
         };
-        control.set_status(crate::Status::Starting);
+        let config = changed.and_then(|o| o.lease).unwrap_or_default();
+        standby();
+        let Some(lease) = leases.acquire(M::NAME, config, stop).await else {
+            return Err(model);
+        };
         let fence = lease.fence().clone();
         if let Some(fenced) = checkpointing.storage.fenced(&fence) {
             checkpointing.storage = fenced;
         }
         if let Some(transaction) = model.transaction() {
-            transaction.set_fence(Some(fence.clone()));
+            transaction.set_fence(Some(fence));
         }
         // The checkpoint is loaded only now that the lease is held.
-        let result = async {
-            let runner = start_with(model, Some(checkpointing), trigger).await?;
-            crate::running::follow(&*self.store, runner, control).await
-        }
-        .await;
-        match result {
-            Err(Error::Storage {
-                source:
-                    crate::checkpoint::StorageError::Fenced {
-                        namespace, epoch, ..
-                    },
-                ..
-            }) => {
-                tracing::warn!(
-                    model = M::NAME,
-                    epoch,
-                    "fenced: another instance holds the lease now; stepping down"
-                );
-                Err(Error::Fenced {
-                    model: M::NAME,
-                    namespace,
-                    epoch,
-                })
-            }
-            result => {
-                lease.release().await;
-                result
-            }
-        }
+        Ok((model, Some(checkpointing), Some(lease)))
     }
 
     /// Restores `model` from its checkpoint (if any), replays every later event, and returns
     /// it; a strategy that checkpoints on shutdown takes a final checkpoint first.
+    ///
+    /// A model that needs a lease (see [`stream`](Self::stream)) waits for it first, as long as
+    /// another instance holds it, and releases it when done.
     pub async fn catch_up<M: EventModel>(&self, model: M) -> Result<CaughtUp<M>, Error> {
         let span = tracing::info_span!("catch_up", model = M::NAME);
         async {
-            let mut runner = self.start(model, CheckpointTrigger::default()).await?;
+            let checkpointing = self.checkpointing_of::<M>()?;
+            #[cfg(feature = "postgres")]
+            let (model, checkpointing, lease) = {
+                // Nothing stops a catch-up while it waits for the lease.
+                let (_never, mut stop) = tokio::sync::watch::channel(false);
+                match self.lease(model, checkpointing, &mut stop, || {}).await {
+                    Ok(leased) => leased,
+                    Err(model) => return Ok(unrun(model)),
+                }
+            };
+            let result = self.replay(model, checkpointing).await;
+            #[cfg(feature = "postgres")]
+            let result = settle::<M, _>(result, lease).await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The body of [`catch_up`](Self::catch_up), once the model may run.
+    async fn replay<M: EventModel>(
+        &self,
+        model: M,
+        checkpointing: Option<Checkpointing>,
+    ) -> Result<CaughtUp<M>, Error> {
+        {
+            let mut runner = start_with(model, checkpointing, CheckpointTrigger::default()).await?;
             let store_error = |source| Error::Store {
                 model: M::NAME,
                 source,
@@ -328,8 +366,6 @@ impl<S: EventStore> Krescent<S> {
             runner.finish().await?;
             Ok(runner.into_caught_up())
         }
-        .instrument(span)
-        .await
     }
 
     /// Restores `model` from its checkpoint and reads nothing; without a checkpoint the result's
@@ -355,6 +391,11 @@ impl<S: EventStore> Krescent<S> {
 
     /// Runs `model` in a task of its own: it catches up, then follows live appends until
     /// [`Running::shutdown`].
+    ///
+    /// A model with a projection (or an exclusive one) checkpointing in PostgreSQL first takes
+    /// its lease: while another instance holds it, the model waits as a standby
+    /// ([`Status::Standby`](crate::Status::Standby)); its task ends with [`Error::Fenced`] when
+    /// its lease was taken over. See [`crate::fleet`].
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();

@@ -42,10 +42,11 @@ fn generate(c: &Container) -> TokenStream {
     let restore = restore(&p, c);
     let validate = validate(&p, c);
     let transaction = transaction(&p, c);
-    let exclusive = c
-        .attrs
-        .exclusive
-        .then(|| quote!(const EXCLUSIVE: ::core::primitive::bool = true;));
+    let exclusive = c.attrs.exclusive.then(|| {
+        quote!(
+            const EXCLUSIVE: ::core::primitive::bool = true;
+        )
+    });
     quote! {
         const _: () = {
             #guard

@@ -3,11 +3,13 @@
 //! A model that writes outside its process — a
 //! [`PostgresProjection`](crate::projection::PostgresProjection), or any model whose
 //! [`CheckpointSupport::transaction`](crate::CheckpointSupport::transaction) is `Some` — holds a
-//! **lease** while [`Krescent::stream`](crate::Krescent::stream) runs it with a
+//! **lease** while [`Krescent::stream`](crate::Krescent::stream) (or
+//! [`catch_up`](crate::Krescent::catch_up)) runs it with a
 //! [`PostgresCheckpointStorage`](crate::checkpoint::storage::PostgresCheckpointStorage). A second
 //! instance of the same model (another process, or another `stream` in the same one) waits as a
 //! standby ([`Status::Standby`](crate::Status::Standby)) and takes over when the holder stops,
-//! dies or stops renewing its lease. A model whose state lives in memory runs in every replica
+//! dies or stops renewing its lease. `restore_only` reads and writes nothing, and takes no
+//! lease. A model whose state lives in memory runs in every replica
 //! and shares the checkpoint (a stored position never moves backwards);
 //! [`Configure::exclusive`](crate::Configure::exclusive) makes any model take a lease.
 //!
@@ -61,6 +63,8 @@ pub use config::LeaseConfig;
 pub use fence::Fence;
 #[cfg(feature = "postgres")]
 pub(crate) use fence::{check_fence, FenceFailure};
+#[cfg(feature = "postgres")]
+pub(crate) use lease::HeldLease;
 #[cfg(feature = "postgres")]
 #[doc(hidden)]
 pub use lease::Leases;
