@@ -120,8 +120,12 @@ async fn new_holder(client: &tokio_postgres::Client, after: i64, within: Duratio
     }
 }
 
-/// Appends ticks to a few streams until stopped; the number appended.
-fn appender(store: Arc<PostgresEventStore>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+/// Appends five ticks to one of a few streams every `every` until stopped; the number appended.
+fn appender(
+    store: Arc<PostgresEventStore>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut n = 0u64;
         while !stop.load(Ordering::SeqCst) {
@@ -133,7 +137,7 @@ fn appender(store: Arc<PostgresEventStore>, stop: Arc<AtomicBool>) -> tokio::tas
                 .await
                 .expect("append");
             n += 5;
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            tokio::time::sleep(every).await;
         }
         n
     })
@@ -258,7 +262,7 @@ async fn twenty_kills_of_the_holder_lose_and_double_nothing() {
     db.checkpoint_storage().await;
     let client = db.client().await;
     let stop = Arc::new(AtomicBool::new(false));
-    let appending = appender(store.clone(), stop.clone());
+    let appending = appender(store.clone(), stop.clone(), Duration::from_millis(15));
     let (watching, backwards) = position_watcher(&db, stop.clone());
     let mut workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&db, &FAST)).collect();
     let (mut holder, mut epoch) = new_holder(&client, 0, Duration::from_secs(20)).await;
@@ -310,10 +314,11 @@ async fn a_holder_paused_past_its_lease_is_fenced_when_it_resumes() {
     db.checkpoint_storage().await;
     let client = db.client().await;
     let stop = Arc::new(AtomicBool::new(false));
-    let appending = appender(store.clone(), stop.clone());
+    // 50 events a second, and handlers of 5 ms: the holder keeps up, and has a transaction
+    // open most of the time.
+    let appending = appender(store.clone(), stop.clone(), Duration::from_millis(100));
     let (watching, backwards) = position_watcher(&db, stop.clone());
-    // Slow handlers: the holder has a transaction open most of the time.
-    let env = [FAST[0], FAST[1], FAST[2], ("FLEET_SLOW_MS", "10")];
+    let env = [FAST[0], FAST[1], FAST[2], ("FLEET_SLOW_MS", "5")];
     let workers: Vec<Worker> = (0..2).map(|_| Worker::spawn(&db, &env)).collect();
     let (holder, epoch) = new_holder(&client, 0, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -355,7 +360,7 @@ async fn failover_after_a_kill_takes_at_most_the_lease_with_default_settings() {
     db.checkpoint_storage().await;
     let client = db.client().await;
     let stop = Arc::new(AtomicBool::new(false));
-    let appending = appender(store.clone(), stop.clone());
+    let appending = appender(store.clone(), stop.clone(), Duration::from_millis(15));
     let mut workers: Vec<Worker> = (0..2).map(|_| Worker::spawn(&db, &[])).collect();
     let (mut holder, mut epoch) = new_holder(&client, 0, Duration::from_secs(20)).await;
     let mut failovers = Vec::new();
