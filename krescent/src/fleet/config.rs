@@ -2,6 +2,16 @@
 
 use std::time::Duration;
 
+/// Who holds a model's lease now, as
+/// [`PostgresCheckpointStorage::lease`](crate::checkpoint::storage::PostgresCheckpointStorage::lease) reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The holder's id: its process id, a colon, and a random id of its run.
+    pub holder: String,
+    /// The epoch it took the lease under.
+    pub epoch: u64,
+}
+
 /// The timing of a model's lease; set it with [`Configure::lease`](crate::Configure::lease).
 ///
 /// A holder renews its lease every `heartbeat`; a lease not renewed for `ttl` (measured by the

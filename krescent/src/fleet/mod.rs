@@ -59,7 +59,7 @@ mod fence;
 #[cfg(feature = "postgres")]
 mod lease;
 
-pub use config::LeaseConfig;
+pub use config::{LeaseConfig, LeaseHolder};
 pub use fence::Fence;
 #[cfg(feature = "postgres")]
 pub(crate) use fence::{check_fence, FenceFailure};

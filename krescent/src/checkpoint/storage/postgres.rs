@@ -13,7 +13,7 @@ use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion,
 };
-use crate::fleet::{check_fence, Fence, FenceFailure, Leases};
+use crate::fleet::{check_fence, Fence, FenceFailure, LeaseHolder, Leases};
 use crate::store::postgres::{migrate, Component, DbFailure, Names};
 use crate::store::{PostgresConfig, StoreError};
 use crate::Position;
@@ -121,6 +121,48 @@ impl PostgresCheckpointStorage {
 
     pub(crate) fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// Who holds the lease of `namespace` now (a lease that expired is held by no one), for
+    /// tools that must not act behind a running model's back; `None` also before `migrate()`
+    /// created the leases table.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] when the database refuses.
+    pub async fn lease(&self, namespace: &str) -> Result<Option<LeaseHolder>, StorageError> {
+        let run = async {
+            let client = self.pool.get().await?;
+            let table = format!(
+                "{}.{}",
+                self.names.schema_plain,
+                crate::store::postgres::LEASES_TABLE
+            );
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .await?
+                .try_get(0)?;
+            if !exists {
+                return Ok(None);
+            }
+            let sql = format!(
+                "SELECT holder, epoch FROM {} WHERE checkpoints = $1 AND namespace = $2 AND expires_at > clock_timestamp()",
+                self.names.leases
+            );
+            let row = client
+                .query_opt(&sql, &[&self.names.checkpoints_plain, &namespace])
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let epoch: i64 = row.try_get(1)?;
+            Ok::<_, DbFailure>(Some(LeaseHolder {
+                holder: row.try_get(0)?,
+                epoch: u64::try_from(epoch)
+                    .map_err(|_| DbFailure::Other(format!("lease epoch {epoch} is negative")))?,
+            }))
+        };
+        run.await
+            .map_err(|e| e.storage(format!("read the lease of `{namespace}`")))
     }
 
     /// Upserts `checkpoint` in a transaction of its own that first checks `fence`.

@@ -17,7 +17,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use config::PostgresConfig;
-pub(crate) use config::{identifier, Names};
+pub(crate) use config::{identifier, Names, LEASES_TABLE};
 pub(crate) use error::DbFailure;
 use listener::{wait_past, ListenTo, Listener};
 pub(crate) use schema::{migrate, Component};
