@@ -134,3 +134,30 @@ pub enum Error {
         reason: String,
     },
 }
+
+impl Error {
+    /// Whether restarting the model from its last checkpoint may succeed: the event store or
+    /// the checkpoint storage lost its database connection, a projection's write failed
+    /// because the connection went away, or a handler returned an error the application
+    /// marked [`Transient`](crate::Transient). Everything else (a handler bug, a payload that
+    /// does not decode, an unusable checkpoint with `on_invalid = "fail"`, a configuration
+    /// mistake) is permanent: restarting would fail the same way.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Handler { source, .. } => source.is_transient(),
+            Error::Storage { source, .. } => source.is_transient(),
+            Error::Store { source, .. } => source.is_transient(),
+            Error::UnknownStorage { .. }
+            | Error::InvalidStrategy { .. }
+            | Error::StorageMismatch { .. }
+            | Error::DuplicateEventName { .. }
+            | Error::NotCheckpointed { .. }
+            | Error::InvalidCheckpoint { .. }
+            | Error::Checkpoint { .. }
+            | Error::Stopped { .. }
+            | Error::Fenced { .. }
+            | Error::Aborted { .. } => false,
+        }
+    }
+}

@@ -238,34 +238,28 @@ impl<S: EventStore> Krescent<S> {
         Ok(self.checkpointing_of::<M>()?.map(|c| c.storage))
     }
 
-    /// Runs `model` in the stream's task: waits for its lease when it needs one (as a standby),
-    /// then restores and follows, fenced by the lease.
-    async fn run_stream<M: EventModel>(
+    /// Restores `model` and makes it a runner, handing the model back on failure (for a restart
+    /// in place).
+    pub(crate) async fn start_keeping<M: EventModel>(
         &self,
         model: M,
         trigger: CheckpointTrigger,
-        control: crate::running::Control,
-    ) -> Result<CaughtUp<M>, Error> {
-        let checkpointing = self.checkpointing_of::<M>()?;
-        #[cfg(feature = "postgres")]
-        let (model, checkpointing, lease) = {
-            let mut stop = control.stop_flag();
-            let standby = || control.set_status(crate::Status::Standby);
-            match self.lease(model, checkpointing, &mut stop, standby).await {
-                Ok(leased) => leased,
-                Err(model) => return Ok(unrun(model)),
-            }
+    ) -> Result<Runner<M>, (Error, M)> {
+        let checkpointing = match self.checkpointing_of::<M>() {
+            Ok(checkpointing) => checkpointing,
+            Err(e) => return Err((e, model)),
         };
-        #[cfg(feature = "postgres")]
-        control.set_status(crate::Status::Starting);
-        let result = async {
-            let runner = start_with(model, checkpointing, trigger).await?;
-            crate::running::follow(&*self.store, runner, control).await
-        }
-        .await;
-        #[cfg(feature = "postgres")]
-        let result = settle::<M, _>(result, lease).await;
-        result
+        let start =
+            crate::runner::restore_keeping(model, checkpointing.as_ref().map(|c| &c.storage))
+                .await?;
+        Runner::begin_keeping(start, checkpointing, trigger).await
+    }
+
+    /// A clone of this `Krescent` whose storage `name` (`M`'s) is `fenced`, so that every
+    /// restart of the model checkpoints through it.
+    #[cfg(feature = "postgres")]
+    fn fenced_for<M: EventModel>(&self, name: &str, fenced: Arc<dyn CheckpointStorage>) -> Self {
+        self.clone().with_shared_storage(name, fenced)
     }
 
     /// Takes `M`'s lease when it needs one — it has a projection (a transaction) or is
@@ -304,6 +298,74 @@ impl<S: EventStore> Krescent<S> {
         }
         // The checkpoint is loaded only now that the lease is held.
         Ok((model, Some(checkpointing), Some(lease)))
+    }
+
+    /// [`lease`](Self::lease) for a model run by [`stream_restarting`](Self::stream_restarting):
+    /// every model it starts (the first and each restart's) checkpoints through the fenced
+    /// storage and has the fence set on its transaction; the lease is held across restarts.
+    #[cfg(feature = "postgres")]
+    async fn lease_restarting<M: EventModel>(
+        self,
+        models: crate::restart::Models<M>,
+        control: &crate::running::Control,
+    ) -> Result<
+        (
+            Self,
+            crate::restart::Models<M>,
+            Option<crate::fleet::HeldLease>,
+        ),
+        M,
+    > {
+        let checkpointing = match self.checkpointing_of::<M>() {
+            Ok(checkpointing) => checkpointing,
+            // Reported by the first start.
+            Err(_) => return Ok((self, models, None)),
+        };
+        let (first, make) = match models {
+            crate::restart::Models::Make(mut make) => (make(), Some(make)),
+            crate::restart::Models::Once(Some(model)) => (model, None),
+            crate::restart::Models::Once(None) => {
+                return Ok((self, crate::restart::Models::Once(None), None))
+            }
+        };
+        let mut stop = control.stop_flag();
+        let standby = || control.set_status(crate::Status::Standby);
+        let (first, checkpointing, lease) =
+            self.lease(first, checkpointing, &mut stop, standby).await?;
+        let Some(lease) = lease else {
+            let models = match make {
+                Some(mut make) => {
+                    let mut first = Some(first);
+                    crate::restart::Models::Make(Box::new(move || {
+                        first.take().unwrap_or_else(&mut make)
+                    }))
+                }
+                None => crate::restart::Models::Once(Some(first)),
+            };
+            return Ok((self, models, None));
+        };
+        control.set_status(crate::Status::Starting);
+        let krescent = match checkpointing {
+            Some(c) => self.fenced_for::<M>(&c.name, c.storage),
+            None => self,
+        };
+        let fence = lease.fence().clone();
+        let models = match make {
+            Some(mut make) => {
+                let mut first = Some(first);
+                crate::restart::Models::Make(Box::new(move || {
+                    first.take().unwrap_or_else(|| {
+                        let mut model = make();
+                        if let Some(transaction) = model.transaction() {
+                            transaction.set_fence(Some(fence.clone()));
+                        }
+                        model
+                    })
+                }))
+            }
+            None => crate::restart::Models::Once(Some(first)),
+        };
+        Ok((krescent, models, Some(lease)))
     }
 
     /// Restores `model` from its checkpoint (if any), replays every later event, and returns
@@ -392,15 +454,95 @@ impl<S: EventStore> Krescent<S> {
     /// Runs `model` in a task of its own: it catches up, then follows live appends until
     /// [`Running::shutdown`].
     ///
+    /// It keeps going through transient failures ([`Error::is_transient`]): an event store
+    /// that fails (the database went away) is retried from the last processed position; a
+    /// projection connection lost between two transactions is replaced; and after a
+    /// projection write or commit that failed with the lost connection (the open transaction
+    /// is rolled back), a checkpoint that cannot be loaded yet, or a handler error marked
+    /// [`Transient`](crate::Transient), the model is restored in place from its last
+    /// checkpoint after a backoff (100 ms, doubling up to 10 s) and goes on. Restoring
+    /// overwrites every checkpointed field, so every event counts exactly once in them and in
+    /// a projection's tables; fields that are not checkpointed keep the values the failed run
+    /// left. A restart needs a checkpoint to go back to: a model that failed before its first
+    /// checkpoint was stored (or one that does not checkpoint) ends with the error instead.
+    /// [`stream_with`](Self::stream_with) builds a fresh model for every start and has no such
+    /// limit. Any other error ends the task, and `shutdown` returns it.
+    ///
     /// A model with a projection (or an exclusive one) checkpointing in PostgreSQL first takes
     /// its lease: while another instance holds it, the model waits as a standby
     /// ([`Status::Standby`](crate::Status::Standby)); its task ends with [`Error::Fenced`] when
     /// its lease was taken over. See [`crate::fleet`].
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
+        let (attempts, _) = tokio::sync::watch::channel(crate::restart::Attempts::default());
+        self.stream_restarting(
+            crate::restart::Models::Once(Some(model)),
+            crate::supervisor::RestartPolicy::default(),
+            attempts,
+        )
+    }
+
+    /// Runs the model that `make` builds in a task of its own, like [`stream`](Self::stream),
+    /// and keeps it running through transient failures with a fresh model for every start
+    /// (so, unlike `stream`, also after a failure before the first checkpoint): when the
+    /// database goes away (a
+    /// projection write or a checkpoint commit fails because the connection was lost, the
+    /// checkpoint cannot be loaded) or a handler returns an error marked
+    /// [`Transient`](crate::Transient), the open transaction is rolled back, and after a
+    /// backoff (100 ms, doubling up to 10 s: [`RestartPolicy::default`]) a fresh model from
+    /// `make` is restored from the last checkpoint and goes on. Nothing the failed run applied
+    /// after that checkpoint is kept, so every event counts exactly once in the checkpointed
+    /// state and in a projection's tables.
+    ///
+    /// `make` is called once per start, so it builds a model as constructed (for a
+    /// `PostgresProjection` model, a new projection from its storage). A permanent error
+    /// ([`Error::is_transient`] is false: a handler bug, a payload that does not decode, an
+    /// unusable checkpoint with `on_invalid = "fail"`) ends the task, and
+    /// [`Running::shutdown`] returns it; so does a shutdown while the model waits to restart
+    /// (the transient error it was backing off from). While it waits, [`Running::status`] is
+    /// [`Status::Starting`](crate::Status::Starting). To run many models with a policy of your
+    /// own and a report of each, see the [`Supervisor`](crate::supervisor::Supervisor).
+    ///
+    /// [`RestartPolicy::default`]: crate::supervisor::RestartPolicy
+    pub fn stream_with<M: EventModel>(
+        &self,
+        make: impl FnMut() -> M + Send + 'static,
+    ) -> Running<M> {
+        let (attempts, _) = tokio::sync::watch::channel(crate::restart::Attempts::default());
+        self.stream_restarting(
+            crate::restart::Models::Make(Box::new(make)),
+            crate::supervisor::RestartPolicy::default(),
+            attempts,
+        )
+    }
+
+    /// [`stream_with`](Self::stream_with) with `policy`, reporting setbacks to `attempts`.
+    pub(crate) fn stream_restarting<M: EventModel>(
+        &self,
+        models: crate::restart::Models<M>,
+        policy: crate::supervisor::RestartPolicy,
+        attempts: tokio::sync::watch::Sender<crate::restart::Attempts>,
+    ) -> Running<M> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();
-        Running::spawn(trigger.clone(), move |control| async move {
-            krescent.run_stream(model, trigger, control).await
+        Running::spawn(trigger.clone(), move |mut control| async move {
+            #[cfg(feature = "postgres")]
+            let (krescent, models, lease) = match krescent.lease_restarting(models, &control).await
+            {
+                Ok(leased) => leased,
+                Err(model) => return Ok(unrun(model)),
+            };
+            let result = crate::restart::follow_restarting(
+                krescent,
+                models,
+                policy,
+                trigger,
+                &mut control,
+                &attempts,
+            )
+            .await;
+            #[cfg(feature = "postgres")]
+            let result = settle::<M, _>(result, lease).await;
+            result
         })
     }
 

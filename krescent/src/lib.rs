@@ -77,6 +77,12 @@
 //! `manual` checkpoints only when asked through [`Running::request_checkpoint`], so a model
 //! run by [`Krescent::catch_up`] with `manual` alone never checkpoints.
 //!
+//! A streaming model is restarted from its last checkpoint after a backoff when a failure is
+//! transient ([`Error::is_transient`]: the database went away, or a handler error marked
+//! [`Transient`]): [`Krescent::stream`] restores its one model value in place,
+//! [`Krescent::stream_with`] builds a fresh one; the [`supervisor`] runs many models that way
+//! in one process and reports each.
+//!
 //! Every running model records its progress, checkpoints and lag through the `metrics`
 //! facade (the [`metrics` module](crate::metrics) lists the names); the application installs the
 //! recorder, krescent none.
@@ -95,9 +101,12 @@ pub mod metrics;
 pub mod model;
 mod position;
 pub mod projection;
+mod restart;
 mod runner;
 mod running;
 pub mod store;
+pub mod supervisor;
+mod transient;
 
 pub use checkpoint::{CheckpointBucket, CheckpointSupport};
 pub use configure::Configure;
@@ -108,6 +117,7 @@ pub use krescent_derive::{handlers, Event, EventModel};
 pub use model::{EventModel, HandlerError, Handlers, Origin};
 pub use position::{Position, PositionParseError};
 pub use running::{Running, Status};
+pub use transient::Transient;
 
 /// The attribute that implements [`CheckpointStorage`](checkpoint::CheckpointStorage) and
 /// [`CheckpointTransaction`](checkpoint::CheckpointTransaction) need: `#[krescent::async_trait]`

@@ -103,6 +103,20 @@ pub enum HandlerError {
     Failed(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
+impl HandlerError {
+    /// Whether retrying the event may succeed: the handler's error is (or is caused by) a
+    /// [`Transient`](crate::Transient), or a lost database connection (a
+    /// [`ProjectionError`](crate::projection::ProjectionError) whose connection went away). A
+    /// payload that does not decode never is.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HandlerError::Decode(_) => false,
+            HandlerError::Failed(source) => crate::transient::is_transient(&**source),
+        }
+    }
+}
+
 /// What a handler method may return: `()` or `Result<(), E>`.
 pub trait HandlerOutput {
     /// The outcome as the runner sees it.

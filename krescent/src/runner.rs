@@ -94,10 +94,20 @@ pub(crate) struct Start<M> {
 /// Loads and checks the model's checkpoint and restores it; with [`OnInvalid::Rebuild`] an
 /// unusable checkpoint means starting from scratch.
 pub(crate) async fn restore<M: EventModel>(
-    mut model: M,
+    model: M,
     storage: Option<&Arc<dyn CheckpointStorage>>,
 ) -> Result<Start<M>, Error> {
-    check_event_names::<M>()?;
+    restore_keeping(model, storage).await.map_err(|(e, _)| e)
+}
+
+/// [`restore`], handing the model back on failure (for a restart in place).
+pub(crate) async fn restore_keeping<M: EventModel>(
+    mut model: M,
+    storage: Option<&Arc<dyn CheckpointStorage>>,
+) -> Result<Start<M>, (Error, M)> {
+    if let Err(e) = check_event_names::<M>() {
+        return Err((e, model));
+    }
     let scratch = |model| Start {
         model,
         origin: Origin::Scratch,
@@ -109,10 +119,13 @@ pub(crate) async fn restore<M: EventModel>(
     let on_invalid = M::checkpointing().map(|c| c.on_invalid).unwrap_or_default();
     let namespace = M::NAME;
     let invalid = |model, reason: String| match on_invalid {
-        OnInvalid::Fail => Err(Error::InvalidCheckpoint {
-            namespace: namespace.to_owned(),
-            reason,
-        }),
+        OnInvalid::Fail => Err((
+            Error::InvalidCheckpoint {
+                namespace: namespace.to_owned(),
+                reason,
+            },
+            model,
+        )),
         OnInvalid::Rebuild => {
             warn!(model = namespace, %reason, "discarding the checkpoint and rebuilding from the start of the stream");
             Ok(Start {
@@ -123,13 +136,15 @@ pub(crate) async fn restore<M: EventModel>(
         }
     };
     if let Some(transaction) = model.transaction() {
-        transaction.prepare().await.map_err(storage_failed::<M>)?;
+        if let Err(e) = transaction.prepare().await {
+            return Err((storage_failed::<M>(e), model));
+        }
     }
     let checkpoint = match storage.load(namespace).await {
         Ok(Some(checkpoint)) => checkpoint,
         Ok(None) => return Ok(scratch(model)),
         Err(e) if e.is_corrupt() => return invalid(model, e.to_string()),
-        Err(source) => return Err(storage_failed::<M>(source)),
+        Err(source) => return Err((storage_failed::<M>(source), model)),
     };
     let version = CheckpointVersion::of::<M>();
     if checkpoint.version != version {
@@ -183,11 +198,44 @@ impl<M: EventModel> Runner<M> {
         checkpointing: Option<Checkpointing>,
         trigger: CheckpointTrigger,
     ) -> Result<Self, Error> {
+        Self::begin_keeping(start, checkpointing, trigger)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`begin`](Self::begin), handing the model back on failure (for a restart in place).
+    pub(crate) async fn begin_keeping(
+        start: Start<M>,
+        checkpointing: Option<Checkpointing>,
+        trigger: CheckpointTrigger,
+    ) -> Result<Self, (Error, M)> {
         let Start {
             mut model,
             origin,
             position,
         } = start;
+        let uncommitted =
+            match Self::check_and_reset(&mut model, &origin, checkpointing.as_ref()).await {
+                Ok(uncommitted) => uncommitted,
+                Err(e) => return Err((e, model)),
+            };
+        Ok(Self::started(
+            model,
+            origin,
+            position,
+            checkpointing,
+            trigger,
+            uncommitted,
+        ))
+    }
+
+    /// What [`begin`](Self::begin) checks and does before the runner exists; whether it left
+    /// a reset uncommitted.
+    async fn check_and_reset(
+        model: &mut M,
+        origin: &Origin,
+        checkpointing: Option<&Checkpointing>,
+    ) -> Result<bool, Error> {
         let transactional = model.transaction().is_some();
         if transactional && checkpointing.is_none() {
             return Err(Error::InvalidCheckpoint {
@@ -196,7 +244,7 @@ impl<M: EventModel> Runner<M> {
             });
         }
         let commits_to = model.transaction().and_then(|t| t.checkpoint_location());
-        if let (Some(expected), Some(c)) = (commits_to, &checkpointing) {
+        if let (Some(expected), Some(c)) = (commits_to, checkpointing) {
             let found = c.storage.location();
             if found.as_deref() != Some(expected.as_str()) {
                 return Err(Error::StorageMismatch {
@@ -207,7 +255,7 @@ impl<M: EventModel> Runner<M> {
                 });
             }
         }
-        if let (Origin::Rebuilt { .. }, Some(c), false) = (&origin, &checkpointing, transactional) {
+        if let (Origin::Rebuilt { .. }, Some(c), false) = (origin, checkpointing, transactional) {
             // An explicit reset: the unusable checkpoint (of this version at a later position,
             // or with a position that does not even parse) must not hold back the rebuild's.
             c.storage
@@ -223,6 +271,19 @@ impl<M: EventModel> Runner<M> {
                 .map_err(storage_failed::<M>)?;
             uncommitted = true;
         }
+        Ok(uncommitted)
+    }
+
+    /// The runner, once [`check_and_reset`](Self::check_and_reset) passed.
+    fn started(
+        mut model: M,
+        origin: Origin,
+        position: Position,
+        checkpointing: Option<Checkpointing>,
+        trigger: CheckpointTrigger,
+        uncommitted: bool,
+    ) -> Self {
+        let transactional = model.transaction().is_some();
         let checkpoints = checkpointing.map(|c| Checkpoints {
             state: StrategyState::new(&c.strategy, trigger),
             format: c.storage.format(),
@@ -233,7 +294,7 @@ impl<M: EventModel> Runner<M> {
             taken: 0,
         });
         model.on_start(&origin);
-        Ok(Runner {
+        Runner {
             model,
             origin,
             position,
@@ -242,7 +303,7 @@ impl<M: EventModel> Runner<M> {
             transactional,
             uncommitted,
             metrics: ModelMetrics::new(M::NAME),
-        })
+        }
     }
 
     /// Applies a batch in order, checkpointing when due. On a handler error nothing of the

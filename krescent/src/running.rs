@@ -24,7 +24,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Status {
-    /// Restoring its checkpoint; no event processed yet in this run.
+    /// Restoring its checkpoint, no event processed yet in this run; or waiting to restart
+    /// after a transient failure.
     Starting,
     /// Waiting until it may process events: another instance holds the model (or its segment).
     Standby,
@@ -77,6 +78,16 @@ impl Control {
             changed
         });
     }
+
+    /// Whether a stop was asked for (or the handle is gone).
+    pub(crate) fn stop_requested(&self) -> bool {
+        *self.stop.borrow() || self.stop.has_changed().is_err()
+    }
+
+    /// Waits for `work` unless a stop comes first; whether it stopped.
+    pub(crate) async fn wait_or_stop(&mut self, work: impl Future<Output = ()>) -> bool {
+        wait_or_stop(&mut self.stop, work).await
+    }
 }
 
 impl<M: EventModel> Running<M> {
@@ -123,6 +134,11 @@ impl<M: EventModel> Running<M> {
         self.status.clone()
     }
 
+    /// A receiver of the model's position, for the supervisor.
+    pub(crate) fn progress_changes(&self) -> watch::Receiver<Position> {
+        self.progress.clone()
+    }
+
     /// Asks for a checkpoint (models with the `manual` strategy).
     pub fn request_checkpoint(&self) {
         self.trigger.request();
@@ -134,7 +150,9 @@ impl<M: EventModel> Running<M> {
         self.trigger.clone()
     }
 
-    /// The position of the last event processed so far.
+    /// The position of the last event processed so far. After a restart from the last
+    /// checkpoint it goes back to that checkpoint's position until the model has caught up
+    /// again.
     #[must_use]
     pub fn position(&self) -> Position {
         *self.progress.borrow()
@@ -178,13 +196,14 @@ impl<M: EventModel> Running<M> {
     }
 }
 
-/// Catches up, then follows live appends until stopped. Transient store failures are retried
-/// with backoff from the last processed position.
+/// Catches up, then follows live appends until stopped, then takes the final checkpoint.
+/// Transient store failures are retried with backoff from the last processed position; other
+/// failures end it (the restart loop in `restart.rs` decides what comes next).
 pub(crate) async fn follow<S: EventStore, M: EventModel>(
     store: &S,
-    mut runner: Runner<M>,
-    mut control: Control,
-) -> Result<CaughtUp<M>, Error> {
+    runner: &mut Runner<M>,
+    control: &mut Control,
+) -> Result<(), Error> {
     let mut caught_up_at = None;
     let mut backoff = Duration::from_millis(50);
     // The batch after the one applied last, read while it was applied.
@@ -253,8 +272,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
             break;
         }
     }
-    runner.finish().await?;
-    Ok(runner.into_caught_up())
+    runner.finish().await
 }
 
 /// Waits for `work` unless a stop comes first; whether it stopped.

@@ -11,26 +11,49 @@ use crate::checkpoint::{
     StoredCheckpoint,
 };
 use crate::fleet::{check_fence, Fence, FenceFailure};
-use crate::store::postgres::{identifier, DbFailure};
+use crate::store::postgres::{identifier, transient_cause, DbFailure};
 use crate::store::StoreError;
 
 const REVISION: &str = "revision";
 const TABLES: &str = "tables";
 
 /// What a projection handler's database work failed with.
+///
+/// [`is_transient`](Self::is_transient) says whether the connection went away (the server
+/// restarted, the network failed): a streaming model then rolls back and restarts from its
+/// last checkpoint ([`Error::is_transient`](crate::Error::is_transient)).
 #[derive(Debug, thiserror::Error)]
-#[error("projection write failed: {0}")]
-pub struct ProjectionError(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+#[error("projection write failed: {source}")]
+pub struct ProjectionError {
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    transient: bool,
+}
+
+impl ProjectionError {
+    /// Whether retrying may succeed: the connection was lost, refused or timed out, or the
+    /// server is shutting down or starting up.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
 
 impl From<tokio_postgres::Error> for ProjectionError {
     fn from(e: tokio_postgres::Error) -> Self {
-        ProjectionError(Box::new(e))
+        ProjectionError {
+            transient: transient_cause(&e).unwrap_or(false),
+            source: Box::new(e),
+        }
     }
 }
 
 impl From<PoolError> for ProjectionError {
     fn from(e: PoolError) -> Self {
-        ProjectionError(Box::new(e))
+        ProjectionError {
+            transient: transient_cause(&e).unwrap_or(false),
+            source: Box::new(e),
+        }
     }
 }
 
@@ -129,16 +152,30 @@ impl PostgresProjection {
     /// The open transaction's connection, beginning a transaction if none is open. Everything a
     /// handler writes through it commits with the next checkpoint.
     ///
+    /// A connection lost between transactions is replaced here; one lost inside the open
+    /// transaction fails the handler's statement with a transient [`ProjectionError`]: the
+    /// runner rolls back, and a model run by
+    /// [`Krescent::stream_with`](crate::Krescent::stream_with) or the
+    /// [`Supervisor`](crate::supervisor::Supervisor) restarts from its last checkpoint.
+    ///
     /// # Errors
     /// When no connection can be had or `BEGIN` fails.
     pub async fn transaction(&mut self) -> Result<&ClientWrapper, ProjectionError> {
         let client = match self.client.take() {
+            // A connection that closed between transactions holds nothing: take a new one.
+            Some(client) if client.is_closed() && !self.open => {
+                drop(Object::take(client));
+                self.storage.pool().get().await?
+            }
             Some(client) => client,
             None => self.storage.pool().get().await?,
         };
         if !self.open {
-            // On failure the connection is dropped: its state is unknown.
-            client.batch_execute("BEGIN").await?;
+            if let Err(e) = client.batch_execute("BEGIN").await {
+                // Its state is unknown: closed, not handed back to the pool.
+                drop(Object::take(client));
+                return Err(e.into());
+            }
             self.open = true;
         }
         Ok(&**self.client.insert(client))
@@ -209,8 +246,8 @@ impl PostgresProjection {
             for plain in shapes.keys() {
                 let name = plain.strip_prefix(&prefix).unwrap_or(plain);
                 // A name that is not an identifier cannot be one of its tables: skipped.
-                if let Ok(with_table) = projection.clone_tables().table(name, "") {
-                    projection.tables = with_table.tables;
+                if let Ok(mut with_table) = projection.clone_tables().table(name, "") {
+                    projection.tables = std::mem::take(&mut with_table.tables);
                 }
             }
         }
@@ -224,10 +261,9 @@ impl PostgresProjection {
 
     /// A projection with the same storage, revision and tables, and no connection.
     fn clone_tables(&self) -> Self {
-        PostgresProjection {
-            tables: self.tables.clone(),
-            ..PostgresProjection::new(&self.storage, self.revision)
-        }
+        let mut projection = PostgresProjection::new(&self.storage, self.revision);
+        projection.tables.clone_from(&self.tables);
+        projection
     }
 
     /// Reads the shape of every table: `column type, …`; a missing table has none.
@@ -261,10 +297,25 @@ impl PostgresProjection {
             .map_err(|e| StorageError::Database(Box::new(e)))
     }
 
-    /// After a failure the connection's state is unknown: forget it.
+    /// After a failure the connection's state is unknown (lost, or inside a failed
+    /// transaction): it is taken out of the pool and closed rather than handed back, so no one
+    /// is given it again; the next transaction gets a new one.
     fn discard(&mut self) {
-        self.client = None;
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
         self.open = false;
+    }
+}
+
+impl Drop for PostgresProjection {
+    /// A projection dropped inside a transaction (its model's task ended on an error that
+    /// left it open, or was aborted) closes the connection: the server rolls the transaction
+    /// back, and the pool never hands out a connection in the middle of one.
+    fn drop(&mut self) {
+        if self.open {
+            self.discard();
+        }
     }
 }
 
@@ -430,7 +481,11 @@ impl CheckpointTransaction for PostgresProjection {
                 .map_err(|e| DbFailure::from(e).storage("roll back the projection")),
             None => Ok(()),
         };
-        self.discard();
+        if result.is_err() {
+            // Lost with its transaction (the server rolls it back): a new connection next.
+            self.discard();
+        }
+        self.open = false;
         result
     }
 }

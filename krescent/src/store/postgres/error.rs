@@ -13,6 +13,8 @@ use crate::store::StoreError;
 pub(crate) struct Failed {
     doing: String,
     source: Box<dyn StdError + Send + Sync + 'static>,
+    /// Whether retrying may help (a lost or refused connection).
+    transient: bool,
 }
 
 impl fmt::Display for Failed {
@@ -104,6 +106,7 @@ impl DbFailure {
             source: Box::new(Failed {
                 doing: doing.into(),
                 source: self.into_source(),
+                transient,
             }),
             transient,
         }
@@ -111,11 +114,34 @@ impl DbFailure {
 
     /// The failure as a storage error, saying what was being done.
     pub(crate) fn storage(self, doing: impl Into<String>) -> StorageError {
+        let transient = self.is_transient();
         StorageError::Database(Box::new(Failed {
             doing: doing.into(),
             source: self.into_source(),
+            transient,
         }))
     }
+}
+
+/// Whether `error` itself is a database failure that retrying may cure; `None` when it is no
+/// database error of this crate or of the driver.
+pub(crate) fn transient_cause(error: &(dyn StdError + 'static)) -> Option<bool> {
+    if let Some(failed) = error.downcast_ref::<Failed>() {
+        return Some(failed.transient);
+    }
+    if let Some(e) = error.downcast_ref::<tokio_postgres::Error>() {
+        return Some(driver_error_is_transient(e));
+    }
+    if let Some(e) = error.downcast_ref::<PoolError>() {
+        return Some(match e {
+            PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)) => {
+                driver_error_is_transient(e)
+            }
+            PoolError::Timeout(_) => true,
+            _ => false,
+        });
+    }
+    None
 }
 
 /// SQLSTATE codes that mean "the server is going away or not there yet".
@@ -127,7 +153,8 @@ const TRANSIENT_STATES: [&str; 5] = [
     "58030", // io_error (of the server)
 ];
 
-fn driver_error_is_transient(e: &tokio_postgres::Error) -> bool {
+/// Whether a driver error means a lost, refused or timed-out connection, or a server going away.
+pub(crate) fn driver_error_is_transient(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;
     }
