@@ -258,7 +258,7 @@ impl<S: EventStore> Krescent<S> {
     /// A clone of this `Krescent` whose storage `name` (`M`'s) is `fenced`, so that every
     /// restart of the model checkpoints through it.
     #[cfg(feature = "postgres")]
-    fn fenced_for<M: EventModel>(&self, name: &str, fenced: Arc<dyn CheckpointStorage>) -> Self {
+    fn fenced_for(&self, name: &str, fenced: Arc<dyn CheckpointStorage>) -> Self {
         self.clone().with_shared_storage(name, fenced)
     }
 
@@ -316,10 +316,9 @@ impl<S: EventStore> Krescent<S> {
         ),
         M,
     > {
-        let checkpointing = match self.checkpointing_of::<M>() {
-            Ok(checkpointing) => checkpointing,
-            // Reported by the first start.
-            Err(_) => return Ok((self, models, None)),
+        // An error is reported by the first start.
+        let Ok(checkpointing) = self.checkpointing_of::<M>() else {
+            return Ok((self, models, None));
         };
         let (first, make) = match models {
             crate::restart::Models::Make(mut make) => (make(), Some(make)),
@@ -346,7 +345,7 @@ impl<S: EventStore> Krescent<S> {
         };
         control.set_status(crate::Status::Starting);
         let krescent = match checkpointing {
-            Some(c) => self.fenced_for::<M>(&c.name, c.storage),
+            Some(c) => self.fenced_for(&c.name, c.storage),
             None => self,
         };
         let fence = lease.fence().clone();
