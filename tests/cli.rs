@@ -436,3 +436,39 @@ fn help_explains_every_command() {
         );
     }
 }
+
+#[tokio::test]
+async fn delete_refuses_while_a_running_instance_holds_the_lease_unless_forced() {
+    let database = krescent_testkit::postgres::fresh_database().await;
+    let url = database.url();
+    summary(
+        bookstore()
+            .env("DATABASE_URL", url)
+            .args(["--events", "20"]),
+    );
+    let client = database.client().await;
+    client
+        .execute(
+            "INSERT INTO krescent_leases (checkpoints, namespace, holder, epoch, expires_at)
+             VALUES ('public.krescent_checkpoints', $1, '4242:run', 7, clock_timestamp() + interval '1 hour')",
+            &[&BOOKS],
+        )
+        .await
+        .expect("a live lease");
+    let refused = fails(
+        on_db(url).args(["checkpoints", "delete", BOOKS, "--yes"]),
+        1,
+    );
+    assert!(
+        refused.contains("holds its lease (epoch 7)") && refused.contains("--force"),
+        "{refused}"
+    );
+    assert_eq!(
+        listed(&mut on_db(url), BOOKS),
+        Some((20, 0)),
+        "nothing deleted"
+    );
+    // `--force` deletes anyway.
+    ok(on_db(url).args(["checkpoints", "delete", BOOKS, "--yes", "--force"]));
+    assert_eq!(listed(&mut on_db(url), BOOKS), None);
+}

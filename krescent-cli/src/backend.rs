@@ -73,6 +73,22 @@ impl Backend {
     }
 
     /// The checkpoint of `namespace`, or an error naming the namespaces there are.
+    /// Refuses with [`CliError::Leased`] while a running instance holds the lease of
+    /// `namespace` (PostgreSQL; a file store is opened by one process at a time anyway).
+    pub async fn refuse_if_leased(&self, namespace: &str, force: bool) -> Result<(), CliError> {
+        let Backend::Postgres { storage, .. } = self else {
+            return Ok(());
+        };
+        match storage.lease(namespace).await? {
+            Some(lease) if !force => Err(CliError::Leased {
+                namespace: namespace.to_owned(),
+                holder: lease.holder,
+                epoch: lease.epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn checkpoint(&self, namespace: &str) -> Result<StoredCheckpoint, CliError> {
         if let Some(checkpoint) = self.storage().load(namespace).await? {
             return Ok(checkpoint);

@@ -192,6 +192,9 @@ async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), 
         tables: None,
     };
     let what = format!("the checkpoint of `{}` at position {at}", args.namespace);
+    backend
+        .refuse_if_leased(&args.namespace, args.force)
+        .await?;
     if !args.dry_run {
         if !args.yes {
             confirm(&format!(

@@ -78,8 +78,8 @@ pub enum CheckpointsCommand {
     ///
     /// A checkpoint holds the model's state at its position, so unlike a consumer offset it
     /// cannot be moved to another position: it can only be deleted. Stop the model first; a
-    /// running model writes a new checkpoint at its next one. (Leases do not exist yet: once
-    /// they do, delete refuses while the model holds its lease, unless `--force`.)
+    /// running model writes a new checkpoint at its next one. On PostgreSQL, delete refuses
+    /// while a running instance holds the model's lease, unless `--force`.
     /// A model that projects into PostgreSQL tables is deleted with `krescent models delete`.
     Delete(DeleteArgs),
 }
@@ -89,8 +89,8 @@ pub enum ModelsCommand {
     /// Delete a `PostgresProjection` model: drop the tables its checkpoint names and delete
     /// the checkpoint, in one transaction; the model rebuilds on its next start.
     ///
-    /// Stop the model first. (Leases do not exist yet: once they do, delete refuses while the
-    /// model holds its lease, unless `--force`.)
+    /// Stop the model first: delete refuses while a running instance holds the model's lease,
+    /// unless `--force`.
     Delete(DeleteArgs),
 }
 
@@ -105,6 +105,9 @@ pub struct DeleteArgs {
     /// Do not ask for confirmation.
     #[arg(long, short)]
     pub yes: bool,
+    /// Delete even while a running instance holds the model's lease (PostgreSQL).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

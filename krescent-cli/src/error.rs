@@ -44,6 +44,17 @@ pub enum CliError {
     /// The checkpoint refers to no projection tables.
     #[error("the checkpoint of `{0}` names no `PostgresProjection` tables; `krescent checkpoints delete {0}` deletes a checkpoint alone")]
     NoProjection(String),
+    /// A running instance holds the model's lease: deleting behind its back would be undone
+    /// or worse.
+    #[error("model `{namespace}` is running: {holder} holds its lease (epoch {epoch}); stop it first, or pass `--force`")]
+    Leased {
+        /// The namespace.
+        namespace: String,
+        /// The lease's holder.
+        holder: String,
+        /// The lease's epoch.
+        epoch: u64,
+    },
     /// The operator did not confirm a destructive step.
     #[error("not confirmed (no answer, or stdin is not a terminal); nothing was deleted; pass `--yes` to skip the question")]
     NotConfirmed,

@@ -42,6 +42,9 @@ async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), 
         deleted: false,
         tables: Some(tables),
     };
+    backend
+        .refuse_if_leased(&args.namespace, args.force)
+        .await?;
     if !args.dry_run {
         if !args.yes {
             confirm(&format!(

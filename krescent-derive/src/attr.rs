@@ -31,6 +31,8 @@ pub(crate) struct Model {
     pub(crate) version: u32,
     /// `crate = "path"`: where the runtime crate is.
     pub(crate) krate: Path,
+    /// `exclusive`: one instance at a time runs the model, holding its lease.
+    pub(crate) exclusive: bool,
     /// `#[checkpoint(...)]`, when the model checkpoints.
     pub(crate) checkpoint: Option<Checkpointing>,
 }
@@ -182,6 +184,7 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
     let mut name = Slot::new(cx, "#[model]", "name");
     let mut version = Slot::new(cx, "#[model]", "version");
     let mut krate = Slot::new(cx, "#[model]", "crate");
+    let mut exclusive = Slot::new(cx, "#[model]", "exclusive");
     let mut seen = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident("model")) {
         seen = true;
@@ -195,11 +198,19 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
             // `version = N`: the model's version.
             } else if meta.path.is_ident("version") {
                 version.set(&meta.path, integer(&meta).map(|(n, _)| n));
+            // `exclusive`: a flag, no value; one instance at a time runs the model.
+            } else if meta.path.is_ident("exclusive") {
+                exclusive.set(&meta.path, flag(&meta, "exclusive"));
             // `crate = "path"`: a renamed runtime crate.
             } else if meta.path.is_ident("crate") {
                 krate.set(&meta.path, crate_path(&meta));
             } else {
-                unknown(cx, &meta, "#[model]", "`name`, `version`, `crate`")?;
+                unknown(
+                    cx,
+                    &meta,
+                    "#[model]",
+                    "`name`, `version`, `exclusive`, `crate`",
+                )?;
             }
             Ok(())
         });
@@ -217,6 +228,7 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
         name: name.value.map(|s| s.value()).unwrap_or_default(),
         version: version.value.unwrap_or(1),
         krate: krate.value.unwrap_or_else(default_krate),
+        exclusive: exclusive.value.is_some(),
         checkpoint: checkpointing(cx, attrs),
     }
 }
@@ -391,6 +403,16 @@ fn unknown(cx: &Ctxt, meta: &ParseNestedMeta, attribute: &str, expected: &str) -
         format!("unknown `{attribute}` key `{key}`; expected {expected}"),
     );
     skip_value(meta)
+}
+
+/// A key that takes no value: an error at `= value` or `(...)` after it.
+fn flag(meta: &ParseNestedMeta, key: &str) -> syn::Result<()> {
+    if meta.input.is_empty() || meta.input.peek(syn::Token![,]) {
+        return Ok(());
+    }
+    let error = meta.error(format!("`{key}` takes no value; write `#[model({key})]`"));
+    skip_value(meta)?;
+    Err(error)
 }
 
 /// Skips `= value` or `(...)` after a key.

@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 
 use crate::checkpoint::Strategy;
+use crate::fleet::LeaseConfig;
 use crate::model::EventModel;
 use crate::{Error, Krescent};
 
@@ -12,6 +13,10 @@ use crate::{Error, Krescent};
 pub(crate) struct Override {
     pub(crate) strategy: Option<Strategy>,
     pub(crate) storage: Option<String>,
+    /// Take a lease even when the model writes nothing outside its process.
+    pub(crate) exclusive: bool,
+    /// The lease's timing, when not the default.
+    pub(crate) lease: Option<LeaseConfig>,
 }
 
 /// Overrides the `#[checkpoint]` attribute of model `M` in one [`Krescent`]; from
@@ -92,6 +97,26 @@ impl<'a, S, M: EventModel> Configure<'a, S, M> {
     pub fn storage(self, name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         self.update(|o| o.storage = Some(name))
+    }
+
+    /// Makes `M` exclusive: [`Krescent::stream`] runs it only while it holds its lease, as it
+    /// always does for a model with a projection, so that one instance at a time processes
+    /// events and the others wait as standbys (see [`crate::fleet`]). Without it, a model whose
+    /// state is in memory runs in every instance. Needs a storage that keeps leases
+    /// (PostgreSQL); with another, the model runs without one.
+    ///
+    /// # Errors
+    /// [`Error::NotCheckpointed`] when `M` has no `#[checkpoint]` attribute.
+    pub fn exclusive(self) -> Result<Self, Error> {
+        self.update(|o| o.exclusive = true)
+    }
+
+    /// Times `M`'s lease as `config` says instead of [`LeaseConfig::default`].
+    ///
+    /// # Errors
+    /// [`Error::NotCheckpointed`] when `M` has no `#[checkpoint]` attribute.
+    pub fn lease(self, config: LeaseConfig) -> Result<Self, Error> {
+        self.update(|o| o.lease = Some(config))
     }
 
     fn update(self, change: impl FnOnce(&mut Override)) -> Result<Self, Error> {

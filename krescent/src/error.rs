@@ -113,6 +113,18 @@ pub enum Error {
         /// The position it was waited for to reach.
         wanted: Position,
     },
+    /// The model's lease was taken over by another instance (it was paused or cut off past its
+    /// lease): its last commit was rejected and rolled back, and the model stopped. Run it again
+    /// to make it a standby; see [`crate::fleet`].
+    #[error("model `{model}` was fenced: its lease of `{namespace}` (epoch {epoch}) was taken over by another instance; its uncommitted work was rolled back")]
+    Fenced {
+        /// The model.
+        model: &'static str,
+        /// The lease's namespace.
+        namespace: String,
+        /// The epoch it held.
+        epoch: u64,
+    },
     /// The model's task ended abnormally (it panicked or was aborted).
     #[error("model `{model}` stopped abnormally: {reason}")]
     Aborted {
@@ -144,6 +156,7 @@ impl Error {
             | Error::InvalidCheckpoint { .. }
             | Error::Checkpoint { .. }
             | Error::Stopped { .. }
+            | Error::Fenced { .. }
             | Error::Aborted { .. } => false,
         }
     }

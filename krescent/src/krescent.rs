@@ -31,6 +31,7 @@ pub struct Krescent<S> {
 }
 
 /// Where and how a model checkpoints, its overrides applied and its storage resolved.
+#[derive(Clone)]
 pub(crate) struct Checkpointing {
     /// The name the storage is registered under.
     pub(crate) name: String,
@@ -53,6 +54,64 @@ impl<S> Krescent<S> {
     pub(crate) fn override_mut(&mut self, model: &'static str) -> &mut Override {
         Arc::make_mut(&mut self.overrides).entry(model).or_default()
     }
+}
+
+/// A model that never ran: stopped while a standby.
+#[cfg(feature = "postgres")]
+fn unrun<M>(model: M) -> CaughtUp<M> {
+    CaughtUp {
+        model,
+        origin: Origin::Scratch,
+        position: Position::START,
+        processed: 0,
+        checkpoints: 0,
+    }
+}
+
+/// After a leased run: a fenced commit becomes [`Error::Fenced`] (the lease is not this run's
+/// any more), anything else releases the lease so that a standby takes over at once.
+#[cfg(feature = "postgres")]
+async fn settle<M: EventModel, T>(
+    result: Result<T, Error>,
+    lease: Option<crate::fleet::HeldLease>,
+) -> Result<T, Error> {
+    let Some(lease) = lease else {
+        return result;
+    };
+    match result {
+        Err(Error::Storage {
+            source:
+                crate::checkpoint::StorageError::Fenced {
+                    namespace, epoch, ..
+                },
+            ..
+        }) => {
+            tracing::warn!(
+                model = M::NAME,
+                epoch,
+                "fenced: another instance holds the lease now; stepping down"
+            );
+            Err(Error::Fenced {
+                model: M::NAME,
+                namespace,
+                epoch,
+            })
+        }
+        result => {
+            lease.release().await;
+            result
+        }
+    }
+}
+
+/// Restores `model` from `checkpointing`'s storage and makes it a runner.
+async fn start_with<M: EventModel>(
+    model: M,
+    checkpointing: Option<Checkpointing>,
+    trigger: CheckpointTrigger,
+) -> Result<Runner<M>, Error> {
+    let start = restore(model, checkpointing.as_ref().map(|c| &c.storage)).await?;
+    Runner::begin(start, checkpointing, trigger).await
 }
 
 /// A model that has processed every event the store held.
@@ -179,7 +238,8 @@ impl<S: EventStore> Krescent<S> {
         Ok(self.checkpointing_of::<M>()?.map(|c| c.storage))
     }
 
-    /// [`start`](Self::start), handing the model back on failure (for a restart in place).
+    /// Restores `model` and makes it a runner, handing the model back on failure (for a restart
+    /// in place).
     pub(crate) async fn start_keeping<M: EventModel>(
         &self,
         model: M,
@@ -195,22 +255,153 @@ impl<S: EventStore> Krescent<S> {
         Runner::begin_keeping(start, checkpointing, trigger).await
     }
 
-    pub(crate) async fn start<M: EventModel>(
+    /// A clone of this `Krescent` whose storage `name` (`M`'s) is `fenced`, so that every
+    /// restart of the model checkpoints through it.
+    #[cfg(feature = "postgres")]
+    fn fenced_for(&self, name: &str, fenced: Arc<dyn CheckpointStorage>) -> Self {
+        self.clone().with_shared_storage(name, fenced)
+    }
+
+    /// Takes `M`'s lease when it needs one — it has a projection (a transaction) or is
+    /// exclusive, and its storage keeps leases — waiting while another instance holds it
+    /// (after calling `standby`); then fences its storage and its transaction with it. The model
+    /// back when `stop` is set first.
+    #[cfg(feature = "postgres")]
+    async fn lease<M: EventModel>(
         &self,
-        model: M,
-        trigger: CheckpointTrigger,
-    ) -> Result<Runner<M>, Error> {
-        let checkpointing = self.checkpointing_of::<M>()?;
-        let start = restore(model, checkpointing.as_ref().map(|c| &c.storage)).await?;
-        Runner::begin(start, checkpointing, trigger).await
+        mut model: M,
+        checkpointing: Option<Checkpointing>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        standby: impl FnOnce(),
+    ) -> Result<(M, Option<Checkpointing>, Option<crate::fleet::HeldLease>), M> {
+        let changed = self.overrides.get(M::NAME);
+        let exclusive =
+            M::EXCLUSIVE || changed.is_some_and(|o| o.exclusive) || model.transaction().is_some();
+        let leases = checkpointing
+            .as_ref()
+            .and_then(|c| c.storage.leases())
+            .filter(|_| exclusive);
+        let (Some(leases), Some(mut checkpointing)) = (leases, checkpointing.clone()) else {
+            return Ok((model, checkpointing, None));
+        };
+        let config = changed.and_then(|o| o.lease).unwrap_or_default();
+        standby();
+        let Some(lease) = leases.acquire(M::NAME, config, stop).await else {
+            return Err(model);
+        };
+        let fence = lease.fence().clone();
+        if let Some(fenced) = checkpointing.storage.fenced(&fence) {
+            checkpointing.storage = fenced;
+        }
+        if let Some(transaction) = model.transaction() {
+            transaction.set_fence(Some(fence));
+        }
+        // The checkpoint is loaded only now that the lease is held.
+        Ok((model, Some(checkpointing), Some(lease)))
+    }
+
+    /// [`lease`](Self::lease) for a model run by [`stream_restarting`](Self::stream_restarting):
+    /// every model it starts (the first and each restart's) checkpoints through the fenced
+    /// storage and has the fence set on its transaction; the lease is held across restarts.
+    #[cfg(feature = "postgres")]
+    async fn lease_restarting<M: EventModel>(
+        self,
+        models: crate::restart::Models<M>,
+        control: &crate::running::Control,
+    ) -> Result<
+        (
+            Self,
+            crate::restart::Models<M>,
+            Option<crate::fleet::HeldLease>,
+        ),
+        M,
+    > {
+        // An error is reported by the first start.
+        let Ok(checkpointing) = self.checkpointing_of::<M>() else {
+            return Ok((self, models, None));
+        };
+        let (first, make) = match models {
+            crate::restart::Models::Make(mut make) => (make(), Some(make)),
+            crate::restart::Models::Once(Some(model)) => (model, None),
+            crate::restart::Models::Once(None) => {
+                return Ok((self, crate::restart::Models::Once(None), None))
+            }
+        };
+        let mut stop = control.stop_flag();
+        let standby = || control.set_status(crate::Status::Standby);
+        let (first, checkpointing, lease) =
+            self.lease(first, checkpointing, &mut stop, standby).await?;
+        let Some(lease) = lease else {
+            let models = match make {
+                Some(mut make) => {
+                    let mut first = Some(first);
+                    crate::restart::Models::Make(Box::new(move || {
+                        first.take().unwrap_or_else(&mut make)
+                    }))
+                }
+                None => crate::restart::Models::Once(Some(first)),
+            };
+            return Ok((self, models, None));
+        };
+        control.set_status(crate::Status::Starting);
+        let krescent = match checkpointing {
+            Some(c) => self.fenced_for(&c.name, c.storage),
+            None => self,
+        };
+        let fence = lease.fence().clone();
+        let models = match make {
+            Some(mut make) => {
+                let mut first = Some(first);
+                crate::restart::Models::Make(Box::new(move || {
+                    first.take().unwrap_or_else(|| {
+                        let mut model = make();
+                        if let Some(transaction) = model.transaction() {
+                            transaction.set_fence(Some(fence.clone()));
+                        }
+                        model
+                    })
+                }))
+            }
+            None => crate::restart::Models::Once(Some(first)),
+        };
+        Ok((krescent, models, Some(lease)))
     }
 
     /// Restores `model` from its checkpoint (if any), replays every later event, and returns
     /// it; a strategy that checkpoints on shutdown takes a final checkpoint first.
+    ///
+    /// A model that needs a lease (see [`stream`](Self::stream)) waits for it first, as long as
+    /// another instance holds it, and releases it when done.
     pub async fn catch_up<M: EventModel>(&self, model: M) -> Result<CaughtUp<M>, Error> {
         let span = tracing::info_span!("catch_up", model = M::NAME);
         async {
-            let mut runner = self.start(model, CheckpointTrigger::default()).await?;
+            let checkpointing = self.checkpointing_of::<M>()?;
+            #[cfg(feature = "postgres")]
+            let (model, checkpointing, lease) = {
+                // Nothing stops a catch-up while it waits for the lease.
+                let (_never, mut stop) = tokio::sync::watch::channel(false);
+                match self.lease(model, checkpointing, &mut stop, || {}).await {
+                    Ok(leased) => leased,
+                    Err(model) => return Ok(unrun(model)),
+                }
+            };
+            let result = self.replay(model, checkpointing).await;
+            #[cfg(feature = "postgres")]
+            let result = settle::<M, _>(result, lease).await;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The body of [`catch_up`](Self::catch_up), once the model may run.
+    async fn replay<M: EventModel>(
+        &self,
+        model: M,
+        checkpointing: Option<Checkpointing>,
+    ) -> Result<CaughtUp<M>, Error> {
+        {
+            let mut runner = start_with(model, checkpointing, CheckpointTrigger::default()).await?;
             let store_error = |source| Error::Store {
                 model: M::NAME,
                 source,
@@ -236,8 +427,6 @@ impl<S: EventStore> Krescent<S> {
             runner.finish().await?;
             Ok(runner.into_caught_up())
         }
-        .instrument(span)
-        .await
     }
 
     /// Restores `model` from its checkpoint and reads nothing; without a checkpoint the result's
@@ -277,6 +466,11 @@ impl<S: EventStore> Krescent<S> {
     /// checkpoint was stored (or one that does not checkpoint) ends with the error instead.
     /// [`stream_with`](Self::stream_with) builds a fresh model for every start and has no such
     /// limit. Any other error ends the task, and `shutdown` returns it.
+    ///
+    /// A model with a projection (or an exclusive one) checkpointing in PostgreSQL first takes
+    /// its lease: while another instance holds it, the model waits as a standby
+    /// ([`Status::Standby`](crate::Status::Standby)); its task ends with [`Error::Fenced`] when
+    /// its lease was taken over. See [`crate::fleet`].
     pub fn stream<M: EventModel>(&self, model: M) -> Running<M> {
         let (attempts, _) = tokio::sync::watch::channel(crate::restart::Attempts::default());
         self.stream_restarting(
@@ -330,7 +524,13 @@ impl<S: EventStore> Krescent<S> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();
         Running::spawn(trigger.clone(), move |mut control| async move {
-            crate::restart::follow_restarting(
+            #[cfg(feature = "postgres")]
+            let (krescent, models, lease) = match krescent.lease_restarting(models, &control).await
+            {
+                Ok(leased) => leased,
+                Err(model) => return Ok(unrun(model)),
+            };
+            let result = crate::restart::follow_restarting(
                 krescent,
                 models,
                 policy,
@@ -338,7 +538,10 @@ impl<S: EventStore> Krescent<S> {
                 &mut control,
                 &attempts,
             )
-            .await
+            .await;
+            #[cfg(feature = "postgres")]
+            let result = settle::<M, _>(result, lease).await;
+            result
         })
     }
 

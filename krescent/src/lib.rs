@@ -49,6 +49,7 @@
 //! | `#[event(name = "...", revision = N)]` | event struct | recorded type name; payload revision (default 1) |
 //! | `#[model(name = "...", version = N)]` | model struct | checkpoint namespace; model version |
 //! | `#[model(crate = "path")]` | model struct | where the `krescent` crate is, when renamed |
+//! | `#[model(exclusive)]` | model struct | one instance at a time runs it, holding its lease (PostgreSQL; see [`fleet`]) |
 //! | `#[checkpoint(strategy = "...", storage = "...")]` | model struct | when and where to checkpoint; without it the model replays everything on every start |
 //! | `#[checkpoint(on_invalid = "rebuild" \| "fail")]` | model struct | what an unusable checkpoint does (default `rebuild`) |
 //! | `#[checkpoint]` | field | serialized into the checkpoint under the field's name |
@@ -102,6 +103,7 @@ pub mod decide;
 mod durable;
 mod error;
 pub mod event;
+pub mod fleet;
 mod krescent;
 pub mod metrics;
 pub mod model;

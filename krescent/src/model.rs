@@ -17,6 +17,10 @@ pub trait EventModel: Handlers + CheckpointSupport + Send + 'static {
     const VERSION: u32;
     /// The names and types of the checkpointed fields, part of the checkpoint version.
     const FINGERPRINT: &'static str;
+    /// Whether one instance at a time runs the model, holding its lease, even though it writes
+    /// nothing outside its process: `#[model(exclusive)]` (or [`Configure::exclusive`](crate::Configure::exclusive)
+    /// at start-up). A model with a projection always does. See [`crate::fleet`].
+    const EXCLUSIVE: bool = false;
 
     /// How the model checkpoints, or `None` when it replays the whole stream on every start.
     fn checkpointing() -> Option<CheckpointConfig>;

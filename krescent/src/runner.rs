@@ -413,6 +413,10 @@ impl<M: EventModel> Runner<M> {
         }
         // The finished write's outcome: a failure is retried with this newer state.
         if let Err(e) = c.writer.settle().await {
+            // A writer whose lease was taken over steps down rather than retry (`crate::fleet`).
+            if matches!(e, crate::checkpoint::StorageError::Fenced { .. }) {
+                return Err(storage_failed::<M>(e));
+            }
             warn!(model = M::NAME, error = %e, "checkpoint write failed; retrying with the next checkpoint");
             let now = Instant::now();
             c.budget.wait_until(now + WRITE_RETRY, now, self.processed);

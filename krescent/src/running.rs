@@ -64,6 +64,12 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// The stop flag, for waiting before the runner starts (a standby waiting for its lease).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn stop_flag(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+
     /// Publishes what the model is doing now.
     pub(crate) fn set_status(&self, status: Status) {
         self.status.send_if_modified(|current| {

@@ -42,6 +42,11 @@ fn generate(c: &Container) -> TokenStream {
     let restore = restore(&p, c);
     let validate = validate(&p, c);
     let transaction = transaction(&p, c);
+    let exclusive = c.attrs.exclusive.then(|| {
+        quote!(
+            const EXCLUSIVE: ::core::primitive::bool = true;
+        )
+    });
     quote! {
         const _: () = {
             #guard
@@ -51,6 +56,7 @@ fn generate(c: &Container) -> TokenStream {
                 const NAME: &'static ::core::primitive::str = #name;
                 const VERSION: ::core::primitive::u32 = #version;
                 const FINGERPRINT: &'static ::core::primitive::str = #fingerprint;
+                #exclusive
 
                 fn checkpointing() -> ::core::option::Option<#p::CheckpointConfig> {
                     #checkpointing

@@ -35,4 +35,12 @@ pub trait CheckpointTransaction: Send {
 
     /// Discards everything written since the last commit.
     async fn rollback(&mut self) -> Result<(), StorageError>;
+
+    /// The fence of the lease the model holds while it runs (see [`crate::fleet`]); from now on
+    /// [`commit`](Self::commit) must check it in its own transaction and fail with
+    /// [`StorageError::Fenced`] when it no longer holds. `None`: no lease. The default ignores
+    /// it: an extension that keeps its data outside the lease's database cannot be fenced.
+    fn set_fence(&mut self, fence: Option<crate::fleet::Fence>) {
+        let _ = fence;
+    }
 }

@@ -10,6 +10,7 @@ use crate::checkpoint::{
     CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, StorageError,
     StoredCheckpoint,
 };
+use crate::fleet::{check_fence, Fence, FenceFailure};
 use crate::store::postgres::{identifier, transient_cause, DbFailure};
 use crate::store::StoreError;
 
@@ -89,6 +90,8 @@ pub struct PostgresProjection {
     open: bool,
     /// The tables' shapes as the database has them, read by `prepare` and after a reset.
     shapes: BTreeMap<String, String>,
+    /// The lease each commit must still hold (see [`crate::fleet`]).
+    fence: Option<Fence>,
 }
 
 impl PostgresProjection {
@@ -103,6 +106,7 @@ impl PostgresProjection {
             client: None,
             open: false,
             shapes: BTreeMap::new(),
+            fence: None,
         }
     }
 
@@ -415,20 +419,55 @@ impl CheckpointTransaction for PostgresProjection {
                 "the projection has no connection".into(),
             ));
         };
+        let fence = self.fence.as_ref();
         let run = async {
+            // Fenced: the lease row is locked `FOR SHARE` until the commit, so a takeover
+            // waits for it, and a writer that lost its lease commits nothing.
+            if let Some(fence) = fence {
+                check_fence(client, self.storage.names(), fence).await?;
+            }
             self.storage.store_in(client, checkpoint, &data).await?;
             client.batch_execute("COMMIT").await?;
-            Ok::<_, DbFailure>(())
+            Ok::<_, FenceFailure>(())
         };
         let result = run.await;
-        self.open = false;
-        result.map_err(|e| {
-            self.discard();
-            e.storage(format!(
+        let doing = || {
+            format!(
                 "commit the projection of `{}` at position {}",
                 checkpoint.namespace, checkpoint.position
-            ))
-        })
+            )
+        };
+        match result {
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(FenceFailure::Lost { current }) => {
+                // Nothing of this transaction may commit: roll it back before the connection
+                // goes back to the pool.
+                let fence = self.fence.clone();
+                if let Some(client) = self.client.take() {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(client));
+                    }
+                }
+                self.discard();
+                let lost = FenceFailure::Lost { current };
+                Err(match &fence {
+                    Some(fence) => lost.storage(fence, doing()),
+                    None => StorageError::Database(doing().into()),
+                })
+            }
+            Err(FenceFailure::Db(e)) => {
+                self.open = false;
+                self.discard();
+                Err(e.storage(doing()))
+            }
+        }
+    }
+
+    fn set_fence(&mut self, fence: Option<Fence>) {
+        self.fence = fence;
     }
 
     async fn rollback(&mut self) -> Result<(), StorageError> {

@@ -90,6 +90,23 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The leases of the models checkpointing here, when this storage keeps them (PostgreSQL);
+    /// `None`, the default: models run without leases. Used by the runtime, not meant to be
+    /// called or implemented by applications.
+    #[cfg(feature = "postgres")]
+    #[doc(hidden)]
+    fn leases(&self) -> Option<crate::fleet::Leases> {
+        None
+    }
+
+    /// This storage, its writes checked against `fence`; `None` (the default) when it cannot
+    /// check one. Used by the runtime, not meant to be called or implemented by applications.
+    #[doc(hidden)]
+    fn fenced(&self, fence: &crate::fleet::Fence) -> Option<std::sync::Arc<dyn CheckpointStorage>> {
+        let _ = fence;
+        None
+    }
+
     /// Deletes every checkpoint.
     async fn clear(&self) -> Result<(), StorageError> {
         for namespace in self.list().await? {
@@ -135,6 +152,18 @@ pub enum StorageError {
     /// The database failed.
     #[error("checkpoint database: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The writer no longer holds the lease of `namespace` it took under `epoch` (another
+    /// instance took it over): the write was rolled back, and this writer must step down.
+    /// See [`crate::fleet`].
+    #[error("checkpoint of `{namespace}` fenced: this writer's lease of epoch {epoch} was taken over (the lease is now at {})", current.map_or_else(|| "no epoch".to_owned(), |c| format!("epoch {c}")))]
+    Fenced {
+        /// The namespace.
+        namespace: String,
+        /// The epoch this writer held.
+        epoch: u64,
+        /// The lease's epoch now, when it has one.
+        current: Option<u64>,
+    },
 }
 
 impl StorageError {
@@ -152,7 +181,9 @@ impl StorageError {
             StorageError::Database(source) => crate::transient::is_transient(&**source),
             StorageError::Io { .. }
             | StorageError::Corrupt { .. }
-            | StorageError::Encode { .. } => false,
+            | StorageError::Encode { .. }
+            // Another instance holds the lease: retrying under the old epoch never succeeds.
+            | StorageError::Fenced { .. } => false,
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion,
 };
+use crate::fleet::{check_fence, Fence, FenceFailure, LeaseHolder, Leases};
 use crate::store::postgres::{migrate, Component, DbFailure, Names};
 use crate::store::{PostgresConfig, StoreError};
 use crate::Position;
@@ -45,6 +46,8 @@ pub struct PostgresCheckpointStorage {
     format: CheckpointFormat,
     names: Arc<Names>,
     sql: Arc<Sql>,
+    /// The lease every store must still hold (a leased model's storage; see [`crate::fleet`]).
+    fence: Option<Arc<Fence>>,
 }
 
 /// The statements, with the quoted table name in them.
@@ -88,6 +91,7 @@ impl PostgresCheckpointStorage {
             format: CheckpointFormat::MessagePack,
             names,
             sql: Arc::new(sql),
+            fence: None,
         }
     }
 
@@ -119,6 +123,92 @@ impl PostgresCheckpointStorage {
 
     pub(crate) fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// Who holds the lease of `namespace` now (a lease that expired is held by no one), for
+    /// tools that must not act behind a running model's back; `None` also before `migrate()`
+    /// created the leases table.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] when the database refuses.
+    pub async fn lease(&self, namespace: &str) -> Result<Option<LeaseHolder>, StorageError> {
+        let run = async {
+            let client = self.pool.get().await?;
+            let table = format!(
+                "{}.{}",
+                self.names.schema_plain,
+                crate::store::postgres::LEASES_TABLE
+            );
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .await?
+                .try_get(0)?;
+            if !exists {
+                return Ok(None);
+            }
+            let sql = format!(
+                "SELECT holder, epoch FROM {} WHERE checkpoints = $1 AND namespace = $2 AND expires_at > clock_timestamp()",
+                self.names.leases
+            );
+            let row = client
+                .query_opt(&sql, &[&self.names.checkpoints_plain, &namespace])
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let epoch: i64 = row.try_get(1)?;
+            Ok::<_, DbFailure>(Some(LeaseHolder {
+                holder: row.try_get(0)?,
+                epoch: u64::try_from(epoch)
+                    .map_err(|_| DbFailure::Other(format!("lease epoch {epoch} is negative")))?,
+            }))
+        };
+        run.await
+            .map_err(|e| e.storage(format!("read the lease of `{namespace}`")))
+    }
+
+    /// Upserts `checkpoint` in a transaction of its own that first checks `fence`.
+    async fn store_fenced(
+        &self,
+        checkpoint: &StoredCheckpoint,
+        fence: &Fence,
+    ) -> Result<(), StorageError> {
+        let doing = || format!("store into {}", self.origin(&checkpoint.namespace));
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbFailure::from(e).storage(doing()))?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| DbFailure::from(e).storage(doing()))?;
+        let run = async {
+            check_fence(&client, &self.names, fence).await?;
+            match self.format {
+                CheckpointFormat::Json => {
+                    self.upsert(&client, checkpoint, Data::Json(&Json(&checkpoint.bucket)))
+                        .await?;
+                }
+                CheckpointFormat::MessagePack => {
+                    let packed = packed::encode(&checkpoint.bucket).map_err(DbFailure::Other)?;
+                    self.upsert(&client, checkpoint, Data::Binary(&packed))
+                        .await?;
+                }
+            }
+            client.batch_execute("COMMIT").await?;
+            Ok::<_, FenceFailure>(())
+        };
+        match run.await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The connection goes back to the pool: it must not keep the transaction.
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+                Err(e.storage(fence, doing()))
+            }
+        }
     }
 
     /// The bucket of `checkpoint` as the `data` column holds it.
@@ -278,6 +368,9 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
+        if let Some(fence) = &self.fence {
+            return self.store_fenced(checkpoint, fence).await;
+        }
         let run = async {
             let client = self.pool.get().await?;
             match self.format {
@@ -305,6 +398,17 @@ impl CheckpointStorage for PostgresCheckpointStorage {
 
     fn format(&self) -> CheckpointFormat {
         self.format
+    }
+
+    fn leases(&self) -> Option<Leases> {
+        Some(Leases::new(self.pool.clone(), self.names.clone()))
+    }
+
+    fn fenced(&self, fence: &Fence) -> Option<Arc<dyn CheckpointStorage>> {
+        Some(Arc::new(PostgresCheckpointStorage {
+            fence: Some(Arc::new(fence.clone())),
+            ..self.clone()
+        }))
     }
 
     async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {

@@ -79,6 +79,7 @@ impl PostgresConfig {
             events: format!("{schema}.{events}"),
             checkpoints: format!("{schema}.{checkpoints}"),
             migrations: format!("{schema}.\"{MIGRATIONS_TABLE}\""),
+            leases: format!("{schema}.\"{LEASES_TABLE}\""),
             schema,
             listen: format!("LISTEN {channel}"),
             channel: self.notify_channel.clone(),
@@ -102,6 +103,8 @@ pub(crate) struct Names {
     pub(crate) checkpoints: String,
     /// `"schema"."krescent_schema_migrations"`.
     pub(crate) migrations: String,
+    /// `"schema"."krescent_leases"`: the leases of the models checkpointing in this schema.
+    pub(crate) leases: String,
     /// `LISTEN "channel"`.
     pub(crate) listen: String,
     /// The channel, as `pg_notify` takes it.
@@ -121,6 +124,9 @@ pub(crate) struct Names {
 /// The table `migrate()` records the schema's versions in, in every schema it migrates.
 const MIGRATIONS_TABLE: &str = "krescent_schema_migrations";
 
+/// The table of the leases of the models that checkpoint in a schema (see [`crate::fleet`]).
+pub(crate) const LEASES_TABLE: &str = "krescent_leases";
+
 impl Names {
     /// Why `table` (in this schema) is taken: it is one of the store's or the storage's own
     /// tables; `None` when it is free.
@@ -131,6 +137,8 @@ impl Names {
             Some("it is the checkpoints table")
         } else if table == MIGRATIONS_TABLE {
             Some("it is the table `migrate()` records schema versions in")
+        } else if table == LEASES_TABLE {
+            Some("it is the table models' leases are kept in")
         } else {
             None
         }

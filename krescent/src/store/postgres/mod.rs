@@ -18,7 +18,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use config::PostgresConfig;
-pub(crate) use config::{identifier, Names};
+pub(crate) use config::{identifier, Names, LEASES_TABLE};
 pub(crate) use error::{transient_cause, DbFailure};
 use listener::{wait_past, ListenTo, Listener};
 pub(crate) use schema::{migrate, Component};

@@ -1,0 +1,115 @@
+//! A replica of a projection model, for the fleet tests: it projects every `fleet.tick` event
+//! into the table `projected` (one row per event, no unique key, so an event applied twice
+//! shows as two rows), holding the model's lease while it runs and waiting as a standby while
+//! another replica holds it. Fenced, it says so and becomes a standby again.
+//!
+//! ```text
+//! fleet_worker DATABASE_URL
+//! ```
+//!
+//! Environment: `FLEET_TTL_MS`, `FLEET_HEARTBEAT_MS`, `FLEET_POLL_MS` (the lease's timing,
+//! default [`LeaseConfig::default`]); `FLEET_SLOW_MS` (a pause in every handler, so that a
+//! transaction is open most of the time). Prints `status=<status>` on every change of status
+//! and `fenced epoch=<E>` when a commit was fenced.
+
+use std::error::Error;
+use std::time::Duration;
+
+use krescent::fleet::LeaseConfig;
+use krescent::prelude::*;
+use krescent::projection::{PostgresProjection, ProjectionError};
+use krescent::store::PostgresEventStore;
+
+/// The event the tests append.
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "fleet.tick")]
+struct Tick {
+    n: u64,
+}
+
+/// One row per event in `projected`.
+#[derive(EventModel)]
+#[model(name = "fleet.projected")]
+#[checkpoint(strategy = "fixed_events(10)", storage = "postgres")]
+struct Projected {
+    #[checkpoint(support)]
+    table: PostgresProjection,
+    insert: String,
+    slow: Duration,
+}
+
+#[krescent::handlers]
+impl Projected {
+    async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
+        if !self.slow.is_zero() {
+            tokio::time::sleep(self.slow).await;
+        }
+        let position = i64::try_from(meta.position.get()).unwrap_or(i64::MAX);
+        let n = i64::try_from(e.n).unwrap_or(i64::MAX);
+        let pid = i64::from(std::process::id());
+        self.table
+            .execute(&self.insert, &[&position, &&*meta.stream_id, &n, &pid])
+            .await?;
+        Ok(())
+    }
+}
+
+fn millis(name: &str) -> Result<Option<Duration>, Box<dyn Error>> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(Duration::from_millis(
+            value.parse().map_err(|e| format!("{name}={value}: {e}"))?,
+        ))),
+        Err(_) => Ok(None),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let url = std::env::args()
+        .nth(1)
+        .ok_or("usage: fleet_worker DATABASE_URL")?;
+    let defaults = LeaseConfig::default();
+    let lease = LeaseConfig {
+        ttl: millis("FLEET_TTL_MS")?.unwrap_or(defaults.ttl),
+        heartbeat: millis("FLEET_HEARTBEAT_MS")?.unwrap_or(defaults.heartbeat),
+        poll: millis("FLEET_POLL_MS")?.unwrap_or(defaults.poll),
+    };
+    let slow = millis("FLEET_SLOW_MS")?.unwrap_or_default();
+    let store = PostgresEventStore::connect(&url).await?;
+    store.migrate().await?;
+    let storage = store.checkpoint_storage();
+    storage.migrate().await?;
+    let mut krescent = Krescent::new(store).with_storage("postgres", storage.clone());
+    krescent.configure::<Projected>().lease(lease)?;
+    loop {
+        let table = PostgresProjection::new(&storage, 1).table(
+            "projected",
+            "CREATE TABLE {table} (position bigint NOT NULL, stream_id text NOT NULL, n bigint NOT NULL, pid bigint NOT NULL)",
+        )?;
+        let name = table.name_of("projected").ok_or("declared")?.to_owned();
+        let model = Projected {
+            table,
+            insert: format!(
+                "INSERT INTO {name} (position, stream_id, n, pid) VALUES ($1, $2, $3, $4)"
+            ),
+            slow,
+        };
+        let running = krescent.stream(model);
+        let mut status = running.status_changes();
+        loop {
+            let now = *status.borrow_and_update();
+            println!("status={now}");
+            if now == krescent::Status::Stopped || status.changed().await.is_err() {
+                break;
+            }
+        }
+        match running.shutdown().await {
+            Err(krescent::Error::Fenced { epoch, .. }) => println!("fenced epoch={epoch}"),
+            Err(e) => {
+                println!("error {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(_) => return Ok(()),
+        }
+    }
+}
