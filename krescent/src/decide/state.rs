@@ -32,6 +32,18 @@ pub(crate) struct State<M> {
 }
 
 impl<M: EventModel + Default> State<M> {
+    /// `M` before any event.
+    fn empty() -> Self {
+        State {
+            model: M::default(),
+            version: 0,
+            read_at: Position::START,
+            snapshot: None,
+            snapshot_position: None,
+            read: 0,
+        }
+    }
+
     /// `M` for `stream_id`: its snapshot in `storage` if there is a usable one, then the
     /// stream's events after it. A snapshot that cannot be used (another version, corrupt,
     /// failing to restore) is ignored with a warning and the stream replayed from its start;
@@ -41,14 +53,7 @@ impl<M: EventModel + Default> State<M> {
         storage: Option<&Arc<dyn CheckpointStorage>>,
         stream_id: &str,
     ) -> Result<Self, LoadError> {
-        let mut state = State {
-            model: M::default(),
-            version: 0,
-            read_at: Position::START,
-            snapshot: None,
-            snapshot_position: None,
-            read: 0,
-        };
+        let mut state = State::empty();
         if let Some(storage) = storage {
             let namespace = snapshot::snapshot_namespace::<M>(stream_id);
             let stored = match storage.load(&namespace).await {
@@ -86,14 +91,7 @@ impl<M: EventModel + Default> State<M> {
         query: &Query,
         stream_id: &str,
     ) -> Result<Self, LoadError> {
-        let mut state = State {
-            model: M::default(),
-            version: 0,
-            read_at: Position::START,
-            snapshot: None,
-            snapshot_position: None,
-            read: 0,
-        };
+        let mut state = State::empty();
         state.catch_up(store, query, stream_id).await?;
         Ok(state)
     }

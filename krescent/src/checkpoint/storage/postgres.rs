@@ -185,17 +185,7 @@ impl PostgresCheckpointStorage {
             .map_err(|e| DbFailure::from(e).storage(doing()))?;
         let run = async {
             check_fence(&client, &self.names, fence).await?;
-            match self.format {
-                CheckpointFormat::Json => {
-                    self.upsert(&client, checkpoint, Data::Json(&Json(&checkpoint.bucket)))
-                        .await?;
-                }
-                CheckpointFormat::MessagePack => {
-                    let packed = packed::encode(&checkpoint.bucket).map_err(DbFailure::Other)?;
-                    self.upsert(&client, checkpoint, Data::Binary(&packed))
-                        .await?;
-                }
-            }
+            self.upsert_bucket(&client, checkpoint).await?;
             client.batch_execute("COMMIT").await?;
             Ok::<_, FenceFailure>(())
         };
@@ -229,6 +219,33 @@ impl PostgresCheckpointStorage {
     ) -> Result<(), DbFailure> {
         self.upsert(client, checkpoint, Data::Json(&Json(data)))
             .await
+    }
+
+    /// Upserts `checkpoint` with its bucket in the storage's format, through `client`, in
+    /// whatever transaction it has open.
+    async fn upsert_bucket(
+        &self,
+        client: &ClientWrapper,
+        checkpoint: &StoredCheckpoint,
+    ) -> Result<(), DbFailure> {
+        match self.format {
+            // Serialized straight into the statement's message, with no copy in between (a
+            // bucket always serializes: string keys, and non-finite floats as text).
+            CheckpointFormat::Json => {
+                self.upsert(client, checkpoint, Data::Json(&Json(&checkpoint.bucket)))
+                    .await
+            }
+            // Likewise encoded straight into the statement's message (a large state's bucket
+            // is tens of MB: an intermediate `Vec` cost a copy and its growth).
+            CheckpointFormat::MessagePack => {
+                self.upsert(
+                    client,
+                    checkpoint,
+                    Data::Binary(&Packed(&checkpoint.bucket)),
+                )
+                .await
+            }
+        }
     }
 
     /// The upsert, with `data` a `json` parameter: sent as JSON, the server checks it once
@@ -373,24 +390,7 @@ impl CheckpointStorage for PostgresCheckpointStorage {
         }
         let run = async {
             let client = self.pool.get().await?;
-            match self.format {
-                // Serialized straight into the statement's message, with no copy in between (a
-                // bucket always serializes: string keys, and non-finite floats as text).
-                CheckpointFormat::Json => {
-                    self.upsert(&client, checkpoint, Data::Json(&Json(&checkpoint.bucket)))
-                        .await
-                }
-                // Likewise encoded straight into the statement's message (a large state's
-                // bucket is tens of MB: an intermediate `Vec` cost a copy and its growth).
-                CheckpointFormat::MessagePack => {
-                    self.upsert(
-                        &client,
-                        checkpoint,
-                        Data::Binary(&Packed(&checkpoint.bucket)),
-                    )
-                    .await
-                }
-            }
+            self.upsert_bucket(&client, checkpoint).await
         };
         run.await
             .map_err(|e| e.storage(format!("store into {}", self.origin(&checkpoint.namespace))))
