@@ -306,8 +306,9 @@ impl PostgresEventStore {
         }
     }
 
-    /// The statement that finds the latest event matching an append condition (`$1` the
-    /// streams, `$2` the types, as `text[]`), for tests that check its plan.
+    /// The statement that finds the latest event matching an append condition after a
+    /// position (`$1` the streams, `$2` the types, as `text[]`, `$3` the position, `bigint`),
+    /// for tests that check its plan.
     #[doc(hidden)]
     #[must_use]
     pub fn condition_statement(&self) -> &str {
@@ -344,8 +345,9 @@ impl PostgresEventStore {
     /// With a condition, the latest event matching its query is looked up in the append's
     /// transaction, after the lock is taken and before the events are inserted: every earlier
     /// append has committed by then and no later one can start until this one ends, so the
-    /// check sees exactly the events that precede this append. It costs one backward index probe
-    /// per stream and type of the query (see `query.rs`), sent in the same round trip.
+    /// check sees exactly the events that precede this append. It costs one backward probe per
+    /// stream and type of the query, bounded by the condition's position (see `query.rs`), sent
+    /// in the same round trip.
     async fn try_append(
         &self,
         stream_id: &str,
@@ -449,8 +451,9 @@ impl PostgresEventStore {
             return Ok(None);
         };
         let arrays = query::arrays(&condition.query);
+        let read_at = i64::try_from(condition.read_at.get()).unwrap_or(i64::MAX);
         let row = tx
-            .query_one(statement, &query::latest_params(&arrays))
+            .query_one(statement, &query::latest_params(&arrays, &read_at))
             .await?;
         let latest = Position::new(non_negative(row.try_get(0)?, "position")?);
         Ok(

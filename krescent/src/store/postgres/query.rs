@@ -3,9 +3,12 @@
 //!
 //! Both use the indexes of the events table's second migration step, `(stream_id, position)`
 //! and `(event_type, position)`: a stream's events after a position are an index range, and
-//! "the latest event matching the query" is one backward index probe per stream and per type
-//! (`ORDER BY position DESC LIMIT 1`), whatever the table's size and however many other
-//! streams are written.
+//! "the latest event matching the query after the position the decision read at" is one
+//! backward probe per stream and per type (`position > $3 ORDER BY position DESC LIMIT 1`).
+//! The position bound matters: without it, the planner may walk the primary key backwards
+//! looking for a type that is rare or absent (when the statistics say one type is nearly every
+//! row, an absent one cost a walk over the whole table); with it, whichever index it picks, it
+//! reads at most the events appended since the decision read, or one index range.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -27,7 +30,8 @@ pub(super) struct QuerySql {
     streams: String,
     /// Events of any of the streams `$3` or of the types `$4` after `$1`, up to `$2`.
     any: String,
-    /// The position of the latest event of any of the streams `$1` or types `$2` (0 for none).
+    /// The position of the latest event of any of the streams `$1` or types `$2` after
+    /// position `$3` (0 for none).
     pub(super) latest: String,
 }
 
@@ -50,11 +54,11 @@ impl QuerySql {
             latest: format!(
                 "SELECT coalesce(max(latest.p), 0)::bigint FROM (
                      SELECT (SELECT e.position FROM {events} e WHERE e.stream_id = s.id
-                             ORDER BY e.position DESC LIMIT 1) AS p
+                             AND e.position > $3 ORDER BY e.position DESC LIMIT 1) AS p
                      FROM unnest($1::text[]) AS s(id)
                      UNION ALL
                      SELECT (SELECT e.position FROM {events} e WHERE e.event_type = t.name
-                             ORDER BY e.position DESC LIMIT 1)
+                             AND e.position > $3 ORDER BY e.position DESC LIMIT 1)
                      FROM unnest($2::text[]) AS t(name)
                  ) AS latest"
             ),
@@ -114,9 +118,11 @@ pub(super) async fn read_matching(
     Ok(events)
 }
 
-/// The parameters of [`QuerySql::latest`].
+/// The parameters of [`QuerySql::latest`]: the query's arrays and the position after which
+/// an event is a conflict.
 pub(super) fn latest_params<'a>(
     arrays: &'a (Vec<&'a str>, Vec<&'a str>),
-) -> [&'a (dyn ToSql + Sync); 2] {
-    [&arrays.0, &arrays.1]
+    after: &'a i64,
+) -> [&'a (dyn ToSql + Sync); 3] {
+    [&arrays.0, &arrays.1, after]
 }
