@@ -331,31 +331,16 @@ impl<S: EventStore> Krescent<S> {
         let standby = || control.set_status(crate::Status::Standby);
         let (first, checkpointing, lease) =
             self.lease(first, checkpointing, &mut stop, standby).await?;
-        let Some(lease) = lease else {
-            let models = match make {
-                Some(mut make) => {
-                    let mut first = Some(first);
-                    crate::restart::Models::Make(Box::new(move || {
-                        first.take().unwrap_or_else(&mut make)
-                    }))
-                }
-                None => crate::restart::Models::Once(Some(first)),
-            };
-            return Ok((self, models, None));
-        };
-        control.set_status(crate::Status::Starting);
-        let krescent = match checkpointing {
-            Some(c) => self.fenced_for(&c.name, c.storage),
-            None => self,
-        };
-        let fence = lease.fence().clone();
+        // The first run gets the model built (and fenced) here; every later one a new model,
+        // fenced like it.
+        let fence = lease.as_ref().map(|lease| lease.fence().clone());
         let models = match make {
             Some(mut make) => {
                 let mut first = Some(first);
                 crate::restart::Models::Make(Box::new(move || {
                     first.take().unwrap_or_else(|| {
                         let mut model = make();
-                        if let Some(transaction) = model.transaction() {
+                        if let (Some(fence), Some(transaction)) = (&fence, model.transaction()) {
                             transaction.set_fence(Some(fence.clone()));
                         }
                         model
@@ -363,6 +348,14 @@ impl<S: EventStore> Krescent<S> {
                 }))
             }
             None => crate::restart::Models::Once(Some(first)),
+        };
+        let Some(lease) = lease else {
+            return Ok((self, models, None));
+        };
+        control.set_status(crate::Status::Starting);
+        let krescent = match checkpointing {
+            Some(c) => self.fenced_for(&c.name, c.storage),
+            None => self,
         };
         Ok((krescent, models, Some(lease)))
     }
@@ -400,33 +393,31 @@ impl<S: EventStore> Krescent<S> {
         model: M,
         checkpointing: Option<Checkpointing>,
     ) -> Result<CaughtUp<M>, Error> {
-        {
-            let mut runner = start_with(model, checkpointing, CheckpointTrigger::default()).await?;
-            let store_error = |source| Error::Store {
-                model: M::NAME,
-                source,
-            };
-            let mut batch = self
-                .store
-                .read_batch(runner.position, BATCH)
-                .await
-                .map_err(store_error)?;
-            while let Some(last) = batch.last() {
-                runner.observe_head(&*self.store).await;
-                // The next batch is read while this one is applied: a store that waits for a
-                // database keeps it busy meanwhile.
-                let (next, applied) = tokio::join!(
-                    self.store.read_ahead(last.position(), BATCH),
-                    runner.apply(&batch)
-                );
-                applied?;
-                batch = next.map_err(store_error)?;
-            }
-            runner.caught_up();
-            runner.model.on_caught_up(runner.position);
-            runner.finish().await?;
-            Ok(runner.into_caught_up())
+        let mut runner = start_with(model, checkpointing, CheckpointTrigger::default()).await?;
+        let store_error = |source| Error::Store {
+            model: M::NAME,
+            source,
+        };
+        let mut batch = self
+            .store
+            .read_batch(runner.position, BATCH)
+            .await
+            .map_err(store_error)?;
+        while let Some(last) = batch.last() {
+            runner.observe_head(&*self.store).await;
+            // The next batch is read while this one is applied: a store that waits for a
+            // database keeps it busy meanwhile.
+            let (next, applied) = tokio::join!(
+                self.store.read_ahead(last.position(), BATCH),
+                runner.apply(&batch)
+            );
+            applied?;
+            batch = next.map_err(store_error)?;
         }
+        runner.caught_up();
+        runner.model.on_caught_up(runner.position);
+        runner.finish().await?;
+        Ok(runner.into_caught_up())
     }
 
     /// Restores `model` from its checkpoint and reads nothing; without a checkpoint the result's

@@ -77,11 +77,7 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
                         model: M::NAME,
                         reason: "no checkpoint to restart from".to_owned(),
                     });
-                    let error_text = describe(&error);
-                    attempts.send_modify(|a| {
-                        a.setback = Some(ModelState::Failed { error: error_text });
-                    });
-                    return Err(error);
+                    return Err(failed(attempts, error));
                 }
                 match follow(krescent.store(), &mut runner, control).await {
                     Ok(()) => return Ok(runner.into_caught_up()),
@@ -104,11 +100,7 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
         failures += 1;
         if !policy.restarts_after(&error) || policy.exhausted(failures) || control.stop_requested()
         {
-            let error_text = describe(&error);
-            attempts.send_modify(|a| {
-                a.setback = Some(ModelState::Failed { error: error_text });
-            });
-            return Err(error);
+            return Err(failed(attempts, error));
         }
         let delay = policy.delay(failures);
         let error_text = describe(&error);
@@ -130,4 +122,11 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
             a.restarts += 1;
         });
     }
+}
+
+/// Reports the model failed with `error`, for good, and gives the error back.
+fn failed(attempts: &watch::Sender<Attempts>, error: Error) -> Error {
+    let error_text = describe(&error);
+    attempts.send_modify(|a| a.setback = Some(ModelState::Failed { error: error_text }));
+    error
 }
