@@ -4,89 +4,23 @@
 //! equal a clean replay (one row per event, with the event's data), the checkpoint position
 //! must never move backwards, and a paused holder's commits after its resumption must be fenced.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use krescent::prelude::*;
 use krescent::store::PostgresEventStore;
+
+#[path = "fleet/worker.rs"]
+mod worker;
 use krescent::tokio_postgres;
 use krescent_testkit::postgres::{fresh_database, TestDatabase};
+use worker::Worker;
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "fleet.tick")]
 struct Tick {
     n: u64,
-}
-
-/// A worker process and what it printed.
-struct Worker {
-    child: Child,
-    fenced: Arc<AtomicUsize>,
-    reaped: bool,
-}
-
-impl Worker {
-    fn spawn(db: &TestDatabase, env: &[(&str, &str)]) -> Worker {
-        let binary = krescent_testkit::examples::workspace_binary("krescent-suite", "fleet_worker");
-        let mut child = Command::new(binary)
-            .arg(db.url())
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a worker");
-        let fenced = Arc::new(AtomicUsize::new(0));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let seen = fenced.clone();
-        let pid = child.id();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("fenced") {
-                    println!("worker {pid}: {line}");
-                    seen.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Worker {
-            child,
-            fenced,
-            reaped: false,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL the worker");
-        self.child.wait().expect("reap the worker");
-        self.reaped = true;
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.pid().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The lease of the model: the holder's pid, its epoch, whether it is live now.

@@ -33,6 +33,8 @@ pub(crate) struct Model {
     pub(crate) krate: Path,
     /// `exclusive`: one instance at a time runs the model, holding its lease.
     pub(crate) exclusive: bool,
+    /// `segments = N`: the model runs as N segments, 1 unless given.
+    pub(crate) segments: u32,
     /// `#[checkpoint(...)]`, when the model checkpoints.
     pub(crate) checkpoint: Option<Checkpointing>,
 }
@@ -185,6 +187,7 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
     let mut version = Slot::new(cx, "#[model]", "version");
     let mut krate = Slot::new(cx, "#[model]", "crate");
     let mut exclusive = Slot::new(cx, "#[model]", "exclusive");
+    let mut segments = Slot::new(cx, "#[model]", "segments");
     let mut seen = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident("model")) {
         seen = true;
@@ -201,6 +204,9 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
             // `exclusive`: a flag, no value; one instance at a time runs the model.
             } else if meta.path.is_ident("exclusive") {
                 exclusive.set(&meta.path, flag(&meta, "exclusive"));
+            // `segments = N`: 1 to 1024 segments, by a stable hash of the stream id.
+            } else if meta.path.is_ident("segments") {
+                segments.set(&meta.path, integer(&meta).and_then(segment_count));
             // `crate = "path"`: a renamed runtime crate.
             } else if meta.path.is_ident("crate") {
                 krate.set(&meta.path, crate_path(&meta));
@@ -209,7 +215,7 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
                     cx,
                     &meta,
                     "#[model]",
-                    "`name`, `version`, `exclusive`, `crate`",
+                    "`name`, `version`, `exclusive`, `segments`, `crate`",
                 )?;
             }
             Ok(())
@@ -224,12 +230,36 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
         seen && name.given,
         "books.available",
     );
+    let checkpoint = checkpointing(cx, attrs);
+    let declared = attrs.iter().any(|a| a.path().is_ident("checkpoint"));
+    if let (Some((_, lit)), false) = (&segments.value, declared) {
+        cx.error_spanned_by(
+            lit,
+            "`segments` needs `#[checkpoint(strategy = ..., storage = ...)]`: each segment resumes from a checkpoint of its own",
+        );
+    }
     Model {
         name: name.value.map(|s| s.value()).unwrap_or_default(),
         version: version.value.unwrap_or(1),
         krate: krate.value.unwrap_or_else(default_krate),
         exclusive: exclusive.value.is_some(),
-        checkpoint: checkpointing(cx, attrs),
+        segments: segments.value.map_or(1, |(n, _)| n),
+        checkpoint,
+    }
+}
+
+/// The most segments a model may have: each is a checkpoint, a lease and a reader of the log.
+const MAX_SEGMENTS: u32 = 1024;
+
+/// `segments = N` within 1 ..= [`MAX_SEGMENTS`].
+fn segment_count((n, lit): (u32, syn::LitInt)) -> syn::Result<(u32, syn::LitInt)> {
+    if (1..=MAX_SEGMENTS).contains(&n) {
+        Ok((n, lit))
+    } else {
+        Err(syn::Error::new_spanned(
+            &lit,
+            format!("`segments` is 1 to {MAX_SEGMENTS}, not {n}"),
+        ))
     }
 }
 

@@ -34,6 +34,7 @@
 //! | `#[model(name = "...", version = N)]` | model struct | name and checkpoint namespace (required); version (default 1) |
 //! | `#[model(crate = "path")]`, `#[event(crate = "path")]`, `#[handlers(crate = "path")]` | | where the `krescent` crate is, when renamed |
 //! | `#[model(exclusive)]` | model struct | one instance at a time runs it, holding its lease |
+//! | `#[model(segments = N)]` | model struct | split into N segments (1 to 1024) by a stable hash of the stream id, each with its own checkpoint and lease; needs `#[checkpoint]` |
 //! | `#[checkpoint(strategy = "...", storage = "...")]` | model struct | when and where to checkpoint; without it the model replays everything on every start |
 //! | `#[checkpoint(on_invalid = "rebuild" \| "fail")]` | model struct | what an unusable checkpoint does (default `rebuild`) |
 //! | `#[checkpoint]` | field | serialized under the field's name; a `Vec<u8>` field is stored as bytes |

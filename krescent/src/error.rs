@@ -125,6 +125,17 @@ pub enum Error {
         /// The epoch it held.
         epoch: u64,
     },
+    /// A model split by `#[model(segments = N)]` was run whole, or a model was run as a
+    /// segment it does not have ([`Krescent::for_segment`](crate::Krescent::for_segment)).
+    #[error("model `{model}` is split into {segments} segment(s); {}", asked.map_or_else(|| "run it with `Krescent::stream_segments`, or one segment with `Krescent::for_segment`".to_owned(), |s| format!("segment {s} is not one of them")))]
+    Segmented {
+        /// The model.
+        model: &'static str,
+        /// Its segment count.
+        segments: u32,
+        /// The segment it was run as; `None`: it was run whole.
+        asked: Option<crate::fleet::Segment>,
+    },
     /// The model's task ended abnormally (it panicked or was aborted).
     #[error("model `{model}` stopped abnormally: {reason}")]
     Aborted {
@@ -157,6 +168,7 @@ impl Error {
             | Error::Checkpoint { .. }
             | Error::Stopped { .. }
             | Error::Fenced { .. }
+            | Error::Segmented { .. }
             | Error::Aborted { .. } => false,
         }
     }

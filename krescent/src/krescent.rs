@@ -9,6 +9,7 @@ use crate::checkpoint::{
     CheckpointStorage, CheckpointTrigger, InMemoryCheckpointStorage, Strategy,
 };
 use crate::configure::{Configure, Override};
+use crate::fleet::Segment;
 use crate::model::{EventModel, Origin};
 use crate::runner::{restore, Runner, Start, BATCH};
 use crate::running::Running;
@@ -28,6 +29,8 @@ pub struct Krescent<S> {
     storages: Arc<BTreeMap<String, Arc<dyn CheckpointStorage>>>,
     /// Start-up overrides of models' `#[checkpoint]` attributes, by model name.
     pub(crate) overrides: Arc<BTreeMap<&'static str, Override>>,
+    /// The segment this clone runs, in a clone made for one segment of a split model.
+    segment: Option<Segment>,
 }
 
 /// Where and how a model checkpoints, its overrides applied and its storage resolved.
@@ -37,6 +40,10 @@ pub(crate) struct Checkpointing {
     pub(crate) name: String,
     pub(crate) storage: Arc<dyn CheckpointStorage>,
     pub(crate) strategy: Strategy,
+    /// The namespace of the checkpoints and the lease: the model's name, or its segment's.
+    pub(crate) namespace: Arc<str>,
+    /// The segment being run, for a model split by `#[model(segments = N)]`.
+    pub(crate) segment: Option<Segment>,
 }
 
 impl<S> Clone for Krescent<S> {
@@ -45,6 +52,7 @@ impl<S> Clone for Krescent<S> {
             store: self.store.clone(),
             storages: self.storages.clone(),
             overrides: self.overrides.clone(),
+            segment: self.segment,
         }
     }
 }
@@ -110,7 +118,7 @@ async fn start_with<M: EventModel>(
     checkpointing: Option<Checkpointing>,
     trigger: CheckpointTrigger,
 ) -> Result<Runner<M>, Error> {
-    let start = restore(model, checkpointing.as_ref().map(|c| &c.storage)).await?;
+    let start = restore(model, checkpointing.as_ref()).await?;
     Runner::begin(start, checkpointing, trigger).await
 }
 
@@ -155,6 +163,7 @@ impl<S: EventStore> Krescent<S> {
             store,
             storages: Arc::new(BTreeMap::from([("memory".to_owned(), memory)])),
             overrides: Arc::default(),
+            segment: None,
         }
     }
 
@@ -226,16 +235,50 @@ impl<S: EventStore> Krescent<S> {
         let strategy = changed
             .and_then(|o| o.strategy.clone())
             .unwrap_or(config.strategy);
+        let namespace = self
+            .segment
+            .map_or_else(|| M::NAME.into(), |s| s.namespace(M::NAME).into());
         Ok(Some(Checkpointing {
             name: name.to_owned(),
             storage,
             strategy,
+            namespace,
+            segment: self.segment,
         }))
     }
 
-    /// The storage `M` checkpoints into, `None` when it does not checkpoint.
-    fn storage_of<M: EventModel>(&self) -> Result<Option<Arc<dyn CheckpointStorage>>, Error> {
-        Ok(self.checkpointing_of::<M>()?.map(|c| c.storage))
+    /// A clone of this `Krescent` that runs one segment of the models split by
+    /// `#[model(segments = N)]`: its [`catch_up`](Self::catch_up), [`stream`](Self::stream),
+    /// [`stream_with`](Self::stream_with), [`restore_only`](Self::restore_only) and
+    /// [`delete_checkpoint`](Self::delete_checkpoint) process, restore or delete only
+    /// `segment`'s events and checkpoint, and take only its lease. For deployments that assign
+    /// segments themselves; [`stream_segments`](Self::stream_segments) shares them out over
+    /// the running instances instead. A model of another segment count fails with
+    /// [`Error::Segmented`].
+    #[must_use]
+    pub fn for_segment(&self, segment: Segment) -> Self {
+        Krescent {
+            segment: Some(segment),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `M` may run in this clone's scope: whole when it is not split, as one of its
+    /// segments when it is.
+    pub(crate) fn check_segment<M: EventModel>(&self) -> Result<(), Error> {
+        let fits = match self.segment {
+            None => M::SEGMENTS == 1,
+            Some(segment) => M::SEGMENTS > 1 && segment.count() == M::SEGMENTS,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::Segmented {
+                model: M::NAME,
+                segments: M::SEGMENTS,
+                asked: self.segment,
+            })
+        }
     }
 
     /// Restores `model` and makes it a runner, handing the model back on failure (for a restart
@@ -249,9 +292,7 @@ impl<S: EventStore> Krescent<S> {
             Ok(checkpointing) => checkpointing,
             Err(e) => return Err((e, model)),
         };
-        let start =
-            crate::runner::restore_keeping(model, checkpointing.as_ref().map(|c| &c.storage))
-                .await?;
+        let start = crate::runner::restore_keeping(model, checkpointing.as_ref()).await?;
         Runner::begin_keeping(start, checkpointing, trigger).await
     }
 
@@ -275,8 +316,10 @@ impl<S: EventStore> Krescent<S> {
         standby: impl FnOnce(),
     ) -> Result<(M, Option<Checkpointing>, Option<crate::fleet::HeldLease>), M> {
         let changed = self.overrides.get(M::NAME);
-        let exclusive =
-            M::EXCLUSIVE || changed.is_some_and(|o| o.exclusive) || model.transaction().is_some();
+        let exclusive = M::EXCLUSIVE
+            || changed.is_some_and(|o| o.exclusive)
+            || model.transaction().is_some()
+            || self.segment.is_some();
         let leases = checkpointing
             .as_ref()
             .and_then(|c| c.storage.leases())
@@ -286,7 +329,7 @@ impl<S: EventStore> Krescent<S> {
         };
         let config = changed.and_then(|o| o.lease).unwrap_or_default();
         standby();
-        let Some(lease) = leases.acquire(M::NAME, config, stop).await else {
+        let Some(lease) = leases.acquire(&checkpointing.namespace, config, stop).await else {
             return Err(model);
         };
         let fence = lease.fence().clone();
@@ -368,6 +411,7 @@ impl<S: EventStore> Krescent<S> {
     pub async fn catch_up<M: EventModel>(&self, model: M) -> Result<CaughtUp<M>, Error> {
         let span = tracing::info_span!("catch_up", model = M::NAME);
         async {
+            self.check_segment::<M>()?;
             let checkpointing = self.checkpointing_of::<M>()?;
             #[cfg(feature = "postgres")]
             let (model, checkpointing, lease) = {
@@ -424,12 +468,13 @@ impl<S: EventStore> Krescent<S> {
     /// origin is [`Origin::Scratch`], with one that cannot be used [`Origin::Unusable`] (or
     /// [`Error::InvalidCheckpoint`] when the model asks for that), and the checkpoint stays.
     pub async fn restore_only<M: EventModel>(&self, model: M) -> Result<Restored<M>, Error> {
-        let storage = self.storage_of::<M>()?;
+        self.check_segment::<M>()?;
+        let checkpointing = self.checkpointing_of::<M>()?;
         let Start {
             model,
             origin,
             position,
-        } = restore(model, storage.as_ref()).await?;
+        } = restore(model, checkpointing.as_ref()).await?;
         let origin = match origin {
             Origin::Rebuilt { reason } => Origin::Unusable { reason },
             origin => origin,
@@ -515,6 +560,7 @@ impl<S: EventStore> Krescent<S> {
         let krescent = self.clone();
         let trigger = CheckpointTrigger::default();
         Running::spawn(trigger.clone(), move |mut control| async move {
+            krescent.check_segment::<M>()?;
             #[cfg(feature = "postgres")]
             let (krescent, models, lease) = match krescent.lease_restarting(models, &control).await
             {
@@ -537,17 +583,27 @@ impl<S: EventStore> Krescent<S> {
     }
 
     /// Deletes the checkpoint of `M`, so that its next start replays the whole stream; whether
-    /// there was one.
+    /// there was one. For a model split by `#[model(segments = N)]`, the checkpoints of all its
+    /// segments (in a [`for_segment`](Self::for_segment) clone, of that segment only).
     pub async fn delete_checkpoint<M: EventModel>(&self) -> Result<bool, Error> {
-        let Some(storage) = self.storage_of::<M>()? else {
+        let Some(checkpointing) = self.checkpointing_of::<M>()? else {
             return Ok(false);
         };
-        storage
-            .delete(M::NAME)
-            .await
-            .map_err(|source| Error::Storage {
-                namespace: M::NAME.to_owned(),
-                source,
-            })
+        let namespaces: Vec<String> = if self.segment.is_none() && M::SEGMENTS > 1 {
+            Segment::all(M::SEGMENTS)
+                .map(|s| s.namespace(M::NAME))
+                .collect()
+        } else {
+            vec![checkpointing.namespace.to_string()]
+        };
+        let mut deleted = false;
+        for namespace in namespaces {
+            deleted |= checkpointing
+                .storage
+                .delete(&namespace)
+                .await
+                .map_err(|source| Error::Storage { namespace, source })?;
+        }
+        Ok(deleted)
     }
 }

@@ -104,6 +104,7 @@ mod durable;
 mod error;
 pub mod event;
 pub mod fleet;
+mod hash;
 mod krescent;
 pub mod metrics;
 pub mod model;

@@ -3,7 +3,7 @@
 //! krescent installs no recorder: an application that wants the figures installs one (for
 //! Prometheus, `metrics-exporter-prometheus`; see the `prometheus` example) before it starts its
 //! models; without one, recording costs next to nothing. Every metric carries the label `model`
-//! (the model's name); none carries a stream id. Runners record once per batch of events, not
+//! (the model's name, or a segment's namespace); none carries a stream id. Runners record once per batch of events, not
 //! per event.
 //!
 //! | name | kind | what |
@@ -42,7 +42,8 @@ pub const CHECKPOINT_BYTES: &str = "krescent_checkpoint_bytes";
 pub const LAG_EVENTS: &str = "krescent_lag_events";
 /// Gauge: seconds between now and the recorded-at time of the last processed event.
 pub const LAG_SECONDS: &str = "krescent_lag_seconds";
-/// The label that names the model.
+/// The label that names the model: its name, or for one segment of a model split by
+/// `#[model(segments = N)]` the segment's namespace (`<model>#<index>/<count>`).
 pub const MODEL_LABEL: &str = "model";
 
 /// How often a running model reads the store's head again while events arrive.
@@ -101,9 +102,9 @@ pub(crate) struct ModelMetrics {
 }
 
 impl ModelMetrics {
-    /// The handles of model `name`.
-    pub(crate) fn new(name: &'static str) -> Self {
-        let labels = [(MODEL_LABEL, name)];
+    /// The handles of model `name` (a segment's namespace for a segment).
+    pub(crate) fn new(name: &str) -> Self {
+        let labels = [(MODEL_LABEL, name.to_owned())];
         ModelMetrics {
             processed: metrics::counter!(EVENTS_PROCESSED_TOTAL, &labels),
             after_restart: metrics::gauge!(EVENTS_AFTER_RESTART, &labels),

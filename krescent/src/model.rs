@@ -21,6 +21,10 @@ pub trait EventModel: Handlers + CheckpointSupport + Send + 'static {
     /// nothing outside its process: `#[model(exclusive)]` (or [`Configure::exclusive`](crate::Configure::exclusive)
     /// at start-up). A model with a projection always does. See [`crate::fleet`].
     const EXCLUSIVE: bool = false;
+    /// How many segments the model is split into, set by `#[model(segments = N)]`: each
+    /// processes the events of the streams a stable hash assigns to it, with a checkpoint and a
+    /// lease of its own. 1 (the default): not split. See [`Segment`](crate::fleet::Segment).
+    const SEGMENTS: u32 = 1;
 
     /// How the model checkpoints, or `None` when it replays the whole stream on every start.
     fn checkpointing() -> Option<CheckpointConfig>;

@@ -7,10 +7,11 @@ use tracing::{debug, warn};
 
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
-    CheckpointBucket, CheckpointFormat, CheckpointStorage, CheckpointTrigger, CheckpointVersion,
-    OnInvalid, SnapshotBudget, StoredCheckpoint, StrategyState,
+    CheckpointBucket, CheckpointFormat, CheckpointTrigger, CheckpointVersion, OnInvalid,
+    SnapshotBudget, StoredCheckpoint, StrategyState,
 };
 use crate::event::RecordedEvent;
+use crate::fleet::Segment;
 use crate::krescent::Checkpointing;
 use crate::metrics::{json_len, ModelMetrics};
 use crate::model::{EventModel, Origin};
@@ -42,6 +43,10 @@ pub(crate) struct Runner<M> {
     pub(crate) origin: Origin,
     pub(crate) position: Position,
     pub(crate) processed: u64,
+    /// Where its checkpoints go: the model's name, or its segment's namespace.
+    namespace: Arc<str>,
+    /// The segment it runs, if the model is split: events of other streams are skipped.
+    segment: Option<Segment>,
     checkpoints: Option<Checkpoints>,
     /// The model writes into a database transaction that each checkpoint commits
     /// ([`CheckpointTransaction`](crate::checkpoint::CheckpointTransaction)).
@@ -76,10 +81,10 @@ impl Checkpoints {
     }
 }
 
-/// A storage failure of model `M`.
-fn storage_failed<M: EventModel>(source: crate::checkpoint::StorageError) -> Error {
+/// A storage failure of the checkpoints of `namespace`.
+fn storage_failed(namespace: &str, source: crate::checkpoint::StorageError) -> Error {
     Error::Storage {
-        namespace: M::NAME.to_owned(),
+        namespace: namespace.to_owned(),
         source,
     }
 }
@@ -91,19 +96,21 @@ pub(crate) struct Start<M> {
     pub(crate) position: Position,
 }
 
-/// Loads and checks the model's checkpoint and restores it; with [`OnInvalid::Rebuild`] an
-/// unusable checkpoint means starting from scratch.
+/// Loads and checks the model's checkpoint (of `checkpointing`'s namespace) and restores it;
+/// with [`OnInvalid::Rebuild`] an unusable checkpoint means starting from scratch.
 pub(crate) async fn restore<M: EventModel>(
     model: M,
-    storage: Option<&Arc<dyn CheckpointStorage>>,
+    checkpointing: Option<&Checkpointing>,
 ) -> Result<Start<M>, Error> {
-    restore_keeping(model, storage).await.map_err(|(e, _)| e)
+    restore_keeping(model, checkpointing)
+        .await
+        .map_err(|(e, _)| e)
 }
 
 /// [`restore`], handing the model back on failure (for a restart in place).
 pub(crate) async fn restore_keeping<M: EventModel>(
     mut model: M,
-    storage: Option<&Arc<dyn CheckpointStorage>>,
+    checkpointing: Option<&Checkpointing>,
 ) -> Result<Start<M>, (Error, M)> {
     if let Err(e) = check_event_names::<M>() {
         return Err((e, model));
@@ -113,11 +120,14 @@ pub(crate) async fn restore_keeping<M: EventModel>(
         origin: Origin::Scratch,
         position: Position::START,
     };
-    let Some(storage) = storage else {
+    let Some(Checkpointing {
+        storage, namespace, ..
+    }) = checkpointing
+    else {
         return Ok(scratch(model));
     };
     let on_invalid = M::checkpointing().map(|c| c.on_invalid).unwrap_or_default();
-    let namespace = M::NAME;
+    let namespace = &**namespace;
     let invalid = |model, reason: String| match on_invalid {
         OnInvalid::Fail => Err((
             Error::InvalidCheckpoint {
@@ -137,14 +147,14 @@ pub(crate) async fn restore_keeping<M: EventModel>(
     };
     if let Some(transaction) = model.transaction() {
         if let Err(e) = transaction.prepare().await {
-            return Err((storage_failed::<M>(e), model));
+            return Err((storage_failed(namespace, e), model));
         }
     }
     let checkpoint = match storage.load(namespace).await {
         Ok(Some(checkpoint)) => checkpoint,
         Ok(None) => return Ok(scratch(model)),
         Err(e) if e.is_corrupt() => return invalid(model, e.to_string()),
-        Err(source) => return Err((storage_failed::<M>(source), model)),
+        Err(source) => return Err((storage_failed(namespace, source), model)),
     };
     let version = CheckpointVersion::of::<M>();
     if checkpoint.version != version {
@@ -237,6 +247,7 @@ impl<M: EventModel> Runner<M> {
         checkpointing: Option<&Checkpointing>,
     ) -> Result<bool, Error> {
         let transactional = model.transaction().is_some();
+        let namespace = checkpointing.map_or(M::NAME, |c| &*c.namespace);
         if transactional && checkpointing.is_none() {
             return Err(Error::InvalidCheckpoint {
                 namespace: M::NAME.to_owned(),
@@ -259,16 +270,20 @@ impl<M: EventModel> Runner<M> {
             // An explicit reset: the unusable checkpoint (of this version at a later position,
             // or with a position that does not even parse) must not hold back the rebuild's.
             c.storage
-                .delete(M::NAME)
+                .delete(namespace)
                 .await
-                .map_err(storage_failed::<M>)?;
+                .map_err(|e| storage_failed(namespace, e))?;
         }
         let mut uncommitted = false;
         if let (Some(transaction), None) = (model.transaction(), origin.restored_from()) {
-            transaction
-                .reset(M::NAME)
-                .await
-                .map_err(storage_failed::<M>)?;
+            let reset = match checkpointing.and_then(|c| c.segment) {
+                Some(segment) => {
+                    let version = CheckpointVersion::of::<M>();
+                    transaction.reset_segment(M::NAME, segment, &version).await
+                }
+                None => transaction.reset(namespace).await,
+            };
+            reset.map_err(|e| storage_failed(namespace, e))?;
             uncommitted = true;
         }
         Ok(uncommitted)
@@ -284,6 +299,10 @@ impl<M: EventModel> Runner<M> {
         uncommitted: bool,
     ) -> Self {
         let transactional = model.transaction().is_some();
+        let namespace: Arc<str> = checkpointing
+            .as_ref()
+            .map_or_else(|| M::NAME.into(), |c| c.namespace.clone());
+        let segment = checkpointing.as_ref().and_then(|c| c.segment);
         let checkpoints = checkpointing.map(|c| Checkpoints {
             state: StrategyState::new(&c.strategy, trigger),
             format: c.storage.format(),
@@ -299,10 +318,12 @@ impl<M: EventModel> Runner<M> {
             origin,
             position,
             processed: 0,
+            metrics: ModelMetrics::new(&namespace),
+            namespace,
+            segment,
             checkpoints,
             transactional,
             uncommitted,
-            metrics: ModelMetrics::new(M::NAME),
         }
     }
 
@@ -311,7 +332,10 @@ impl<M: EventModel> Runner<M> {
     pub(crate) async fn apply(&mut self, batch: &[RecordedEvent]) -> Result<(), Error> {
         let processed_before = self.processed;
         for event in batch {
-            if M::handles(event.event_type()) {
+            let ours = self
+                .segment
+                .is_none_or(|segment| segment.contains(&event.meta.stream_id));
+            if ours && M::handles(event.event_type()) {
                 if let Err(source) = self.model.handle(event).await {
                     self.metrics
                         .processed(self.processed - processed_before, self.processed);
@@ -374,12 +398,12 @@ impl<M: EventModel> Runner<M> {
             return Ok(());
         };
         let started = Instant::now();
-        let checkpoint = snapshot(&self.model, c, self.position)?;
+        let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
         if let Some(transaction) = self.model.transaction() {
             transaction
                 .commit(&checkpoint)
                 .await
-                .map_err(storage_failed::<M>)?;
+                .map_err(|e| storage_failed(&self.namespace, e))?;
         }
         self.uncommitted = false;
         c.record_taken();
@@ -399,7 +423,7 @@ impl<M: EventModel> Runner<M> {
             },
         };
         if let Err(e) = result {
-            warn!(model = M::NAME, error = %e, "cleaning up after the failed handler failed too");
+            warn!(model = &*self.namespace, error = %e, "cleaning up after the failed handler failed too");
         }
     }
 
@@ -415,15 +439,15 @@ impl<M: EventModel> Runner<M> {
         if let Err(e) = c.writer.settle().await {
             // A writer whose lease was taken over steps down rather than retry (`crate::fleet`).
             if matches!(e, crate::checkpoint::StorageError::Fenced { .. }) {
-                return Err(storage_failed::<M>(e));
+                return Err(storage_failed(&self.namespace, e));
             }
-            warn!(model = M::NAME, error = %e, "checkpoint write failed; retrying with the next checkpoint");
+            warn!(model = &*self.namespace, error = %e, "checkpoint write failed; retrying with the next checkpoint");
             let now = Instant::now();
             c.budget.wait_until(now + WRITE_RETRY, now, self.processed);
             return Ok(());
         }
         let started = Instant::now();
-        let checkpoint = snapshot(&self.model, c, self.position)?;
+        let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
         let bytes = json_len(&checkpoint.bucket);
         c.writer.start(checkpoint);
         // The budget covers all the model task spends on the checkpoint: the snapshot and
@@ -492,33 +516,39 @@ impl<M: EventModel> Runner<M> {
         let earlier = c.writer.settle().await;
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
             let started = Instant::now();
-            let checkpoint = snapshot(&self.model, c, self.position)?;
+            let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
             let bytes = json_len(&checkpoint.bucket);
             c.writer.start(checkpoint);
             c.record_taken();
-            let written = c.writer.settle().await.map_err(storage_failed::<M>);
+            let namespace = &self.namespace;
+            let written = c
+                .writer
+                .settle()
+                .await
+                .map_err(|e| storage_failed(namespace, e));
             self.metrics.checkpoint_taken(started.elapsed(), bytes);
             return written;
         }
-        earlier.map_err(storage_failed::<M>)
+        earlier.map_err(|e| storage_failed(&self.namespace, e))
     }
 }
 
-/// The model's state as a checkpoint at `position`, in the storage's format.
+/// The model's state as a checkpoint of `namespace` at `position`, in the storage's format.
 fn snapshot<M: EventModel>(
     model: &M,
     c: &Checkpoints,
+    namespace: &str,
     position: Position,
 ) -> Result<StoredCheckpoint, Error> {
     let mut bucket = CheckpointBucket::with_format(c.format);
     model
         .create_checkpoint(&mut bucket)
         .map_err(|source| Error::Checkpoint {
-            namespace: M::NAME.to_owned(),
+            namespace: namespace.to_owned(),
             source,
         })?;
     Ok(StoredCheckpoint::new(
-        M::NAME,
+        namespace,
         c.version.clone(),
         position,
         bucket,

@@ -11,6 +11,11 @@
 //! default [`LeaseConfig::default`]); `FLEET_SLOW_MS` (a pause in every handler, so that a
 //! transaction is open most of the time). Prints `status=<status>` on every change of status
 //! and `fenced epoch=<E>` when a commit was fenced.
+//!
+//! With `FLEET_SEGMENTS=1` it runs the 4-segment model `fleet.segmented` instead (table
+//! `segmented`, the same rows plus the segment's index), with its share of the segments
+//! ([`Krescent::stream_segments`]); it prints `segments=<i,j,...>` whenever the segments it
+//! processes change and `fenced total=<N>` whenever a segment of it was fenced.
 
 use std::error::Error;
 use std::time::Duration;
@@ -54,6 +59,93 @@ impl Projected {
     }
 }
 
+/// [`Projected`], split into 4 segments: one row per event in `segmented`.
+#[derive(EventModel)]
+#[model(name = "fleet.segmented", segments = 4)]
+#[checkpoint(strategy = "fixed_events(10)", storage = "postgres")]
+struct Segmented {
+    #[checkpoint(support)]
+    table: PostgresProjection,
+    insert: String,
+    slow: Duration,
+    segment: i64,
+}
+
+#[krescent::handlers]
+impl Segmented {
+    async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
+        if !self.slow.is_zero() {
+            tokio::time::sleep(self.slow).await;
+        }
+        let position = i64::try_from(meta.position.get()).unwrap_or(i64::MAX);
+        let n = i64::try_from(e.n).unwrap_or(i64::MAX);
+        let pid = i64::from(std::process::id());
+        self.table
+            .execute(
+                &self.insert,
+                &[&position, &&*meta.stream_id, &n, &pid, &self.segment],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The projection of `table` (the columns of a projected event, and `extra`).
+fn projection(
+    storage: &krescent::checkpoint::storage::PostgresCheckpointStorage,
+    table: &str,
+    extra: &str,
+) -> Result<(PostgresProjection, String), Box<dyn Error>> {
+    let projection = PostgresProjection::new(storage, 1).table(
+        table,
+        &format!("CREATE TABLE {{table}} (position bigint NOT NULL, stream_id text NOT NULL, n bigint NOT NULL, pid bigint NOT NULL{extra})"),
+    )?;
+    let name = projection.name_of(table).ok_or("declared")?.to_owned();
+    Ok((projection, name))
+}
+
+/// Runs this process's share of `fleet.segmented`'s segments, for good.
+async fn segmented(
+    krescent: &Krescent<PostgresEventStore>,
+    storage: &krescent::checkpoint::storage::PostgresCheckpointStorage,
+    slow: Duration,
+) -> Result<(), Box<dyn Error>> {
+    loop {
+        let storage = storage.clone();
+        let running = krescent.stream_segments(move |segment| {
+            let (table, name) = projection(&storage, "segmented", ", segment bigint NOT NULL")
+                .unwrap_or_else(|e| panic!("the table is valid: {e}"));
+            Segmented {
+                table,
+                insert: format!("INSERT INTO {name} (position, stream_id, n, pid, segment) VALUES ($1, $2, $3, $4, $5)"),
+                slow,
+                segment: i64::from(segment.index()),
+            }
+        });
+        let (mut held, mut fenced) = (None, 0);
+        while !running.is_finished() {
+            let now: Vec<String> = running
+                .held()
+                .iter()
+                .map(|s| s.index().to_string())
+                .collect();
+            if held.as_ref() != Some(&now) {
+                println!("segments={}", now.join(","));
+                held = Some(now);
+            }
+            if running.fenced() != fenced {
+                fenced = running.fenced();
+                println!("fenced total={fenced}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Err(e) = running.shutdown().await {
+            println!("error {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 fn millis(name: &str) -> Result<Option<Duration>, Box<dyn Error>> {
     match std::env::var(name) {
         Ok(value) => Ok(Some(Duration::from_millis(
@@ -81,12 +173,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     storage.migrate().await?;
     let mut krescent = Krescent::new(store).with_storage("postgres", storage.clone());
     krescent.configure::<Projected>().lease(lease)?;
+    krescent.configure::<Segmented>().lease(lease)?;
+    if std::env::var_os("FLEET_SEGMENTS").is_some() {
+        return segmented(&krescent, &storage, slow).await;
+    }
     loop {
-        let table = PostgresProjection::new(&storage, 1).table(
-            "projected",
-            "CREATE TABLE {table} (position bigint NOT NULL, stream_id text NOT NULL, n bigint NOT NULL, pid bigint NOT NULL)",
-        )?;
-        let name = table.name_of("projected").ok_or("declared")?.to_owned();
+        let (table, name) = projection(&storage, "projected", "")?;
         let model = Projected {
             table,
             insert: format!(

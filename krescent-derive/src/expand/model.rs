@@ -47,6 +47,12 @@ fn generate(c: &Container) -> TokenStream {
             const EXCLUSIVE: ::core::primitive::bool = true;
         )
     });
+    let segments = (c.attrs.segments != 1).then(|| {
+        let n = Literal::u32_unsuffixed(c.attrs.segments);
+        quote!(
+            const SEGMENTS: ::core::primitive::u32 = #n;
+        )
+    });
     quote! {
         const _: () = {
             #guard
@@ -57,6 +63,7 @@ fn generate(c: &Container) -> TokenStream {
                 const VERSION: ::core::primitive::u32 = #version;
                 const FINGERPRINT: &'static ::core::primitive::str = #fingerprint;
                 #exclusive
+                #segments
 
                 fn checkpointing() -> ::core::option::Option<#p::CheckpointConfig> {
                     #checkpointing

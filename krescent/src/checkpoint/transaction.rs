@@ -29,6 +29,28 @@ pub trait CheckpointTransaction: Send {
     /// first new checkpoint.
     async fn reset(&mut self, namespace: &str) -> Result<(), StorageError>;
 
+    /// Starts one segment of a model split by `#[model(segments = N)]` over, in the open
+    /// transaction, when it has no usable checkpoint: the extension's data is shared by every
+    /// segment of `model`, so it is kept when other segments hold checkpoints of `version` and
+    /// this segment never committed (a segment starting for the first time), and otherwise
+    /// the whole model starts over (every segment's checkpoint and data discarded, the other
+    /// segments' leases fenced). The default refuses: an extension must say how its data is
+    /// split to run in segments.
+    async fn reset_segment(
+        &mut self,
+        model: &str,
+        segment: crate::fleet::Segment,
+        version: &super::CheckpointVersion,
+    ) -> Result<(), StorageError> {
+        let _ = version;
+        Err(StorageError::Database(
+            format!(
+                "this checkpoint transaction cannot run `{model}` in segments (segment {segment})"
+            )
+            .into(),
+        ))
+    }
+
     /// Writes `checkpoint` in the open transaction and commits it with everything written since
     /// the last commit.
     async fn commit(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError>;

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::event::EventType;
+use crate::hash::stable_hash;
 use crate::model::EventModel;
 
 /// The version a model's checkpoints are written with; a checkpoint is restored only by a
@@ -19,14 +20,14 @@ impl CheckpointVersion {
     pub fn of<M: EventModel>() -> Self {
         let mut events: Vec<EventType> = M::EVENTS.to_vec();
         events.sort_unstable();
-        let mut hash = Fnv1a::default();
-        hash.write(M::NAME);
-        hash.write(M::FINGERPRINT);
-        for event in events {
-            hash.write(event.name);
-            hash.write(&event.revision.to_string());
-        }
-        CheckpointVersion(format!("v{}-{:016x}", M::VERSION, hash.0))
+        let revisions: Vec<String> = events.iter().map(|e| e.revision.to_string()).collect();
+        let parts = [M::NAME, M::FINGERPRINT].into_iter().chain(
+            events
+                .iter()
+                .zip(&revisions)
+                .flat_map(|(event, revision)| [event.name, revision.as_str()]),
+        );
+        CheckpointVersion(format!("v{}-{:016x}", M::VERSION, stable_hash(parts)))
     }
 
     /// A version from its text, as a storage returns it.
@@ -45,24 +46,5 @@ impl CheckpointVersion {
 impl fmt::Display for CheckpointVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// FNV-1a, 64 bits: stable across builds and platforms, unlike `std`'s hashers. Each part is
-/// followed by a separator so that `("ab", "c")` and `("a", "bc")` differ.
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv1a {
-    fn write(&mut self, part: &str) {
-        for byte in part.bytes().chain([0xff]) {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
     }
 }

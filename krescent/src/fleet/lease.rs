@@ -13,8 +13,8 @@ use crate::store::postgres::{DbFailure, Names};
 /// The leases of the models checkpointing in one table; runtime plumbing, not an API.
 #[derive(Debug, Clone)]
 pub struct Leases {
-    pool: Pool,
-    names: Arc<Names>,
+    pub(super) pool: Pool,
+    pub(super) names: Arc<Names>,
 }
 
 /// A lease this run holds, renewed by a task of its own until released or dropped.
@@ -211,6 +211,6 @@ fn millis(d: Duration) -> f64 {
     d.as_millis() as f64
 }
 
-fn epoch_value(epoch: u64) -> i64 {
+pub(super) fn epoch_value(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }

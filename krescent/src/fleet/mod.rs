@@ -58,6 +58,10 @@ mod config;
 mod fence;
 #[cfg(feature = "postgres")]
 mod lease;
+#[cfg(feature = "postgres")]
+mod membership;
+mod segment;
+mod share;
 
 pub use config::{LeaseConfig, LeaseHolder};
 pub use fence::Fence;
@@ -68,3 +72,7 @@ pub(crate) use lease::HeldLease;
 #[cfg(feature = "postgres")]
 #[doc(hidden)]
 pub use lease::Leases;
+#[cfg(feature = "postgres")]
+pub(crate) use segment::fair_share;
+pub use segment::Segment;
+pub use share::{RunningSegments, SegmentsEnded};

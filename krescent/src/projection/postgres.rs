@@ -7,12 +7,14 @@ use tokio_postgres::types::ToSql;
 
 use crate::checkpoint::storage::{CheckpointStorage as _, PostgresCheckpointStorage};
 use crate::checkpoint::{
-    CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, StorageError,
-    StoredCheckpoint,
+    CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, CheckpointVersion,
+    StorageError, StoredCheckpoint,
 };
-use crate::fleet::{check_fence, Fence, FenceFailure};
+use crate::fleet::{check_fence, Fence, FenceFailure, Segment};
 use crate::store::postgres::{identifier, transient_cause, DbFailure};
 use crate::store::StoreError;
+
+mod segment;
 
 const REVISION: &str = "revision";
 const TABLES: &str = "tables";
@@ -290,6 +292,37 @@ impl PostgresProjection {
         Ok(shapes)
     }
 
+    /// Drops and recreates every table, in `client`'s open transaction.
+    async fn recreate_tables(&self, client: &ClientWrapper) -> Result<(), DbFailure> {
+        for table in &self.tables {
+            client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {}; {}",
+                    table.quoted, table.create
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After a reset: the tables' new shapes, or the failure (the connection is discarded).
+    fn reset_done(
+        &mut self,
+        result: Result<BTreeMap<String, String>, DbFailure>,
+        doing: impl FnOnce() -> String,
+    ) -> Result<(), StorageError> {
+        match result {
+            Ok(shapes) => {
+                self.shapes = shapes;
+                Ok(())
+            }
+            Err(e) => {
+                self.discard();
+                Err(e.storage(doing()))
+            }
+        }
+    }
+
     async fn open_transaction(&mut self) -> Result<(), StorageError> {
         self.transaction()
             .await
@@ -387,28 +420,36 @@ impl CheckpointTransaction for PostgresProjection {
             ));
         };
         let run = async {
-            for table in &self.tables {
-                client
-                    .batch_execute(&format!(
-                        "DROP TABLE IF EXISTS {}; {}",
-                        table.quoted, table.create
-                    ))
-                    .await?;
-            }
+            self.recreate_tables(client).await?;
             // The old checkpoint goes in the same transaction: it described the dropped rows.
             self.storage.delete_in(client, namespace).await?;
             self.read_shapes(client).await
         };
-        match run.await {
-            Ok(shapes) => {
-                self.shapes = shapes;
-                Ok(())
-            }
-            Err(e) => {
-                self.discard();
-                Err(e.storage(format!("reset the tables of `{namespace}`")))
-            }
-        }
+        let result = run.await;
+        self.reset_done(result, || format!("reset the tables of `{namespace}`"))
+    }
+
+    async fn reset_segment(
+        &mut self,
+        model: &str,
+        segment: Segment,
+        version: &CheckpointVersion,
+    ) -> Result<(), StorageError> {
+        self.open_transaction().await?;
+        let Some(client) = self.client.as_deref() else {
+            return Err(StorageError::Database(
+                "the projection has no connection".into(),
+            ));
+        };
+        let run = async {
+            self.reset_segment_in(client, model, segment, version)
+                .await?;
+            self.read_shapes(client).await
+        };
+        let result = run.await;
+        self.reset_done(result, || {
+            format!("reset the tables of segment {segment} of `{model}`")
+        })
     }
 
     async fn commit(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {

@@ -193,16 +193,9 @@ pub(crate) fn identifier(what: &'static str, name: &str) -> Result<String, Store
     Ok(format!("\"{name}\""))
 }
 
-/// A stable 64-bit advisory lock key for `parts` (FNV-1a; the same in every build and process).
+/// A stable 64-bit advisory lock key for `parts`, the same in every build and process.
 fn lock_key(parts: &[&str]) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.bytes().chain([0xff]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
+    i64::from_ne_bytes(crate::hash::stable_hash(parts.iter().copied()).to_ne_bytes())
 }
 
 #[cfg(test)]
