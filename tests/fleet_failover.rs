@@ -1,4 +1,5 @@
-//! Many replicas of one projection model, one writer at a time: real worker processes
+//! Many replicas of one projection model (whole, or split into 4 segments), one writer at a time
+//! (per segment): real worker processes
 //! (`src/bin/fleet_worker.rs`) against a real PostgreSQL server, the holder killed (`SIGKILL`) at
 //! random moments or stopped (`SIGSTOP`) past its lease, while events are appended. The projected table must
 //! equal a clean replay (one row per event, with the event's data), the checkpoint position
@@ -80,9 +81,11 @@ fn appender(
 /// Each time the checkpoint's position moved backwards: from, to.
 type Backwards = Arc<Mutex<Vec<(i64, i64)>>>;
 
-/// Records the checkpoint's position every few milliseconds; every time it moved backwards.
+/// Records the position of `model`'s checkpoints (the whole model's, or each segment's) every
+/// few milliseconds; every time one moved backwards.
 fn position_watcher(
     db: &TestDatabase,
+    model: &'static str,
     stop: Arc<AtomicBool>,
 ) -> (tokio::task::JoinHandle<()>, Backwards) {
     let backwards = Arc::new(Mutex::new(Vec::new()));
@@ -94,21 +97,22 @@ fn position_watcher(
             .await
             .expect("connect the watcher");
         tokio::spawn(connection);
-        let mut last = 0i64;
+        let mut last = std::collections::HashMap::<String, i64>::new();
         while !stop.load(Ordering::SeqCst) {
-            let row = client
-                .query_opt(
-                    "SELECT position::bigint FROM krescent_checkpoints WHERE namespace = 'fleet.projected'",
-                    &[],
+            let rows = client
+                .query(
+                    "SELECT namespace, position::bigint FROM krescent_checkpoints WHERE namespace = $1 OR starts_with(namespace, $1 || '#')",
+                    &[&model],
                 )
                 .await
-                .expect("read the checkpoint");
-            if let Some(row) = row {
-                let position: i64 = row.get(0);
-                if position < last {
-                    seen.lock().expect("lock").push((last, position));
+                .expect("read the checkpoints");
+            for row in rows {
+                let position: i64 = row.get(1);
+                let last = last.entry(row.get(0)).or_default();
+                if position < *last {
+                    seen.lock().expect("lock").push((*last, position));
                 }
-                last = last.max(position);
+                *last = (*last).max(position);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -116,9 +120,9 @@ fn position_watcher(
     (task, backwards)
 }
 
-/// Waits until the checkpoint covers every event, then compares the projected table with a
-/// clean replay of the events table: every event exactly once, with its own data.
-async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64) {
+/// Waits until `table` has a row per event (rows commit only with a checkpoint), then compares
+/// it with a clean replay of the events table: every event exactly once, with its own data.
+async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64, table: &str) {
     let head: i64 = client
         .query_one(
             "SELECT coalesce(max(position), 0) FROM krescent_events",
@@ -130,20 +134,17 @@ async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64) {
     assert_eq!(u64::try_from(head).expect("positive"), appended);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let at: Option<i64> = client
-            .query_opt(
-                "SELECT position::bigint FROM krescent_checkpoints WHERE namespace = 'fleet.projected'",
-                &[],
-            )
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await
-            .expect("checkpoint")
-            .map(|r| r.get(0));
-        if at == Some(head) {
+            .expect("count")
+            .get(0);
+        if rows >= head {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the checkpoint stayed at {at:?}, head {head}"
+            "{table} stayed at {rows} rows, head {head}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -156,7 +157,7 @@ async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64) {
         .expect("events");
     let projected = client
         .query(
-            "SELECT position, stream_id, n FROM projected ORDER BY position, n",
+            &format!("SELECT position, stream_id, n FROM {table} ORDER BY position, n"),
             &[],
         )
         .await
@@ -197,7 +198,7 @@ async fn twenty_kills_of_the_holder_lose_and_double_nothing() {
     let client = db.client().await;
     let stop = Arc::new(AtomicBool::new(false));
     let appending = appender(store.clone(), stop.clone(), Duration::from_millis(15));
-    let (watching, backwards) = position_watcher(&db, stop.clone());
+    let (watching, backwards) = position_watcher(&db, "fleet.projected", stop.clone());
     let mut workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&db, &FAST)).collect();
     let (mut holder, mut epoch) = new_holder(&client, 0, Duration::from_secs(20)).await;
     let mut failovers = Vec::new();
@@ -226,7 +227,7 @@ async fn twenty_kills_of_the_holder_lose_and_double_nothing() {
     }
     stop.store(true, Ordering::SeqCst);
     let appended = appending.await.expect("appender");
-    assert_exactly_once(&client, appended).await;
+    assert_exactly_once(&client, appended, "projected").await;
     watching.await.expect("watcher");
     let backwards = backwards.lock().expect("lock").clone();
     assert!(
@@ -251,7 +252,7 @@ async fn a_holder_paused_past_its_lease_is_fenced_when_it_resumes() {
     // 50 events a second, and handlers of 5 ms: the holder keeps up, and has a transaction
     // open most of the time.
     let appending = appender(store.clone(), stop.clone(), Duration::from_millis(100));
-    let (watching, backwards) = position_watcher(&db, stop.clone());
+    let (watching, backwards) = position_watcher(&db, "fleet.projected", stop.clone());
     let env = [FAST[0], FAST[1], FAST[2], ("FLEET_SLOW_MS", "5")];
     let workers: Vec<Worker> = (0..2).map(|_| Worker::spawn(&db, &env)).collect();
     let (holder, epoch) = new_holder(&client, 0, Duration::from_secs(20)).await;
@@ -278,7 +279,7 @@ async fn a_holder_paused_past_its_lease_is_fenced_when_it_resumes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let appended = appending.await.expect("appender");
-    assert_exactly_once(&client, appended).await;
+    assert_exactly_once(&client, appended, "projected").await;
     watching.await.expect("watcher");
     let backwards = backwards.lock().expect("lock").clone();
     assert!(
@@ -313,10 +314,134 @@ async fn failover_after_a_kill_takes_at_most_the_lease_with_default_settings() {
     }
     stop.store(true, Ordering::SeqCst);
     let appended = appending.await.expect("appender");
-    assert_exactly_once(&client, appended).await;
+    assert_exactly_once(&client, appended, "projected").await;
     println!(
         "failover_ms={} (median of {:?}; defaults: ttl 3 s, heartbeat 1 s, poll 500 ms; target <= 5000)",
         median(&mut failovers.clone()),
         failovers
+    );
+}
+
+/// The segments each live worker says it processes, and whether the 4 are all held, each by
+/// one worker.
+fn held_segments(workers: &[Worker]) -> (Vec<Vec<u32>>, bool) {
+    let held: Vec<Vec<u32>> = workers
+        .iter()
+        .map(|w| w.segments.lock().expect("lock").clone().unwrap_or_default())
+        .collect();
+    let mut all: Vec<u32> = held.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let complete = all == [0, 1, 2, 3];
+    (held, complete)
+}
+
+/// Waits until the 4 segments are held by `workers`, each by one.
+async fn all_segments_held(workers: &[Worker], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (held, complete) = held_segments(workers);
+        if complete {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the segments stayed {held:?} for {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks that every row of `segmented` was projected by the segment its stream hashes to.
+async fn assert_projected_by_their_segments(client: &tokio_postgres::Client) {
+    let rows = client
+        .query("SELECT stream_id, segment FROM segmented", &[])
+        .await
+        .expect("rows");
+    for row in rows {
+        let (stream, segment): (String, i64) = (row.get(0), row.get(1));
+        let expected = krescent::fleet::Segment::of(&stream, 4).index();
+        assert_eq!(segment, i64::from(expected), "`{stream}`");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kills_and_a_pause_of_segment_workers_lose_and_double_nothing() {
+    let started = Instant::now();
+    let db = fresh_database().await;
+    let store = Arc::new(db.event_store().await);
+    db.checkpoint_storage().await;
+    let client = db.client().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let appending = appender(store.clone(), stop.clone(), Duration::from_millis(25));
+    let (watching, backwards) = position_watcher(&db, "fleet.segmented", stop.clone());
+    let env = [
+        FAST[0],
+        FAST[1],
+        FAST[2],
+        ("FLEET_SEGMENTS", "1"),
+        ("FLEET_SLOW_MS", "2"),
+    ];
+    let mut workers: Vec<Worker> = (0..3).map(|_| Worker::spawn(&db, &env)).collect();
+    all_segments_held(&workers, Duration::from_secs(20)).await;
+    let mut failovers = Vec::new();
+    let mut seed = 0x9e37_79b9_u64;
+    for kill in 0..20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(50 + seed % 400)).await;
+        // A random worker that processes at least one segment.
+        let (held, _) = held_segments(&workers);
+        let busy: Vec<usize> = (0..workers.len())
+            .filter(|&i| !held[i].is_empty())
+            .collect();
+        let index = busy[usize::try_from(seed).expect("64-bit") % busy.len()];
+        let killed_at = Instant::now();
+        workers[index].kill();
+        workers.remove(index);
+        workers.push(Worker::spawn(&db, &env));
+        all_segments_held(&workers, Duration::from_secs(10)).await;
+        failovers.push(killed_at.elapsed().as_millis());
+        println!(
+            "kill {kill}: segments held again after {} ms: {:?}",
+            failovers[kill],
+            held_segments(&workers).0
+        );
+    }
+    // A worker paused past its leases, resumed once the others hold its segments.
+    let (held, _) = held_segments(&workers);
+    let index = (0..workers.len())
+        .find(|&i| !held[i].is_empty())
+        .expect("a busy worker");
+    let paused = workers.remove(index);
+    paused.signal("-STOP");
+    all_segments_held(&workers, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    paused.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while paused.fenced.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed worker's commits were never fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    workers.push(paused);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let appended = appending.await.expect("appender");
+    assert_exactly_once(&client, appended, "segmented").await;
+    assert_projected_by_their_segments(&client).await;
+    watching.await.expect("watcher");
+    let backwards = backwards.lock().expect("lock").clone();
+    assert!(
+        backwards.is_empty(),
+        "a checkpoint moved backwards: {backwards:?}"
+    );
+    println!(
+        "segments: 20 kills and a pause, {appended} events, segments held again after ms median={} max={} (ttl 1 s), {:.1} s",
+        median(&mut failovers.clone()),
+        failovers.iter().max().expect("kills"),
+        started.elapsed().as_secs_f64()
     );
 }

@@ -2,7 +2,7 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state|decide]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state|decide|segments]
 //! ```
 //!
 //! It prints one line per figure:
@@ -13,6 +13,7 @@ mod file;
 mod measure;
 mod memory;
 mod postgres;
+mod segments;
 
 use std::error::Error;
 
@@ -41,10 +42,10 @@ fn options() -> Result<Options, String> {
         if arg == "--only" {
             if !matches!(
                 value.as_str(),
-                "memory" | "file" | "postgres" | "large_state" | "decide"
+                "memory" | "file" | "postgres" | "large_state" | "decide" | "segments"
             ) {
                 return Err(format!(
-                    "`--only {value}`: expected `memory`, `file`, `postgres`, `large_state` or `decide`"
+                    "`--only {value}`: expected `memory`, `file`, `postgres`, `large_state`, `decide` or `segments`"
                 ));
             }
             options.only = Some(value);
@@ -58,7 +59,7 @@ fn options() -> Result<Options, String> {
             "--reps" => options.reps = number.max(1),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres|large_state|decide`"
+                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres|large_state|decide|segments`"
                 ))
             }
         }
@@ -96,6 +97,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     if runs("decide") {
         decide::run(&options).await?;
+    }
+    if runs("segments") {
+        segments::run(&options).await?;
     }
     Ok(())
 }

@@ -90,7 +90,7 @@ const BATCH: usize = 1_000;
 type CopyRow = (String, i64, uuid::Uuid, String, Box<RawValue>);
 
 /// The database: `DATABASE_URL` when set, else a throwaway server started as the tests start it.
-async fn database_url() -> (String, Option<krescent_testkit::postgres::TestDatabase>) {
+pub(crate) async fn database_url() -> (String, Option<krescent_testkit::postgres::TestDatabase>) {
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => (url, None),
         _ => {
@@ -100,7 +100,7 @@ async fn database_url() -> (String, Option<krescent_testkit::postgres::TestDatab
     }
 }
 
-async fn client(url: &str) -> Result<Client, Box<dyn Error>> {
+pub(crate) async fn client(url: &str) -> Result<Client, Box<dyn Error>> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

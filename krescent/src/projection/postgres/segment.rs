@@ -18,7 +18,7 @@ enum Reset {
     Whole {
         /// The checkpoints of the model (whole or any segment) to delete.
         checkpoints: Vec<String>,
-        /// The leases of the other segments (of any count) to fence.
+        /// The leases of the other segments (of any count) that have a checkpoint, to fence.
         leases: Vec<String>,
     },
 }
@@ -110,18 +110,15 @@ impl PostgresProjection {
         if never_committed && others_current {
             return Ok(Reset::Join);
         }
-        let mut leases: Vec<String> = Segment::all(segment.count())
-            .map(|s| s.namespace(model))
-            .chain(
-                stored
-                    .iter()
-                    .filter(|(namespace, _)| Segment::from_namespace(model, namespace).is_some())
-                    .map(|(namespace, _)| namespace.clone()),
-            )
-            .filter(|namespace| *namespace != mine)
+        // Only a segment with a checkpoint can be running on the rows about to go: one without
+        // either waits for this lock to reset itself, or never started.
+        let leases: Vec<String> = stored
+            .iter()
+            .filter(|(namespace, _)| {
+                *namespace != mine && Segment::from_namespace(model, namespace).is_some()
+            })
+            .map(|(namespace, _)| namespace.clone())
             .collect();
-        leases.sort_unstable();
-        leases.dedup();
         let mut checkpoints: Vec<String> = stored.into_iter().map(|(n, _)| n).collect();
         checkpoints.push(mine);
         Ok(Reset::Whole {
