@@ -53,6 +53,16 @@
 //! keeps its transaction open, the rows it locked stay locked, so a new holder writing the same
 //! rows waits until the old transaction ends (it is rolled back when the paused process
 //! resumes and is fenced, or when its connection dies).
+//!
+//! # Segments
+//!
+//! A model split by `#[model(segments = N)]` runs as N [`Segment`]s, each a model of its own
+//! with its own checkpoint and lease; [`Krescent::stream_segments`](crate::Krescent::stream_segments)
+//! shares them out over the instances that run the model ([`RunningSegments`]), and
+//! [`Krescent::for_segment`](crate::Krescent::for_segment) runs one by hand. A split
+//! projection shares its tables between the segments; see
+//! [`CheckpointTransaction::reset_segment`](crate::checkpoint::CheckpointTransaction::reset_segment)
+//! for how a segment without a checkpoint joins them or starts the model over.
 
 mod config;
 mod fence;
