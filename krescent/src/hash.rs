@@ -21,7 +21,7 @@ mod tests {
     #[test]
     fn the_hash_is_fixed_and_separates_parts() {
         // Pinned: changing the function would move every stream to another segment.
-        assert_eq!(stable_hash(["orders-1"]), 0x959a0af64645441b);
+        assert_eq!(stable_hash(["orders-1"]), 0x959a_0af6_4645_441b);
         assert_eq!(stable_hash([]), 0xcbf2_9ce4_8422_2325);
         assert_ne!(stable_hash(["ab", "c"]), stable_hash(["a", "bc"]));
     }
