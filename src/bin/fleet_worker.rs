@@ -46,17 +46,39 @@ struct Projected {
 #[krescent::handlers]
 impl Projected {
     async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
-        if !self.slow.is_zero() {
-            tokio::time::sleep(self.slow).await;
-        }
-        let position = i64::try_from(meta.position.get()).unwrap_or(i64::MAX);
-        let n = i64::try_from(e.n).unwrap_or(i64::MAX);
-        let pid = i64::from(std::process::id());
-        self.table
-            .execute(&self.insert, &[&position, &&*meta.stream_id, &n, &pid])
-            .await?;
-        Ok(())
+        project(&mut self.table, &self.insert, self.slow, e, meta, None).await
     }
+}
+
+/// Inserts the row of `e` (after a pause of `slow`), with the segment's index if given.
+async fn project(
+    table: &mut PostgresProjection,
+    insert: &str,
+    slow: Duration,
+    e: &Tick,
+    meta: &EventMeta,
+    segment: Option<i64>,
+) -> Result<(), ProjectionError> {
+    if !slow.is_zero() {
+        tokio::time::sleep(slow).await;
+    }
+    let position = i64::try_from(meta.position.get()).unwrap_or(i64::MAX);
+    let n = i64::try_from(e.n).unwrap_or(i64::MAX);
+    let pid = i64::from(std::process::id());
+    let stream: &str = &meta.stream_id;
+    match segment {
+        None => {
+            table
+                .execute(insert, &[&position, &stream, &n, &pid])
+                .await?
+        }
+        Some(segment) => {
+            table
+                .execute(insert, &[&position, &stream, &n, &pid, &segment])
+                .await?
+        }
+    };
+    Ok(())
 }
 
 /// [`Projected`], split into 4 segments: one row per event in `segmented`.
@@ -74,19 +96,8 @@ struct Segmented {
 #[krescent::handlers]
 impl Segmented {
     async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
-        if !self.slow.is_zero() {
-            tokio::time::sleep(self.slow).await;
-        }
-        let position = i64::try_from(meta.position.get()).unwrap_or(i64::MAX);
-        let n = i64::try_from(e.n).unwrap_or(i64::MAX);
-        let pid = i64::from(std::process::id());
-        self.table
-            .execute(
-                &self.insert,
-                &[&position, &&*meta.stream_id, &n, &pid, &self.segment],
-            )
-            .await?;
-        Ok(())
+        let segment = Some(self.segment);
+        project(&mut self.table, &self.insert, self.slow, e, meta, segment).await
     }
 }
 
