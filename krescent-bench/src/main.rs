@@ -23,8 +23,8 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
-    /// Only the in-memory, the file store, the Postgres or the write-model (`decide`)
-    /// figures, or only `large_state`.
+    /// Only the in-memory, the file store, the Postgres, the write-model (`decide`) or the
+    /// segments figures, or only `large_state`.
     pub(crate) only: Option<String>,
 }
 
