@@ -327,3 +327,30 @@ async fn without_leases_one_instance_runs_every_segment_and_each_counts_its_stre
         .await
         .expect("delete"));
 }
+
+#[tokio::test]
+async fn a_supervisor_runs_the_segments_of_a_split_model_as_one_entry() {
+    use krescent::supervisor::{ModelState, Supervisor};
+    let krescent = Krescent::new(InMemoryEventStore::new());
+    let mut head = Position::START;
+    for n in 0..40u64 {
+        let event = NewEvent::new(&Tick { n }).expect("encode");
+        head = krescent
+            .store()
+            .append(&format!("s-{}", n % 5), ExpectedVersion::Any, vec![event])
+            .await
+            .expect("append")
+            .position;
+    }
+    let supervisor = Supervisor::new(krescent).segments(|_| Counted::default());
+    tokio::time::timeout(Duration::from_secs(10), supervisor.reached(head))
+        .await
+        .expect("every segment reaches the head");
+    let report = supervisor.report();
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0].name, "segments.counted");
+    assert_eq!(report[0].state, ModelState::Running);
+    assert!(report[0].position >= head, "{:?}", report[0]);
+    let exits = supervisor.shutdown().await;
+    assert!(exits[0].result.is_ok(), "{:?}", exits[0].result);
+}

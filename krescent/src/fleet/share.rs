@@ -12,13 +12,13 @@ use crate::krescent::CaughtUp;
 use crate::model::EventModel;
 use crate::running::{Running, Status};
 use crate::store::EventStore;
-use crate::{Error, Krescent};
+use crate::{Error, Krescent, Position};
 
 /// Builds the model of a segment, for each start of the segment.
 type Make<M> = Arc<Mutex<dyn FnMut(Segment) -> M + Send>>;
 
-/// The segments this instance runs, each with its status.
-type Statuses = Arc<Mutex<BTreeMap<Segment, watch::Receiver<Status>>>>;
+/// The segments this instance runs, each with its status and position.
+type Statuses = Arc<Mutex<BTreeMap<Segment, (watch::Receiver<Status>, watch::Receiver<Position>)>>>;
 
 /// What the segments this instance ran ended with: each segment's model, as its last run here
 /// left it.
@@ -55,8 +55,22 @@ impl<M: EventModel> RunningSegments<M> {
     pub fn segments(&self) -> Vec<(Segment, Status)> {
         lock(&self.statuses)
             .iter()
-            .map(|(segment, status)| (*segment, *status.borrow()))
+            .map(|(segment, (status, _))| (*segment, *status.borrow()))
             .collect()
+    }
+
+    /// The lowest position the segments this instance processes have reached
+    /// ([`Position::START`] while it processes none). Every segment's position moves over the
+    /// other segments' events too, so once every segment here is at `p`, every event of theirs
+    /// up to `p` is processed.
+    #[must_use]
+    pub fn position(&self) -> Position {
+        lock(&self.statuses)
+            .values()
+            .filter(|(status, _)| *status.borrow() == Status::Running)
+            .map(|(_, position)| *position.borrow())
+            .min()
+            .unwrap_or(Position::START)
     }
 
     /// The segments this instance processes events of now ([`Status::Running`]).
@@ -176,7 +190,10 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             .krescent
             .for_segment(segment)
             .stream_with(move || (lock(&make))(segment));
-        lock(&self.statuses).insert(segment, running.status_changes());
+        lock(&self.statuses).insert(
+            segment,
+            (running.status_changes(), running.progress_changes()),
+        );
         running
     }
 
@@ -187,7 +204,10 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
         stop: &mut watch::Receiver<bool>,
     ) -> SegmentsEnded<M> {
         for (segment, running) in streams {
-            lock(&self.statuses).insert(segment, running.status_changes());
+            lock(&self.statuses).insert(
+                segment,
+                (running.status_changes(), running.progress_changes()),
+            );
             self.streams.insert(segment, running);
         }
         // A segment's task ends by itself only on a failure: then every segment stops.

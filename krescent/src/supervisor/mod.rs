@@ -98,7 +98,8 @@ struct Entry {
 trait Supervised: Send + Sync {
     fn status(&self) -> Status;
     fn position(&self) -> Position;
-    fn progress(&self) -> watch::Receiver<Position>;
+    /// Waits until the model has processed every event up to `position`, or ended.
+    fn reached(&self, position: Position) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     fn shutdown(
         self: Box<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<Position, crate::Error>> + Send>>;
@@ -113,14 +114,57 @@ impl<M: EventModel> Supervised for Running<M> {
         Running::position(self)
     }
 
-    fn progress(&self) -> watch::Receiver<Position> {
-        self.progress_changes()
+    fn reached(&self, position: Position) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let mut progress = self.progress_changes();
+        Box::pin(async move {
+            // An error means the model's task ended: it will not get there.
+            let _ = progress.wait_for(|p| *p >= position).await;
+        })
     }
 
     fn shutdown(
         self: Box<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<Position, crate::Error>> + Send>> {
         Box::pin(async move { Running::shutdown(*self).await.map(|done| done.position) })
+    }
+}
+
+/// A split model's segments that this process runs: running while it processes any, a
+/// standby while it processes none.
+impl<M: EventModel> Supervised for crate::fleet::RunningSegments<M> {
+    fn status(&self) -> Status {
+        if self.is_finished() {
+            Status::Stopped
+        } else if self.held().is_empty() {
+            Status::Standby
+        } else {
+            Status::Running
+        }
+    }
+
+    fn position(&self) -> Position {
+        crate::fleet::RunningSegments::position(self)
+    }
+
+    fn reached(&self, position: Position) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            while !self.is_finished() && self.position() < position {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+    }
+
+    fn shutdown(
+        self: Box<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<Position, crate::Error>> + Send>> {
+        Box::pin(async move {
+            let ended = crate::fleet::RunningSegments::shutdown(*self).await?;
+            Ok(ended
+                .iter()
+                .map(|(_, done)| done.position)
+                .min()
+                .unwrap_or(Position::START))
+        })
     }
 }
 
@@ -192,13 +236,34 @@ impl<S: EventStore> Supervisor<S> {
         });
     }
 
+    /// Starts this process's share of the segments of `M`, a model split by
+    /// `#[model(segments = N)]`, as [`Krescent::stream_segments`] does; `make` builds a
+    /// segment's model for each of its starts. The entry is reported as one model: running
+    /// while this process processes any segment, a standby while it processes none; its
+    /// position is the lowest of its segments'. Each segment restarts after transient failures
+    /// with the default [`RestartPolicy`] (the supervisor's policy is not applied to it), and a
+    /// segment that fails for good stops the entry (reported failed at
+    /// [`shutdown`](Self::shutdown)).
+    #[must_use]
+    pub fn segments<M: EventModel>(
+        mut self,
+        make: impl FnMut(crate::fleet::Segment) -> M + Send + 'static,
+    ) -> Self {
+        let running = self.krescent.stream_segments(make);
+        let (_, attempts) = watch::channel(Attempts::default());
+        self.models.push(Entry {
+            name: M::NAME,
+            attempts,
+            running: Box::new(running),
+        });
+        self
+    }
+
     /// Waits until every model has processed every event up to `position` (a model that
     /// ended never does: bound the wait with a timeout).
     pub async fn reached(&self, position: Position) {
         for entry in &self.models {
-            let mut progress = entry.running.progress();
-            // An error means the model's task ended: it will not get there.
-            let _ = progress.wait_for(|p| *p >= position).await;
+            entry.running.reached(position).await;
         }
     }
 
