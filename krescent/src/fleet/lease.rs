@@ -211,6 +211,6 @@ fn millis(d: Duration) -> f64 {
     d.as_millis() as f64
 }
 
-pub(super) fn epoch_value(epoch: u64) -> i64 {
+fn epoch_value(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }

@@ -159,7 +159,7 @@ struct Sharing<S, M> {
 }
 
 impl<S: EventStore, M: EventModel> Sharing<S, M> {
-    async fn run(self, mut stop: watch::Receiver<bool>) -> SegmentsEnded<M> {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> SegmentsEnded<M> {
         let checkpointing = self.krescent.checkpointing_of::<M>()?;
         if M::SEGMENTS == 1 {
             let make = self.make.clone();
@@ -169,47 +169,43 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
                 asked: None,
             })?;
             let running = self.krescent.stream_with(move || (lock(&make))(whole));
-            return self.until_stopped(vec![(whole, running)], &mut stop).await;
+            self.track(whole, running);
+            return self.until_stopped(&mut stop).await;
         }
         let checkpointing = checkpointing.ok_or(Error::NotCheckpointed { model: M::NAME })?;
         #[cfg(feature = "postgres")]
         if let Some(leases) = checkpointing.storage.leases() {
             return self.share(&leases, &mut stop).await;
         }
+        #[cfg(not(feature = "postgres"))]
         let _ = checkpointing;
-        let all = Segment::all(M::SEGMENTS)
-            .map(|segment| (segment, self.start(segment)))
-            .collect();
-        self.until_stopped(all, &mut stop).await
+        for segment in Segment::all(M::SEGMENTS) {
+            self.start(segment);
+        }
+        self.until_stopped(&mut stop).await
     }
 
     /// Starts running `segment` here (it waits as a standby while another instance holds it).
-    fn start(&self, segment: Segment) -> Running<M> {
+    fn start(&mut self, segment: Segment) {
         let make = self.make.clone();
         let running = self
             .krescent
             .for_segment(segment)
             .stream_with(move || (lock(&make))(segment));
+        self.track(segment, running);
+    }
+
+    /// Keeps `running`, the run of `segment`, with its status and position for the handle.
+    fn track(&mut self, segment: Segment, running: Running<M>) {
         lock(&self.statuses).insert(
             segment,
             (running.status_changes(), running.progress_changes()),
         );
-        running
+        self.streams.insert(segment, running);
     }
 
-    /// Runs `streams` until a stop, or until one of them fails; then stops the others.
-    async fn until_stopped(
-        mut self,
-        streams: Vec<(Segment, Running<M>)>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> SegmentsEnded<M> {
-        for (segment, running) in streams {
-            lock(&self.statuses).insert(
-                segment,
-                (running.status_changes(), running.progress_changes()),
-            );
-            self.streams.insert(segment, running);
-        }
+    /// Runs the segments until a stop, or until one of them fails; then stops the others.
+    async fn until_stopped(mut self, stop: &mut watch::Receiver<bool>) -> SegmentsEnded<M> {
         // A segment's task ends by itself only on a failure: then every segment stops.
         let mut checks = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
@@ -339,8 +335,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
                 }
                 if !self.streams.contains_key(segment) && !held_elsewhere(segment) {
                     tracing::info!(model = M::NAME, %segment, share, "taking the segment");
-                    let running = self.start(*segment);
-                    self.streams.insert(*segment, running);
+                    self.start(*segment);
                 }
             }
         }

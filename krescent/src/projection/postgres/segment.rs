@@ -5,7 +5,6 @@ use deadpool_postgres::ClientWrapper;
 use super::PostgresProjection;
 use crate::checkpoint::CheckpointVersion;
 use crate::fleet::Segment;
-use crate::hash::stable_hash;
 use crate::store::postgres::DbFailure;
 
 /// What a segment without a usable checkpoint does with the shared tables.
@@ -36,21 +35,18 @@ impl PostgresProjection {
         let names = self.storage.names();
         // One segment of the model decides at a time, and holds the lock until its first
         // commit: a segment starting meanwhile then sees that commit's checkpoint.
-        let key = stable_hash(["krescent.segments", &names.checkpoints_plain, model]);
         client
             .execute(
                 "SELECT pg_advisory_xact_lock($1)",
-                &[&i64::from_ne_bytes(key.to_ne_bytes())],
+                &[&names.segments_lock(model)],
             )
             .await?;
         match self.plan(client, model, segment, version).await? {
             Reset::Join => {
+                // A table missing from the shapes does not exist yet.
+                let shapes = self.read_shapes(client).await?;
                 for table in &self.tables {
-                    let exists: Option<String> = client
-                        .query_one("SELECT to_regclass($1)::text", &[&table.quoted])
-                        .await?
-                        .try_get(0)?;
-                    if exists.is_none() {
+                    if !shapes.contains_key(&table.plain) {
                         client.batch_execute(&table.create).await?;
                     }
                 }

@@ -153,6 +153,12 @@ impl Names {
     pub(crate) fn migrate_lock(&self) -> i64 {
         lock_key(&["krescent.migrate", &self.schema_plain])
     }
+
+    /// The advisory lock a segment of the split projection `model`, checkpointing in this
+    /// table, holds while it decides how to start without a checkpoint.
+    pub(crate) fn segments_lock(&self, model: &str) -> i64 {
+        lock_key(&["krescent.segments", &self.checkpoints_plain, model])
+    }
 }
 
 const MAX_LEN: usize = 63;
