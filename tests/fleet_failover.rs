@@ -177,6 +177,36 @@ async fn assert_exactly_once(client: &tokio_postgres::Client, appended: u64, tab
     );
 }
 
+/// The next pause of a kill loop, 50–450 ms, from the xorshift state `seed`.
+fn random_pause(seed: &mut u64) -> Duration {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    Duration::from_millis(50 + *seed % 400)
+}
+
+/// Stops the appends and the watcher, then checks that `table` equals a clean replay and that no
+/// checkpoint moved backwards; the number of events appended.
+async fn finish(
+    client: &tokio_postgres::Client,
+    table: &str,
+    stop: &AtomicBool,
+    appending: tokio::task::JoinHandle<u64>,
+    watching: tokio::task::JoinHandle<()>,
+    backwards: &Backwards,
+) -> u64 {
+    stop.store(true, Ordering::SeqCst);
+    let appended = appending.await.expect("appender");
+    assert_exactly_once(client, appended, table).await;
+    watching.await.expect("watcher");
+    let backwards = backwards.lock().expect("lock").clone();
+    assert!(
+        backwards.is_empty(),
+        "a checkpoint moved backwards: {backwards:?}"
+    );
+    appended
+}
+
 fn median(values: &mut [u128]) -> u128 {
     values.sort_unstable();
     values[values.len() / 2]
@@ -205,10 +235,7 @@ async fn twenty_kills_of_the_holder_lose_and_double_nothing() {
     let mut seed = 0x2545_f491_u64;
     for kill in 0..20 {
         // A random moment of the holder's work: 50–450 ms after it took the lease.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(50 + seed % 400)).await;
+        tokio::time::sleep(random_pause(&mut seed)).await;
         let index = workers
             .iter()
             .position(|w| w.pid() == holder)
@@ -225,15 +252,7 @@ async fn twenty_kills_of_the_holder_lose_and_double_nothing() {
             failovers[kill]
         );
     }
-    stop.store(true, Ordering::SeqCst);
-    let appended = appending.await.expect("appender");
-    assert_exactly_once(&client, appended, "projected").await;
-    watching.await.expect("watcher");
-    let backwards = backwards.lock().expect("lock").clone();
-    assert!(
-        backwards.is_empty(),
-        "the checkpoint moved backwards: {backwards:?}"
-    );
+    let appended = finish(&client, "projected", &stop, appending, watching, &backwards).await;
     println!(
         "fleet: 20 kills, {appended} events, failover_ms median={} max={} (ttl 1 s), {:.1} s",
         median(&mut failovers.clone()),
@@ -277,15 +296,7 @@ async fn a_holder_paused_past_its_lease_is_fenced_when_it_resumes() {
     }
     println!("the resumed process (epoch {epoch}) was fenced; the lease is at epoch {new_epoch}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let appended = appending.await.expect("appender");
-    assert_exactly_once(&client, appended, "projected").await;
-    watching.await.expect("watcher");
-    let backwards = backwards.lock().expect("lock").clone();
-    assert!(
-        backwards.is_empty(),
-        "the checkpoint moved backwards: {backwards:?}"
-    );
+    finish(&client, "projected", &stop, appending, watching, &backwards).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,10 +397,7 @@ async fn twenty_kills_and_a_pause_of_segment_workers_lose_and_double_nothing() {
     let mut failovers = Vec::new();
     let mut seed = 0x9e37_79b9_u64;
     for kill in 0..20 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(50 + seed % 400)).await;
+        tokio::time::sleep(random_pause(&mut seed)).await;
         // A random worker that processes at least one segment.
         let (held, _) = held_segments(&workers);
         let busy: Vec<usize> = (0..workers.len())
@@ -428,16 +436,8 @@ async fn twenty_kills_and_a_pause_of_segment_workers_lose_and_double_nothing() {
     }
     workers.push(paused);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let appended = appending.await.expect("appender");
-    assert_exactly_once(&client, appended, "segmented").await;
+    let appended = finish(&client, "segmented", &stop, appending, watching, &backwards).await;
     assert_projected_by_their_segments(&client).await;
-    watching.await.expect("watcher");
-    let backwards = backwards.lock().expect("lock").clone();
-    assert!(
-        backwards.is_empty(),
-        "a checkpoint moved backwards: {backwards:?}"
-    );
     println!(
         "segments: 20 kills and a pause, {appended} events, segments held again after ms median={} max={} (ttl 1 s), {:.1} s",
         median(&mut failovers.clone()),
