@@ -4,6 +4,7 @@ pub use core::future::Future;
 pub use core::num::NonZeroU32;
 pub use core::time::Duration;
 
+pub use crate::checkpoint::field::{Field, RestoreAny, RestoreSized};
 pub use crate::checkpoint::{
     BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport,
     CheckpointTransaction, OnInvalid, Strategy,

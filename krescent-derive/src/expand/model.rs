@@ -255,8 +255,20 @@ fn restore(p: &TokenStream, c: &Container) -> TokenStream {
         let ty = field.ty;
         match field.kind() {
             Kind::Serde => {
-                let get = respan(quote!(#p::CheckpointBucket::get(__bucket, #key)), ty.span());
-                decode.push(quote!(let #local: #ty = #get?;));
+                // A hash map or set restores at its final size; anything else through
+                // `CheckpointBucket::get` (see `krescent::checkpoint::field`).
+                let get = respan(
+                    quote!((&&#p::Field::<#ty>::new()).restore(__bucket, #key)),
+                    ty.span(),
+                );
+                decode.push(quote! {
+                    #[allow(clippy::needless_borrow)]
+                    let #local: #ty = {
+                        #[allow(unused_imports)]
+                        use #p::{RestoreAny as _, RestoreSized as _};
+                        #get?
+                    };
+                });
                 assign.push(quote!(self.#member = #local;));
             }
             Kind::Bytes => {

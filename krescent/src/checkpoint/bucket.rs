@@ -1,9 +1,10 @@
 //! The checkpoint bucket: an ordered map of named values.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 use base64::Engine;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -139,28 +140,49 @@ impl BucketValue {
     /// # Errors
     /// When the value is bytes or a bucket, or does not deserialize as `T`.
     pub fn to_serde<T: DeserializeOwned>(&self) -> Result<T, String> {
+        self.to_serde_seed(PhantomData::<T>)
+    }
+
+    /// Deserializes the value with `seed` (which may, say, size a collection beforehand).
+    pub(crate) fn to_serde_seed<T, S>(&self, seed: S) -> Result<T, String>
+    where
+        S: for<'de> DeserializeSeed<'de, Value = T>,
+    {
         let result = match self {
-            BucketValue::Str(s) => serde_json::from_value(serde_json::Value::String(s.clone())),
-            BucketValue::Int(i) => serde_json::from_value(serde_json::Value::from(*i)),
-            BucketValue::Uint(u) => serde_json::from_value(serde_json::Value::from(*u)),
-            BucketValue::Float(f) if f.is_finite() => {
-                serde_json::from_value(serde_json::Value::from(*f))
-            }
+            BucketValue::Str(s) => seed.deserialize(serde_json::Value::from(s.as_str())),
+            BucketValue::Int(i) => seed.deserialize(serde_json::Value::from(*i)),
+            BucketValue::Uint(u) => seed.deserialize(serde_json::Value::from(*u)),
+            BucketValue::Float(f) if f.is_finite() => seed.deserialize(serde_json::Value::from(*f)),
+            BucketValue::Bool(b) => seed.deserialize(serde_json::Value::from(*b)),
             // JSON has no NaN or infinity (`Value::from` would make them null).
             BucketValue::Float(f) => {
                 let value = serde::de::value::F64Deserializer::<serde::de::value::Error>::new(*f);
-                return T::deserialize(value).map_err(|e| e.to_string());
+                return seed.deserialize(value).map_err(|e| e.to_string());
             }
-            BucketValue::Bool(b) => serde_json::from_value(serde_json::Value::Bool(*b)),
-            BucketValue::Json(raw) => serde_json::from_str(raw.get()),
+            BucketValue::Json(raw) => {
+                let mut decoder = serde_json::Deserializer::from_str(raw.get());
+                seed.deserialize(&mut decoder)
+                    .and_then(|value| decoder.end().map(|()| value))
+            }
             BucketValue::MessagePack(packed) => {
-                return rmp_serde::from_slice(packed).map_err(|e| e.to_string());
+                let mut decoder = rmp_serde::Deserializer::from_read_ref(packed.as_slice());
+                return seed.deserialize(&mut decoder).map_err(|e| e.to_string());
             }
             BucketValue::Bytes(_) | BucketValue::Bucket(_) => {
                 return Err(format!("expected a serde value, found {}", self.kind()));
             }
         };
         result.map_err(|e| e.to_string())
+    }
+
+    /// The length of the value's encoding, when it is kept encoded (JSON or `MessagePack`):
+    /// a bound on how many entries it can hold.
+    pub(crate) fn encoded_len(&self) -> Option<usize> {
+        match self {
+            BucketValue::Json(raw) => Some(raw.get().len()),
+            BucketValue::MessagePack(packed) => Some(packed.len()),
+            _ => None,
+        }
     }
 }
 
@@ -283,7 +305,8 @@ impl CheckpointBucket {
         }
     }
 
-    fn require(&self, key: &str) -> Result<&BucketValue, CheckpointError> {
+    /// The value under `key`.
+    pub(crate) fn require(&self, key: &str) -> Result<&BucketValue, CheckpointError> {
         self.values
             .get(key)
             .ok_or_else(|| CheckpointError::Missing {

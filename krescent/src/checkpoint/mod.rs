@@ -4,6 +4,7 @@ mod bucket;
 mod budget;
 mod config;
 mod error;
+pub(crate) mod field;
 mod format;
 pub mod storage;
 mod stored;
