@@ -11,6 +11,8 @@ use krescent::decide::snapshot_namespace;
 use krescent::prelude::*;
 use krescent::store::{FileEventStore, StoreError};
 use krescent_testkit::counting::CountingStore;
+use krescent_testkit::postgres::tokio_postgres::types::ToSql;
+use krescent_testkit::postgres::tokio_postgres::ToStatement;
 use lending::{lends, replay, Book, LendError};
 
 /// Eight deciders lend from one book with five copies at once: five succeed, three are told
@@ -380,50 +382,314 @@ async fn postgres_condition_check_uses_indexes() {
     let streams = vec!["stream-7".to_owned(), "stream-9".to_owned()];
     let types = vec!["bench.counted".to_owned()];
     let explain = client.prepare(&explain).await.expect("prepare");
-    let plan = plan_of(&client, &explain, &streams, &types, 0).await;
+    let plan = plan_of(&client, &explain, &[&streams, &types, &0_i64]).await;
     assert!(!plan.contains("Seq Scan"), "{plan}");
     assert!(plan.contains("Index"), "{plan}");
 
     // A type no event has, in a table whose statistics say one type is every row: the check
-    // still reads only what was appended after the decision read, not the whole table.
+    // still reads only what was appended after the decision read, not the whole table, in the
+    // custom plans and in the generic one.
     let head = i64::try_from(store.head().await.expect("head").get()).expect("head");
-    let analyze = format!(
-        "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) {}",
-        store.condition_statement()
+    let args = format!(
+        "{}, {}, {}",
+        text_array(&streams),
+        text_array(&["bench.absent".to_owned()]),
+        head - 5
     );
-    let analyze = client.prepare(&analyze).await.expect("prepare");
-    let absent = vec!["bench.absent".to_owned()];
-    for _ in 0..8 {
-        // Past the five custom plans, to the generic one the server may keep for a statement.
-        let plan = plan_of(&client, &analyze, &streams, &absent, head - 5).await;
-        let touched: u64 = plan
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("Buffers: shared hit="))
-            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .filter_map(|n| n.parse().ok())
-            .max()
-            .unwrap_or(0);
+    for mode in PLAN_CACHE_MODES {
+        set_plan_cache_mode(&client, mode).await;
+        let (touched, plan) = most_pages(
+            &client,
+            "text[], text[], bigint",
+            store.condition_statement(),
+            &args,
+        )
+        .await;
+        eprintln!("{mode}: the check read at most {touched} pages");
         assert!(
             touched < 100,
-            "the check read {touched} pages of 50,000 events:\n{plan}"
+            "{mode}: the check read {touched} pages of 50,000 events:\n{plan}"
         );
     }
 }
 
-/// The plan `explain` prints for the condition's parameters.
-async fn plan_of(
+/// A write model's read is index ranges, not a walk of the table: on 50,000 events nearly all
+/// of one type, reading an absent type, an absent type and a small stream, a rare type, or
+/// small streams touches a few pages, in the custom plans and in the generic one; and the
+/// statements return what the plain filter returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_queries_read_index_ranges() {
+    let db = krescent_testkit::postgres::fresh_database().await;
+    let store = db.event_store().await;
+    let events = |event_type: &str, count: usize| -> Vec<NewEvent> {
+        (0..count)
+            .map(|n| NewEvent::from_json(event_type, &format!("{{\"n\":{n}}}")).expect("json"))
+            .collect()
+    };
+    for i in 0..50 {
+        if i == 25 {
+            store
+                .append("small", ExpectedVersion::Any, events("bench.counted", 3))
+                .await
+                .expect("append");
+        }
+        store
+            .append(
+                &format!("stream-{i}"),
+                ExpectedVersion::Any,
+                events("bench.counted", 1_000),
+            )
+            .await
+            .expect("append");
+    }
+    store
+        .append("rare", ExpectedVersion::Any, events("bench.rare", 3))
+        .await
+        .expect("append");
+    let client = db.client().await;
+    client
+        .batch_execute("ANALYZE public.krescent_events")
+        .await
+        .expect("analyze");
+    reads_match_the_filter(&store, &client).await;
+
+    let mut failures = Vec::new();
+    for mode in PLAN_CACHE_MODES {
+        set_plan_cache_mode(&client, mode).await;
+        for case in &READS {
+            let mut args = format!("0, 100, {}", text_array(&owned(case.streams)));
+            let (signature, statement) = match case.types {
+                Some(types) => {
+                    args = format!("{args}, {}", text_array(&owned(types)));
+                    ("bigint, bigint, text[], text[]", store.any_statement())
+                }
+                None => ("bigint, bigint, text[]", store.streams_statement()),
+            };
+            let (touched, plan) = most_pages(&client, signature, statement, &args).await;
+            let what = case.what;
+            eprintln!(
+                "{mode}, {what}: at most {touched} pages, {} rows removed by a filter",
+                rows_removed(&plan)
+            );
+            if touched >= 50 {
+                failures.push(format!(
+                    "{mode}, {what}: {touched} pages of 50,000 events:\n{plan}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A read of [`postgres_queries_read_index_ranges`].
+struct Read {
+    what: &'static str,
+    streams: &'static [&'static str],
+    /// `None`: the streams statement.
+    types: Option<&'static [&'static str]>,
+    /// How many events match.
+    matching: usize,
+}
+
+const READS: [Read; 8] = [
+    Read {
+        what: "an absent type",
+        streams: &[],
+        types: Some(&["bench.absent"]),
+        matching: 0,
+    },
+    Read {
+        what: "an absent type and a small stream",
+        streams: &["small"],
+        types: Some(&["bench.absent"]),
+        matching: 3,
+    },
+    Read {
+        what: "a rare type",
+        streams: &[],
+        types: Some(&["bench.rare"]),
+        matching: 3,
+    },
+    Read {
+        what: "a rare type and its stream",
+        streams: &["rare"],
+        types: Some(&["bench.rare"]),
+        matching: 3,
+    },
+    Read {
+        what: "a rare and a common type",
+        streams: &[],
+        types: Some(&["bench.rare", "bench.counted"]),
+        matching: 50_006,
+    },
+    Read {
+        what: "a rare type, a small and a large stream",
+        streams: &["small", "stream-3"],
+        types: Some(&["bench.rare"]),
+        matching: 1_006,
+    },
+    Read {
+        what: "a small stream",
+        streams: &["small"],
+        types: None,
+        matching: 3,
+    },
+    Read {
+        what: "two small streams and a large one",
+        streams: &["small", "rare", "stream-40"],
+        types: None,
+        matching: 1_006,
+    },
+];
+
+/// The statements return the plain filter's rows: in position order, each once, at most the
+/// limit.
+async fn reads_match_the_filter(
+    store: &krescent::store::PostgresEventStore,
     client: &krescent_testkit::postgres::tokio_postgres::Client,
-    explain: &krescent_testkit::postgres::tokio_postgres::Statement,
-    streams: &Vec<String>,
-    types: &Vec<String>,
-    after: i64,
+) {
+    let head = i64::try_from(store.head().await.expect("head").get()).expect("head");
+    let filter = client
+        .prepare(
+            "SELECT position FROM public.krescent_events
+             WHERE position > $1 AND (stream_id = ANY($3::text[]) OR event_type = ANY($4::text[]))
+             ORDER BY position LIMIT $2",
+        )
+        .await
+        .expect("prepare");
+    let positions = |rows: Vec<krescent_testkit::postgres::tokio_postgres::Row>| -> Vec<i64> {
+        rows.iter().map(|row| row.get(0)).collect()
+    };
+    for case in &READS {
+        let (streams, types) = (owned(case.streams), case.types.map(owned));
+        let statement = if types.is_some() {
+            store.any_statement()
+        } else {
+            store.streams_statement()
+        };
+        let read = client.prepare(statement).await.expect("prepare");
+        for (after, limit) in [
+            (0_i64, 100_000_i64),
+            (0, 100),
+            (0, 1),
+            (1_000, 7),
+            (25_000, 5_000),
+            (head - 2, 100),
+            (head, 100),
+        ] {
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after, &limit, &streams];
+            params.extend(types.as_ref().map(|types| types as &(dyn ToSql + Sync)));
+            let got = positions(client.query(&read, &params).await.expect("read"));
+            let all = types.clone().unwrap_or_default();
+            let want = client
+                .query(&filter, &[&after, &limit, &streams, &all])
+                .await;
+            let want = positions(want.expect("filter"));
+            let what = case.what;
+            assert_eq!(got, want, "{what}, after {after}, up to {limit}");
+            if limit == 100_000 {
+                assert_eq!(got.len(), case.matching, "{what}");
+            }
+        }
+    }
+}
+
+fn owned(names: &[&str]) -> Vec<String> {
+    names.iter().map(|&name| name.to_owned()).collect()
+}
+
+/// The plan cache modes a prepared statement meets: the server's choice (custom plans for
+/// five executions, then the generic plan if it does not cost more) and the generic plan
+/// from the first execution.
+const PLAN_CACHE_MODES: [&str; 2] = ["auto", "force_generic_plan"];
+
+async fn set_plan_cache_mode(
+    client: &krescent_testkit::postgres::tokio_postgres::Client,
+    mode: &str,
+) {
+    client
+        .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+        .await
+        .expect("set plan_cache_mode");
+}
+
+/// The most pages one of eight executions of `statement` with `args` (SQL literals of
+/// `types`) touched, and that execution's plan. The statement is prepared with `PREPARE` and
+/// run with `EXPLAIN (ANALYZE, BUFFERS) EXECUTE`: an `EXPLAIN` of a statement prepared through
+/// the protocol plans it afresh with the parameters' values each time, so the generic plan the
+/// server may keep for a statement shows only this way.
+async fn most_pages(
+    client: &krescent_testkit::postgres::tokio_postgres::Client,
+    types: &str,
+    statement: &str,
+    args: &str,
+) -> (u64, String) {
+    client
+        .batch_execute(&format!("PREPARE krescent_plan({types}) AS {statement}"))
+        .await
+        .expect("prepare");
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE krescent_plan({args})");
+    let mut most = (0, String::new());
+    for _ in 0..8 {
+        let plan = plan_of(client, &explain, &[]).await;
+        let touched = pages_touched(&plan);
+        if touched >= most.0 {
+            most = (touched, plan);
+        }
+    }
+    client
+        .batch_execute("DEALLOCATE krescent_plan")
+        .await
+        .expect("deallocate");
+    most
+}
+
+/// The plan `explain` prints for `params`.
+async fn plan_of<T: ToStatement + ?Sized>(
+    client: &krescent_testkit::postgres::tokio_postgres::Client,
+    explain: &T,
+    params: &[&(dyn ToSql + Sync)],
 ) -> String {
     let plan: Vec<String> = client
-        .query(explain, &[streams, types, &after])
+        .query(explain, params)
         .await
         .expect("explain")
         .iter()
         .map(|row| row.get(0))
         .collect();
     plan.join("\n")
+}
+
+/// `names` as an SQL `text[]` literal (names without quotes).
+fn text_array(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("'{name}'")).collect();
+    format!("ARRAY[{}]::text[]", quoted.join(", "))
+}
+
+/// The shared pages (hit or read) the execution of an `EXPLAIN (ANALYZE, BUFFERS)` plan
+/// touched: its top node's figure, which counts its children's (the planning's are not).
+fn pages_touched(plan: &str) -> u64 {
+    plan.lines()
+        .take_while(|line| line.trim() != "Planning:")
+        .filter_map(|line| line.trim().strip_prefix("Buffers: shared "))
+        .map(|rest| {
+            rest.split(',')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|part| part.split_once('='))
+                .filter(|(key, _)| matches!(*key, "hit" | "read"))
+                .filter_map(|(_, n)| n.parse::<u64>().ok())
+                .sum()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The rows the nodes of an `EXPLAIN ANALYZE` plan read and dropped for not matching.
+fn rows_removed(plan: &str) -> u64 {
+    plan.lines()
+        .filter_map(|line| line.trim().strip_prefix("Rows Removed by Filter: "))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
 }

@@ -317,6 +317,24 @@ impl PostgresEventStore {
         &self.sql.query.latest
     }
 
+    /// The statement that reads the events of any of some streams or of some types after a
+    /// position (`$1` the position and `$2` the limit, `bigint`; `$3` the streams and `$4` the
+    /// types, `text[]`), for tests that check its plan.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn any_statement(&self) -> &str {
+        &self.sql.query.any
+    }
+
+    /// The statement that reads the events of any of some streams after a position (`$1` the
+    /// position and `$2` the limit, `bigint`; `$3` the streams, `text[]`), for tests that check
+    /// its plan.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn streams_statement(&self) -> &str {
+        &self.sql.query.streams
+    }
+
     /// [`append_if`](EventStore::append_if), with `before_commit` as in
     /// [`append_with`](Self::append_with).
     #[doc(hidden)]
