@@ -4,9 +4,14 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use krescent::checkpoint::PostgresCheckpointStorage;
+use krescent::fleet::Segment;
 use krescent::prelude::*;
+use krescent::projection::{PostgresProjection, ProjectionError};
 use krescent::store::{EventStore, ExpectedVersion, FileEventStore, PostgresEventStore};
+use krescent::Krescent;
 use krescent_testkit::examples::{example_binary, run_summary, workspace_binary};
+use krescent_testkit::postgres::TestDatabase;
 use serde_json::Value;
 
 #[derive(Event, Serialize, Deserialize)]
@@ -471,4 +476,209 @@ async fn delete_refuses_while_a_running_instance_holds_the_lease_unless_forced()
     // `--force` deletes anyway.
     ok(on_db(url).args(["checkpoints", "delete", BOOKS, "--yes", "--force"]));
     assert_eq!(listed(&mut on_db(url), BOOKS), None);
+}
+
+/// A projection split in two: one row per event, in one table both segments share.
+#[derive(EventModel)]
+#[model(name = "cli.split", segments = 2)]
+#[checkpoint(strategy = "always", storage = "postgres")]
+struct Split {
+    #[checkpoint(support)]
+    table: PostgresProjection,
+    insert: String,
+}
+
+#[krescent::handlers]
+impl Split {
+    async fn lent(&mut self, _: &BookLent, meta: &EventMeta) -> Result<(), ProjectionError> {
+        let position = i64::try_from(meta.position.get()).expect("small");
+        self.table
+            .execute(&self.insert, &[&position, &&*meta.stream_id])
+            .await?;
+        Ok(())
+    }
+}
+
+impl Split {
+    fn new(storage: &PostgresCheckpointStorage) -> Self {
+        let table = PostgresProjection::new(storage, 1)
+            .table(
+                "split_rows",
+                "CREATE TABLE {table} (position bigint NOT NULL, stream_id text NOT NULL)",
+            )
+            .expect("a valid table");
+        let name = table.name_of("split_rows").expect("declared").to_owned();
+        Split {
+            table,
+            insert: format!("INSERT INTO {name} (position, stream_id) VALUES ($1, $2)"),
+        }
+    }
+}
+
+const SPLIT: &str = "cli.split";
+const SEGMENTS: [&str; 2] = ["cli.split#0/2", "cli.split#1/2"];
+
+/// Runs both segments of `cli.split` over the events there are, each to its own checkpoint.
+async fn run_split(database: &TestDatabase) {
+    let storage = database.checkpoint_storage().await;
+    let krescent =
+        Krescent::new(database.event_store().await).with_storage("postgres", storage.clone());
+    for segment in Segment::all(2) {
+        krescent
+            .for_segment(segment)
+            .catch_up(Split::new(&storage))
+            .await
+            .expect("a segment catches up");
+    }
+}
+
+/// 24 events over 6 streams, and both segments of `cli.split` run over them.
+async fn split_model(database: &TestDatabase) {
+    let store = database.event_store().await;
+    for i in 0..6 {
+        store
+            .append(&format!("shelf-{i}"), ExpectedVersion::NoStream, lent(4))
+            .await
+            .expect("append");
+    }
+    run_split(database).await;
+}
+
+/// What the database holds of `cli.split`: its rows (`None`: no table) and its checkpoints.
+async fn split_state(client: &krescent::tokio_postgres::Client) -> (Option<i64>, Vec<String>) {
+    let exists: Option<String> = client
+        .query_one("SELECT to_regclass('public.split_rows')::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    let rows = match exists {
+        Some(_) => Some(
+            client
+                .query_one("SELECT count(*) FROM split_rows", &[])
+                .await
+                .expect("count")
+                .get(0),
+        ),
+        None => None,
+    };
+    let checkpoints = client
+        .query(
+            "SELECT namespace FROM krescent_checkpoints WHERE starts_with(namespace, 'cli.split') ORDER BY namespace",
+            &[],
+        )
+        .await
+        .expect("checkpoints")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    (rows, checkpoints)
+}
+
+#[tokio::test]
+async fn a_split_model_is_deleted_by_its_name_with_every_segment_and_its_tables() {
+    let database = krescent_testkit::postgres::fresh_database().await;
+    let url = database.url();
+    split_model(&database).await;
+    let client = database.client().await;
+    let before = split_state(&client).await;
+    assert_eq!(before, (Some(24), SEGMENTS.map(str::to_owned).to_vec()));
+
+    let dry = json(on_db(url).args(["models", "delete", SPLIT, "--dry-run"]));
+    assert_eq!(dry["namespace"], SPLIT);
+    assert_eq!(dry["tables"], serde_json::json!(["public.split_rows"]));
+    assert_eq!(dry["segments"], serde_json::json!(SEGMENTS));
+    assert_eq!(dry["deleted"], false);
+    let said = ok(on_db(url).args(["models", "delete", SPLIT, "--dry-run"]));
+    for name in [SEGMENTS[0], SEGMENTS[1], "public.split_rows"] {
+        assert!(said.contains(&format!("`{name}`")), "{said}");
+    }
+    fails(on_db(url).args(["models", "delete", SPLIT]), 1); // not confirmed
+    assert_eq!(split_state(&client).await, before, "nothing deleted yet");
+
+    let deleted = json(on_db(url).args(["models", "delete", SPLIT, "--yes"]));
+    assert_eq!(deleted["deleted"], true);
+    assert_eq!(
+        split_state(&client).await,
+        (None, Vec::new()),
+        "the shared table and every segment's checkpoint are gone"
+    );
+    run_split(&database).await;
+    assert_eq!(
+        split_state(&client).await,
+        before,
+        "rebuilt from scratch, each event once"
+    );
+}
+
+#[tokio::test]
+async fn one_segment_of_a_split_projection_is_refused_and_nothing_is_deleted() {
+    let database = krescent_testkit::postgres::fresh_database().await;
+    let url = database.url();
+    split_model(&database).await;
+    let client = database.client().await;
+    let before = split_state(&client).await;
+    for group in ["models", "checkpoints"] {
+        let refused = fails(on_db(url).args([group, "delete", SEGMENTS[0], "--yes"]), 1);
+        assert!(
+            refused.contains("share their tables")
+                && refused.contains("`krescent models delete cli.split`"),
+            "{group}: {refused}"
+        );
+        let dry = fails(
+            on_db(url).args([group, "delete", SEGMENTS[1], "--dry-run"]),
+            1,
+        );
+        assert!(
+            dry.contains("segment 1/2 of the split model `cli.split`"),
+            "{dry}"
+        );
+    }
+    assert_eq!(
+        split_state(&client).await,
+        before,
+        "the table and both checkpoints are still there"
+    );
+    // Why: a segment whose checkpoint alone is gone joins the others' tables and replays its
+    // streams into the rows it wrote before.
+    client
+        .execute(
+            "DELETE FROM krescent_checkpoints WHERE namespace = $1",
+            &[&SEGMENTS[0]],
+        )
+        .await
+        .expect("delete one checkpoint behind the command's back");
+    run_split(&database).await;
+    let (rows, _) = split_state(&client).await;
+    assert!(rows > Some(24), "{rows:?} rows: segment 0's rows twice");
+}
+
+#[tokio::test]
+async fn a_held_lease_of_one_segment_refuses_the_whole_delete_unless_forced() {
+    let database = krescent_testkit::postgres::fresh_database().await;
+    let url = database.url();
+    split_model(&database).await;
+    let client = database.client().await;
+    let before = split_state(&client).await;
+    // The segments ran, so their lease rows exist (released): one is taken again.
+    let epoch: i64 = client
+        .query_one(
+            "UPDATE krescent_leases SET holder = '4242:run', epoch = epoch + 1,
+             expires_at = clock_timestamp() + interval '1 hour'
+             WHERE checkpoints = 'public.krescent_checkpoints' AND namespace = $1 RETURNING epoch",
+            &[&SEGMENTS[1]],
+        )
+        .await
+        .expect("a live lease")
+        .get(0);
+    let refused = fails(on_db(url).args(["models", "delete", SPLIT, "--yes"]), 1);
+    assert!(
+        refused.contains(&format!("`{}`", SEGMENTS[1]))
+            && refused.contains(&format!("holds its lease (epoch {epoch})"))
+            && refused.contains("--force"),
+        "{refused}"
+    );
+    assert_eq!(split_state(&client).await, before, "nothing deleted");
+
+    ok(on_db(url).args(["models", "delete", SPLIT, "--yes", "--force"]));
+    assert_eq!(split_state(&client).await, (None, Vec::new()));
 }

@@ -72,7 +72,6 @@ impl Backend {
         }
     }
 
-    /// The checkpoint of `namespace`, or an error naming the namespaces there are.
     /// Refuses with [`CliError::Leased`] while a running instance holds the lease of
     /// `namespace` (PostgreSQL; a file store is opened by one process at a time anyway).
     pub async fn refuse_if_leased(&self, namespace: &str, force: bool) -> Result<(), CliError> {
@@ -89,10 +88,16 @@ impl Backend {
         }
     }
 
+    /// The checkpoint of `namespace`, or an error naming the namespaces there are.
     pub async fn checkpoint(&self, namespace: &str) -> Result<StoredCheckpoint, CliError> {
         if let Some(checkpoint) = self.storage().load(namespace).await? {
             return Ok(checkpoint);
         }
+        self.unknown(namespace).await
+    }
+
+    /// [`CliError::UnknownNamespace`] for `namespace`, naming the namespaces there are.
+    pub async fn unknown<T>(&self, namespace: &str) -> Result<T, CliError> {
         let namespaces = self.storage().list().await?;
         let known = if namespaces.is_empty() {
             "there are no checkpoints".to_owned()

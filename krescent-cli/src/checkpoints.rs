@@ -1,6 +1,7 @@
 //! `krescent checkpoints list | show | delete`.
 
 use krescent::checkpoint::{BucketValue, CheckpointBucket, StoredCheckpoint};
+use krescent::projection::PostgresProjection;
 use krescent::Position;
 use serde::Serialize;
 
@@ -8,6 +9,7 @@ use crate::backend::Backend;
 use crate::cli::{CheckpointsCommand, DeleteArgs};
 use crate::confirm::confirm;
 use crate::error::CliError;
+use crate::models::refuse_segment;
 use crate::output;
 use crate::time::rfc3339;
 
@@ -179,6 +181,10 @@ pub struct Deletion {
     /// The tables dropped with it (`models delete`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tables: Option<Vec<String>>,
+    /// The namespaces of the checkpoints deleted with a split model (`models delete`): its
+    /// segments' (`<model>#i/N`), and its own if it has one. `position` is the lowest of theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<String>>,
 }
 
 async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), CliError> {
@@ -190,7 +196,9 @@ async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), 
         dry_run: args.dry_run,
         deleted: false,
         tables: None,
+        segments: None,
     };
+    refuse_shared_tables(backend, &checkpoint)?;
     let what = format!("the checkpoint of `{}` at position {at}", args.namespace);
     backend
         .refuse_if_leased(&args.namespace, args.force)
@@ -204,6 +212,19 @@ async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), 
         deletion.deleted = backend.storage().delete(&args.namespace).await?;
     }
     report(&deletion, &what, json)
+}
+
+/// Refuses to delete one segment's checkpoint of a split `PostgresProjection` alone: the
+/// segment would restart without a checkpoint and join the other segments' tables (see
+/// `reset_segment`), replaying its streams into tables that still hold its rows.
+fn refuse_shared_tables(backend: &Backend, checkpoint: &StoredCheckpoint) -> Result<(), CliError> {
+    let Backend::Postgres { storage, .. } = backend else {
+        return Ok(());
+    };
+    if PostgresProjection::from_checkpoint(storage, &checkpoint.bucket).is_none() {
+        return Ok(());
+    }
+    refuse_segment(&checkpoint.namespace)
 }
 
 /// Prints what a deletion did.

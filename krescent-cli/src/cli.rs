@@ -80,7 +80,9 @@ pub enum CheckpointsCommand {
     /// cannot be moved to another position: it can only be deleted. Stop the model first; a
     /// running model writes a new checkpoint at its next one. On PostgreSQL, delete refuses
     /// while a running instance holds the model's lease, unless `--force`.
-    /// A model that projects into PostgreSQL tables is deleted with `krescent models delete`.
+    /// A model that projects into PostgreSQL tables is deleted with `krescent models delete`;
+    /// one segment's checkpoint of a split model that does is refused, because the segment
+    /// would replay its streams into tables that still hold its rows.
     Delete(DeleteArgs),
 }
 
@@ -89,15 +91,20 @@ pub enum ModelsCommand {
     /// Delete a `PostgresProjection` model: drop the tables its checkpoint names and delete
     /// the checkpoint, in one transaction; the model rebuilds on its next start.
     ///
-    /// Stop the model first: delete refuses while a running instance holds the model's lease,
-    /// unless `--force`.
+    /// A model split into segments (`#[model(segments = N)]`) is named by the model's name:
+    /// its segments' checkpoints (`<model>#i/N`) share one set of tables, so every segment's
+    /// checkpoint and every table any of them names go in the same transaction. One segment's
+    /// namespace is refused: deleting it alone would drop the other segments' rows.
+    ///
+    /// Stop the model first: delete refuses while a running instance holds the model's lease
+    /// (of a split model, any segment's), unless `--force`.
     Delete(DeleteArgs),
 }
 
 /// A deletion and its safeguards.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// The namespace (the model's name).
+    /// The namespace (the model's name; a segment's is `<model>#i/N`).
     pub namespace: String,
     /// Say what would be deleted, and delete nothing.
     #[arg(long)]

@@ -44,6 +44,17 @@ pub enum CliError {
     /// The checkpoint refers to no projection tables.
     #[error("the checkpoint of `{0}` names no `PostgresProjection` tables; `krescent checkpoints delete {0}` deletes a checkpoint alone")]
     NoProjection(String),
+    /// The namespace is one segment of a split model: its segments share one set of
+    /// `PostgresProjection` tables, so one segment cannot be deleted alone.
+    #[error("`{namespace}` is segment {segment} of the split model `{model}`, whose segments share their tables: deleting one segment alone would drop the other segments' rows, or leave its own; `krescent models delete {model}` deletes the whole model; nothing was deleted")]
+    SegmentOfSplitModel {
+        /// The namespace asked for.
+        namespace: String,
+        /// The model it is a segment of.
+        model: String,
+        /// The segment, `index/count`.
+        segment: String,
+    },
     /// A running instance holds the model's lease: deleting behind its back would be undone
     /// or worse.
     #[error("model `{namespace}` is running: {holder} holds its lease (epoch {epoch}); stop it first, or pass `--force`")]

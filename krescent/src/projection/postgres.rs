@@ -204,20 +204,48 @@ impl PostgresProjection {
     /// # Errors
     /// [`StorageError::Database`] when the database refuses; nothing is deleted then.
     pub async fn delete_model(&self, namespace: &str) -> Result<(), StorageError> {
+        self.delete_models(&[namespace]).await
+    }
+
+    /// Deletes a model kept under several namespaces (a split model's segments, say
+    /// `books#0/4` … `books#3/4`, which share one set of tables): drops the tables and deletes
+    /// the checkpoint of every namespace, in one transaction, so that no checkpoint is left
+    /// claiming rows that are gone.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] when the database refuses; nothing is deleted then.
+    pub async fn delete_models(&self, namespaces: &[&str]) -> Result<(), StorageError> {
         let run = async {
             let client = self.storage.pool().get().await?;
-            client.batch_execute("BEGIN").await?;
-            for table in &self.tables {
-                client
-                    .batch_execute(&format!("DROP TABLE IF EXISTS {}", table.quoted))
-                    .await?;
+            let result = self.delete_in(&client, namespaces).await;
+            if result.is_err() {
+                // Inside a failed transaction: closed (the server rolls it back), not handed
+                // back to the pool.
+                drop(Object::take(client));
             }
-            self.storage.delete_in(&client, namespace).await?;
-            client.batch_execute("COMMIT").await?;
-            Ok::<_, DbFailure>(())
+            result
         };
         run.await
-            .map_err(|e| e.storage(format!("delete model `{namespace}`")))
+            .map_err(|e| e.storage(format!("delete model `{}`", namespaces.join("`, `"))))
+    }
+
+    /// The transaction of [`delete_models`](Self::delete_models), through `client`.
+    async fn delete_in(
+        &self,
+        client: &ClientWrapper,
+        namespaces: &[&str],
+    ) -> Result<(), DbFailure> {
+        client.batch_execute("BEGIN").await?;
+        for table in &self.tables {
+            client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {}", table.quoted))
+                .await?;
+        }
+        for namespace in namespaces {
+            self.storage.delete_in(client, namespace).await?;
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok(())
     }
 
     /// The projection a stored checkpoint refers to, enough for [`delete_model`](Self::delete_model)
@@ -230,23 +258,29 @@ impl PostgresProjection {
         storage: &PostgresCheckpointStorage,
         bucket: &CheckpointBucket,
     ) -> Option<Self> {
+        Self::from_checkpoints(storage, [bucket])
+    }
+
+    /// Like [`from_checkpoint`](Self::from_checkpoint), for several checkpoints (the segments
+    /// of a split model): every table any of the `buckets` names, each once; `None` when none
+    /// holds a reference of a `PostgresProjection`. Enough for
+    /// [`delete_models`](Self::delete_models).
+    #[must_use]
+    pub fn from_checkpoints<'a>(
+        storage: &PostgresCheckpointStorage,
+        buckets: impl IntoIterator<Item = &'a CheckpointBucket>,
+    ) -> Option<Self> {
         let mut projection = PostgresProjection::new(storage, 0);
         let prefix = format!("{}.", storage.names().schema_plain);
         let mut found = false;
-        for (_, value) in bucket.iter() {
-            let crate::checkpoint::BucketValue::Bucket(nested) = value else {
-                continue;
-            };
-            let (Ok(revision), Ok(shapes)) = (
-                nested.get::<u32>(REVISION),
-                nested.get::<BTreeMap<String, String>>(TABLES),
-            ) else {
-                continue;
-            };
+        for (revision, tables) in buckets.into_iter().flat_map(references) {
             found = true;
             projection.revision = revision;
-            for plain in shapes.keys() {
-                let name = plain.strip_prefix(&prefix).unwrap_or(plain);
+            for plain in tables {
+                let name = plain.strip_prefix(&prefix).unwrap_or(&plain);
+                if projection.name_of(name).is_some() {
+                    continue; // named by another segment's checkpoint too
+                }
                 // A name that is not an identifier cannot be one of its tables: skipped.
                 if let Ok(mut with_table) = projection.clone_tables().table(name, "") {
                     projection.tables = std::mem::take(&mut with_table.tables);
@@ -339,6 +373,25 @@ impl PostgresProjection {
         }
         self.open = false;
     }
+}
+
+/// The projection references in a checkpoint's bucket: each one's revision and the plain names
+/// (`schema.table`) of the tables it names.
+fn references(bucket: &CheckpointBucket) -> Vec<(u32, Vec<String>)> {
+    let mut found = Vec::new();
+    for (_, value) in bucket.iter() {
+        let crate::checkpoint::BucketValue::Bucket(nested) = value else {
+            continue;
+        };
+        let (Ok(revision), Ok(shapes)) = (
+            nested.get::<u32>(REVISION),
+            nested.get::<BTreeMap<String, String>>(TABLES),
+        ) else {
+            continue;
+        };
+        found.push((revision, shapes.into_keys().collect()));
+    }
+    found
 }
 
 impl Drop for PostgresProjection {
