@@ -358,6 +358,13 @@ mod postgres {
     }
 }
 
+/// `count` events of `event_type`, `{"n": 0}` on.
+fn numbered(event_type: &str, count: usize) -> Vec<NewEvent> {
+    (0..count)
+        .map(|n| NewEvent::from_json(event_type, &format!("{{\"n\":{n}}}")).expect("json"))
+        .collect()
+}
+
 /// The append condition's check is index probes, not a scan: its plan on a table of 50,000
 /// events has no sequential scan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,11 +372,12 @@ async fn postgres_condition_check_uses_indexes() {
     let db = krescent_testkit::postgres::fresh_database().await;
     let store = db.event_store().await;
     for i in 0..50 {
-        let batch = (0..1_000)
-            .map(|n| NewEvent::from_json("bench.counted", &format!("{{\"n\":{n}}}")).expect("json"))
-            .collect();
         store
-            .append(&format!("stream-{i}"), ExpectedVersion::Any, batch)
+            .append(
+                &format!("stream-{i}"),
+                ExpectedVersion::Any,
+                numbered("bench.counted", 1_000),
+            )
             .await
             .expect("append");
     }
@@ -421,15 +429,10 @@ async fn postgres_condition_check_uses_indexes() {
 async fn postgres_queries_read_index_ranges() {
     let db = krescent_testkit::postgres::fresh_database().await;
     let store = db.event_store().await;
-    let events = |event_type: &str, count: usize| -> Vec<NewEvent> {
-        (0..count)
-            .map(|n| NewEvent::from_json(event_type, &format!("{{\"n\":{n}}}")).expect("json"))
-            .collect()
-    };
     for i in 0..50 {
         if i == 25 {
             store
-                .append("small", ExpectedVersion::Any, events("bench.counted", 3))
+                .append("small", ExpectedVersion::Any, numbered("bench.counted", 3))
                 .await
                 .expect("append");
         }
@@ -437,13 +440,13 @@ async fn postgres_queries_read_index_ranges() {
             .append(
                 &format!("stream-{i}"),
                 ExpectedVersion::Any,
-                events("bench.counted", 1_000),
+                numbered("bench.counted", 1_000),
             )
             .await
             .expect("append");
     }
     store
-        .append("rare", ExpectedVersion::Any, events("bench.rare", 3))
+        .append("rare", ExpectedVersion::Any, numbered("bench.rare", 3))
         .await
         .expect("append");
     let client = db.client().await;

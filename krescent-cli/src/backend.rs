@@ -7,6 +7,7 @@ use krescent::Position;
 use crate::cli::StoreOptions;
 use crate::data_dir;
 use crate::error::CliError;
+use crate::output::quoted;
 
 /// An event store and its checkpoint storage.
 #[allow(clippy::large_enum_variant)] // one per process
@@ -102,8 +103,10 @@ impl Backend {
         let known = if namespaces.is_empty() {
             "there are no checkpoints".to_owned()
         } else {
-            let quoted: Vec<String> = namespaces.iter().map(|n| format!("`{n}`")).collect();
-            format!("there are checkpoints of {}", quoted.join(", "))
+            format!(
+                "there are checkpoints of {}",
+                quoted(namespaces.iter().map(String::as_str))
+            )
         };
         Err(CliError::UnknownNamespace {
             namespace: namespace.to_owned(),

@@ -12,6 +12,7 @@ use crate::checkpoints::{report, Deletion};
 use crate::cli::{DeleteArgs, ModelsCommand};
 use crate::confirm::confirm;
 use crate::error::CliError;
+use crate::output::quoted;
 
 pub async fn run(backend: &Backend, command: ModelsCommand, json: bool) -> Result<(), CliError> {
     match command {
@@ -133,11 +134,4 @@ fn describe(model: &str, checkpoints: &[StoredCheckpoint], tables: &[String]) ->
             )
         }
     }
-}
-
-fn quoted<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

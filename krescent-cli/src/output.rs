@@ -54,3 +54,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// `names` in backticks, separated by commas: `` `a`, `b` ``.
+pub fn quoted<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names
+        .into_iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -269,8 +269,22 @@ impl CheckpointBucket {
     /// # Errors
     /// [`CheckpointError::Missing`] or [`CheckpointError::Invalid`] naming the key.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, CheckpointError> {
-        self.require(key)?
-            .to_serde()
+        self.get_with(key, |_| PhantomData::<T>)
+    }
+
+    /// [`get`](Self::get) with the seed `seed` makes from the value (which may, say, size a
+    /// collection by the value's [`encoded_len`](BucketValue::encoded_len)).
+    pub(crate) fn get_with<T, S>(
+        &self,
+        key: &str,
+        seed: impl FnOnce(&BucketValue) -> S,
+    ) -> Result<T, CheckpointError>
+    where
+        S: for<'de> DeserializeSeed<'de, Value = T>,
+    {
+        let value = self.require(key)?;
+        value
+            .to_serde_seed(seed(value))
             .map_err(|reason| CheckpointError::Invalid {
                 key: key.to_owned(),
                 reason,

@@ -73,18 +73,11 @@ where
     T: Collection,
 {
     fn restore(&self, bucket: &CheckpointBucket, key: &str) -> Result<T, CheckpointError> {
-        let value = bucket.require(key)?;
-        // A map's entry takes at least two bytes.
-        let most = value.encoded_len().map_or(0, |len| len / 2);
-        value
-            .to_serde_seed(Presized::<T> {
-                most,
-                marker: PhantomData,
-            })
-            .map_err(|reason| CheckpointError::Invalid {
-                key: key.to_owned(),
-                reason,
-            })
+        bucket.get_with(key, |value| Presized::<T> {
+            // A map's entry takes at least two bytes.
+            most: value.encoded_len().map_or(0, |len| len / 2),
+            marker: PhantomData,
+        })
     }
 }
 
