@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use krescent::checkpoint::PostgresCheckpointStorage;
 use krescent::prelude::*;
 use krescent::projection::{PostgresProjection, ProjectionError};
-use krescent::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore};
+use krescent::store::{
+    EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore, StoreError,
+};
 use krescent::supervisor::{ModelState, RestartPolicy, Supervisor};
 use krescent_testkit::postgres::{tokio_postgres, TestDatabase, TestServer};
 
@@ -102,6 +104,7 @@ async fn append_until(store: Arc<PostgresEventStore>, stop: Arc<AtomicBool>) -> 
         let account = i32::try_from(n % 5).expect("small");
         let event = NewEvent::new(&Amount { account, n }).expect("encode");
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut retried = false;
         loop {
             match store
                 .append(
@@ -116,7 +119,16 @@ async fn append_until(store: Arc<PostgresEventStore>, stop: Arc<AtomicBool>) -> 
                     break;
                 }
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    retried = true;
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // The attempt the server crashed under had committed: the head is that
+                // event's (this is the only writer).
+                Err(StoreError::DuplicateEvent { event_id, .. })
+                    if retried && event_id == event.event_id =>
+                {
+                    head = store.head().await.expect("head after a committed retry");
+                    break;
                 }
                 Err(e) => panic!("append {n}: {e}"),
             }

@@ -161,6 +161,51 @@ async fn postgres_rolled_back_append_writes_nothing() {
     assert_eq!(store.head().await.expect("head"), all[1].position());
 }
 
+/// An append that repeats a stored event's id (a retry of an append that committed although
+/// its connection was lost) is `DuplicateEvent` naming that id, in any stream and at any place
+/// of the batch, and writes nothing; a long table name (whose constraint name PostgreSQL
+/// shortens) is no different.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_stored_event_id_is_a_duplicate_and_writes_nothing() {
+    let db = fresh_database().await;
+    let long = "events_of_a_bookstore_with_a_table_name_of_sixty_three_letters_";
+    let configs = [
+        PostgresConfig::default(),
+        PostgresConfig {
+            events_table: long.to_owned(),
+            ..PostgresConfig::in_schema("long")
+        },
+    ];
+    for config in configs {
+        let store = db.event_store_with(config).await;
+        let first = event(1);
+        store
+            .append("s", ExpectedVersion::NoStream, vec![first.clone()])
+            .await
+            .expect("append");
+        let head = store.head().await.expect("head");
+        for (stream, batch) in [
+            ("s", vec![first.clone()]),
+            ("t", vec![event(2), first.clone(), event(3)]),
+        ] {
+            let refused = store.append(stream, ExpectedVersion::Any, batch).await;
+            assert!(
+                matches!(
+                    &refused,
+                    Err(StoreError::DuplicateEvent { stream: s, event_id })
+                        if s == stream && *event_id == first.event_id
+                ),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(store.head().await.expect("head"), head);
+        assert_eq!(
+            numbers(&store.read_after(Position::START, 100).await.expect("read")),
+            [1]
+        );
+    }
+}
+
 /// An empty append checks the expected version and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_empty_append_only_checks_the_version() {

@@ -88,6 +88,18 @@ pub enum StoreError {
         /// What the store cannot hold.
         reason: String,
     },
+    /// An event of the append has an id that is already stored; nothing was written.
+    ///
+    /// An append that failed with a transient error (the connection was lost) may still have
+    /// committed; retried with the same events, it ends here when it had. Only the PostgreSQL
+    /// store checks ids (its `event_id` column is unique); the memory and file stores do not.
+    #[error("append to stream `{stream}`: an event with id {event_id} is already stored, nothing was written (an earlier attempt of this append may have committed)")]
+    DuplicateEvent {
+        /// The stream appended to.
+        stream: String,
+        /// The id that is taken.
+        event_id: uuid::Uuid,
+    },
     /// An event could not be encoded.
     #[error("cannot encode event at position {position}: {reason}")]
     Encode {

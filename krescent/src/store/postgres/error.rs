@@ -91,6 +91,18 @@ impl DbFailure {
         }
     }
 
+    /// The detail of a unique violation of the constraint whose name ends with `suffix`
+    /// (`Key (event_id)=(…) already exists.`), if this is one.
+    pub(crate) fn unique_violation(&self, suffix: &str) -> Option<&str> {
+        let DbFailure::Driver(e) = self else {
+            return None;
+        };
+        let db = e.as_db_error()?;
+        let violated = *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint().is_some_and(|name| name.ends_with(suffix));
+        violated.then(|| db.detail().unwrap_or_default())
+    }
+
     fn into_source(self) -> Box<dyn StdError + Send + Sync + 'static> {
         match self {
             DbFailure::Driver(e) => Box::new(e),

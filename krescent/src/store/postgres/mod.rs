@@ -448,7 +448,17 @@ impl PostgresEventStore {
             tx.rollback().await?;
             return Ok(Err(refused));
         }
-        let row = appended?;
+        let row = match appended {
+            Ok(row) => row,
+            Err(e) => {
+                let failure = DbFailure::from(e);
+                let Some(duplicate) = duplicate_event(stream_id, &events, &failure) else {
+                    return Err(failure);
+                };
+                tx.rollback().await?;
+                return Ok(Err(duplicate));
+            }
+        };
         let actual = non_negative(row.try_get(0)?, "stream version")?;
         let last: Option<i64> = row.try_get(1)?;
         let Some(last) = last else {
@@ -762,6 +772,24 @@ pub(crate) fn pool(config: tokio_postgres::Config) -> Result<Pool, DbFailure> {
 fn non_negative(value: i64, what: &str) -> Result<u64, DbFailure> {
     u64::try_from(value)
         .map_err(|_| DbFailure::Other(format!("the database returned a negative {what}: {value}")))
+}
+
+/// [`StoreError::DuplicateEvent`] when `failure` is the unique `event_id` constraint refusing
+/// one of `events`, named in the violation's detail (the constraint's name, chosen by
+/// PostgreSQL, is `<table>_event_id_key`, the table's part shortened when long).
+fn duplicate_event(
+    stream_id: &str,
+    events: &[NewEvent],
+    failure: &DbFailure,
+) -> Option<StoreError> {
+    let detail = failure.unique_violation("_event_id_key")?;
+    let event = events
+        .iter()
+        .find(|e| detail.contains(&e.event_id.to_string()))?;
+    Some(StoreError::DuplicateEvent {
+        stream: stream_id.to_owned(),
+        event_id: event.event_id,
+    })
 }
 
 /// PostgreSQL's `text` holds no NUL character and its `jsonb` no `\u0000` escape: such events
