@@ -2,6 +2,7 @@
 
 mod bucket;
 mod budget;
+mod checksum;
 mod config;
 mod error;
 pub(crate) mod field;
@@ -24,8 +25,8 @@ pub use storage::{
 };
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresCheckpointStorage, PostgresPool};
-pub use stored::StoredCheckpoint;
 pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};
+pub use stored::{Integrity, StoredCheckpoint};
 pub(crate) use strategy::StrategyState;
 pub use strategy::{CheckpointTrigger, Strategy, StrategyError};
 pub use support::CheckpointSupport;

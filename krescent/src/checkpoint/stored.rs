@@ -22,8 +22,11 @@ pub struct StoredCheckpoint {
     pub bucket: CheckpointBucket,
 }
 
-/// The encoding's format number; bumped when the layout changes.
-const FORMAT: u32 = 1;
+/// The encoding's format number; bumped when the layout changes. Format 1 (krescent 0.1) had
+/// no checksum; format 2 requires one.
+const FORMAT: u32 = 2;
+/// The format of documents written before checksums, still read.
+const FORMAT_UNCHECKED: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct Encoded<'a> {
@@ -32,7 +35,24 @@ struct Encoded<'a> {
     version: std::borrow::Cow<'a, str>,
     position: String,
     taken_at_micros: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<u32>,
     bucket: std::borrow::Cow<'a, CheckpointBucket>,
+}
+
+/// How the integrity of a loaded checkpoint was checked
+/// ([`CheckpointStorage::load_checked`](super::CheckpointStorage::load_checked)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// The checksum stored with it matched its content
+    /// ([`StoredCheckpoint::checksum`]).
+    Verified {
+        /// The checksum.
+        checksum: u32,
+    },
+    /// No checksum is stored with it: it was written before checksums (krescent 0.1), or by a
+    /// storage that keeps none. It restores as it is.
+    Unchecked,
 }
 
 impl StoredCheckpoint {
@@ -53,7 +73,36 @@ impl StoredCheckpoint {
         }
     }
 
-    /// Encodes the checkpoint as one JSON document (the file storage's format).
+    /// The checksum a storage records with the checkpoint and checks before it restores
+    /// anything: a CRC-32 over the namespace, the version, the position, the time and every key
+    /// and value of the bucket (each value with its kind, as it is kept: a JSON value's text, a
+    /// `MessagePack` value's bytes). It does not depend on a storage's layout, so every storage
+    /// checks the same sum.
+    #[must_use]
+    pub fn checksum(&self) -> u32 {
+        super::checksum::of(self)
+    }
+
+    /// Checks the checkpoint against `checksum`, the one stored with it.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] naming `origin` (a file, a row) and both sums when they differ:
+    /// the stored bytes changed after the checkpoint was written.
+    pub fn verify(&self, checksum: u32, origin: &str) -> Result<Integrity, StorageError> {
+        let computed = self.checksum();
+        if computed == checksum {
+            return Ok(Integrity::Verified { checksum });
+        }
+        Err(StorageError::Corrupt {
+            origin: origin.to_owned(),
+            reason: format!(
+                "checksum mismatch: stored {checksum:#010x}, the content sums to {computed:#010x} (the checkpoint changed after it was written)"
+            ),
+        })
+    }
+
+    /// Encodes the checkpoint as one JSON document (the file storage's format), with its
+    /// [`checksum`](Self::checksum).
     ///
     /// # Errors
     /// [`StorageError::Encode`] when the bucket cannot be encoded.
@@ -64,6 +113,7 @@ impl StoredCheckpoint {
             version: self.version.as_str().into(),
             position: self.position.to_string(),
             taken_at_micros: to_micros(self.taken_at),
+            checksum: Some(self.checksum()),
             bucket: std::borrow::Cow::Borrowed(&self.bucket),
         };
         serde_json::to_vec(&encoded).map_err(|e| StorageError::Encode {
@@ -72,34 +122,53 @@ impl StoredCheckpoint {
         })
     }
 
-    /// Decodes a document written by [`encode`](Self::encode).
+    /// Decodes a document written by [`encode`](Self::encode), checking its checksum, or one
+    /// written before checksums (format 1, krescent 0.1).
     ///
     /// # Errors
-    /// [`StorageError::Corrupt`] naming `origin` (a file, a row) and what is wrong.
+    /// [`StorageError::Corrupt`] naming `origin` (a file, a row) and what is wrong: the
+    /// document does not decode, or its content does not match its checksum.
     pub fn decode(bytes: &[u8], origin: &str) -> Result<Self, StorageError> {
+        Self::decode_checked(bytes, origin).map(|(checkpoint, _)| checkpoint)
+    }
+
+    /// [`decode`](Self::decode), saying how the checkpoint's integrity was checked.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode).
+    pub fn decode_checked(bytes: &[u8], origin: &str) -> Result<(Self, Integrity), StorageError> {
         let corrupt = |reason: String| StorageError::Corrupt {
             origin: origin.to_owned(),
             reason,
         };
         let encoded: Encoded<'_> =
             serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-        if encoded.format != FORMAT {
-            return Err(corrupt(format!(
-                "unknown format {} (this build reads {FORMAT})",
-                encoded.format
-            )));
-        }
+        let checksum = match (encoded.format, encoded.checksum) {
+            (FORMAT, Some(checksum)) => Some(checksum),
+            (FORMAT, None) => return Err(corrupt(format!("format {FORMAT} without its checksum"))),
+            (FORMAT_UNCHECKED, _) => None,
+            (other, _) => {
+                return Err(corrupt(format!(
+                    "unknown format {other} (this build reads {FORMAT_UNCHECKED} and {FORMAT})"
+                )))
+            }
+        };
         let position = encoded
             .position
             .parse()
             .map_err(|e: crate::position::PositionParseError| corrupt(e.to_string()))?;
-        Ok(StoredCheckpoint {
+        let checkpoint = StoredCheckpoint {
             namespace: encoded.namespace.into_owned(),
             version: CheckpointVersion::from_text(encoded.version.into_owned()),
             position,
             taken_at: from_micros(encoded.taken_at_micros),
             bucket: encoded.bucket.into_owned(),
-        })
+        };
+        let integrity = match checksum {
+            Some(checksum) => checkpoint.verify(checksum, origin)?,
+            None => Integrity::Unchecked,
+        };
+        Ok((checkpoint, integrity))
     }
 }
 

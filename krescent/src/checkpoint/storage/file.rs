@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{replaces, CheckpointStorage, StorageError, StoredCheckpoint};
+use crate::checkpoint::Integrity;
 
 const SUFFIX: &str = ".checkpoint.json";
 
 /// Checkpoints as files in a directory: `<namespace>.checkpoint.json`, each replaced atomically
 /// (written to a temporary file, synced, renamed over the old one, directory synced), so a crash
-/// leaves either the old or the new checkpoint, never a torn one.
+/// leaves either the old or the new checkpoint, never a torn one. Each file is one JSON document
+/// ([`StoredCheckpoint::encode`]) with the checkpoint's checksum, checked when it is loaded; files
+/// of krescent 0.1 (format 1, without one) are read as before.
 #[derive(Debug, Clone)]
 pub struct FileCheckpointStorage {
     dir: Arc<Path>,
@@ -81,10 +84,11 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     }
 }
 
-fn read(path: &Path) -> Result<Option<StoredCheckpoint>, StorageError> {
+fn read(path: &Path) -> Result<Option<(StoredCheckpoint, Integrity)>, StorageError> {
     match fs::read(path) {
         Ok(bytes) => {
-            StoredCheckpoint::decode(&bytes, &format!("file `{}`", path.display())).map(Some)
+            StoredCheckpoint::decode_checked(&bytes, &format!("file `{}`", path.display()))
+                .map(Some)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(path)(e)),
@@ -115,6 +119,16 @@ fn namespace_of(file_name: &str) -> Option<String> {
 #[async_trait::async_trait]
 impl CheckpointStorage for FileCheckpointStorage {
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
+        Ok(self
+            .load_checked(namespace)
+            .await?
+            .map(|(checkpoint, _)| checkpoint))
+    }
+
+    async fn load_checked(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<(StoredCheckpoint, Integrity)>, StorageError> {
         let path = self.path_of(namespace);
         self.blocking(move |_| read(&path)).await
     }
@@ -129,7 +143,7 @@ impl CheckpointStorage for FileCheckpointStorage {
             if read(&path)
                 .ok()
                 .flatten()
-                .is_some_and(|old| !replaces(&old, &checkpoint))
+                .is_some_and(|(old, _)| !replaces(&old, &checkpoint))
             {
                 return Ok(());
             }

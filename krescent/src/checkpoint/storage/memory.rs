@@ -4,12 +4,23 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{replaces, CheckpointStorage, StorageError, StoredCheckpoint};
+use crate::checkpoint::Integrity;
 
 /// Checkpoints in memory: for tests and models whose state need not survive the process.
 /// Registered as `"memory"` in every [`Krescent`](crate::Krescent).
+///
+/// Each checkpoint is kept with its [`checksum`](StoredCheckpoint::checksum), checked when it
+/// is loaded, as every storage does.
 #[derive(Debug, Default)]
 pub struct InMemoryCheckpointStorage {
-    checkpoints: Mutex<BTreeMap<String, StoredCheckpoint>>,
+    checkpoints: Mutex<BTreeMap<String, Entry>>,
+}
+
+/// A checkpoint and the checksum taken when it was stored.
+#[derive(Debug)]
+struct Entry {
+    checkpoint: StoredCheckpoint,
+    checksum: u32,
 }
 
 impl InMemoryCheckpointStorage {
@@ -19,7 +30,7 @@ impl InMemoryCheckpointStorage {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, StoredCheckpoint>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // A panic while holding the lock cannot leave the map half-updated: every change is one call.
         self.checkpoints
             .lock()
@@ -30,16 +41,40 @@ impl InMemoryCheckpointStorage {
 #[async_trait::async_trait]
 impl CheckpointStorage for InMemoryCheckpointStorage {
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        Ok(self.lock().get(namespace).cloned())
+        Ok(self
+            .load_checked(namespace)
+            .await?
+            .map(|(checkpoint, _)| checkpoint))
+    }
+
+    async fn load_checked(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<(StoredCheckpoint, Integrity)>, StorageError> {
+        let Some(checkpoint) = self.lock().get(namespace).map(|entry| {
+            let origin = format!("memory, namespace `{namespace}`");
+            let integrity = entry.checkpoint.verify(entry.checksum, &origin);
+            integrity.map(|integrity| (entry.checkpoint.clone(), integrity))
+        }) else {
+            return Ok(None);
+        };
+        checkpoint.map(Some)
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
+        let checksum = checkpoint.checksum();
         let mut checkpoints = self.lock();
         if checkpoints
             .get(&checkpoint.namespace)
-            .is_none_or(|old| replaces(old, checkpoint))
+            .is_none_or(|old| replaces(&old.checkpoint, checkpoint))
         {
-            checkpoints.insert(checkpoint.namespace.clone(), checkpoint.clone());
+            checkpoints.insert(
+                checkpoint.namespace.clone(),
+                Entry {
+                    checkpoint: checkpoint.clone(),
+                    checksum,
+                },
+            );
         }
         Ok(())
     }
@@ -55,5 +90,85 @@ impl CheckpointStorage for InMemoryCheckpointStorage {
     async fn clear(&self) -> Result<(), StorageError> {
         self.lock().clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{BucketValue, CheckpointBucket, CheckpointFormat, CheckpointVersion};
+    use crate::Position;
+
+    /// Every single-bit flip of a kept value is found at load, in either format.
+    #[tokio::test]
+    async fn every_flipped_bit_of_a_kept_checkpoint_is_found() {
+        for format in [CheckpointFormat::Json, CheckpointFormat::MessagePack] {
+            let mut bucket = CheckpointBucket::with_format(format);
+            bucket
+                .put("counts", &[("a", 40_u32), ("b", 2)])
+                .expect("put");
+            bucket.put("label", "last=k4").expect("put");
+            let checkpoint = StoredCheckpoint::new(
+                "flips",
+                CheckpointVersion::from_text("v1".to_owned()),
+                Position::new(40),
+                bucket,
+            );
+            let storage = InMemoryCheckpointStorage::new();
+            storage.store(&checkpoint).await.expect("store");
+            let integrity = storage.load_checked("flips").await.expect("load");
+            assert!(matches!(integrity, Some((_, Integrity::Verified { .. }))));
+            let original = storage.lock()["flips"].checkpoint.clone();
+            let mut flips = 0;
+            for key in ["counts", "label"] {
+                let bytes = match original.bucket.value(key).expect("value") {
+                    BucketValue::Json(raw) => raw.get().as_bytes().to_vec(),
+                    BucketValue::MessagePack(packed) => packed.clone(),
+                    BucketValue::Str(s) => s.as_bytes().to_vec(),
+                    other => panic!("unexpected {other:?}"),
+                };
+                for bit in 0..bytes.len() * 8 {
+                    let mut flipped = bytes.clone();
+                    flipped[bit / 8] ^= 1 << (bit % 8);
+                    let value = match original.bucket.value(key).expect("value") {
+                        BucketValue::Json(_) => {
+                            let Ok(text) = String::from_utf8(flipped) else {
+                                continue;
+                            };
+                            let Ok(raw) = serde_json::value::RawValue::from_string(text) else {
+                                continue;
+                            };
+                            BucketValue::Json(raw)
+                        }
+                        BucketValue::MessagePack(_) => BucketValue::MessagePack(flipped),
+                        _ => {
+                            let Ok(text) = String::from_utf8(flipped) else {
+                                continue;
+                            };
+                            BucketValue::Str(text)
+                        }
+                    };
+                    storage
+                        .lock()
+                        .get_mut("flips")
+                        .expect("kept")
+                        .checkpoint
+                        .bucket
+                        .insert(key, value);
+                    let error = storage.load("flips").await.expect_err("a flipped bit");
+                    assert!(error.is_corrupt(), "{error}");
+                    flips += 1;
+                }
+                storage
+                    .lock()
+                    .get_mut("flips")
+                    .expect("kept")
+                    .checkpoint
+                    .bucket
+                    .insert(key, original.bucket.value(key).expect("value").clone());
+            }
+            assert!(flips > 40, "{flips} flips tried");
+            assert!(storage.load("flips").await.expect("restored").is_some());
+        }
     }
 }

@@ -12,7 +12,7 @@ pub use memory::InMemoryCheckpointStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 
-use super::{CheckpointFormat, StoredCheckpoint};
+use super::{CheckpointFormat, Integrity, StoredCheckpoint};
 
 /// Keeps one checkpoint per namespace.
 ///
@@ -26,6 +26,13 @@ use super::{CheckpointFormat, StoredCheckpoint};
 /// When a model finds its checkpoint unusable (corrupt, of another version, failing to
 /// restore) and rebuilds, the runner first `delete`s it, so that it never holds back the
 /// rebuild's checkpoints; `restore_only` leaves it in place.
+///
+/// Every storage of this crate records the checkpoint's
+/// [`checksum`](StoredCheckpoint::checksum) with it and checks it in `load`: a checkpoint whose
+/// stored bytes changed (a flipped bit, a bad restore of a backup) is
+/// [`StorageError::Corrupt`], never a different state; the model then rebuilds or fails, as its
+/// `on_invalid` says. A storage of your own gets the same by keeping
+/// [`StoredCheckpoint::encode`]'s bytes and reading them with [`StoredCheckpoint::decode`].
 ///
 /// A running model starts each `store` on its own task and moves it into a task of its own
 /// only once it has to wait, so a `store` that completes at once (as the in-memory one does)
@@ -65,6 +72,19 @@ use super::{CheckpointFormat, StoredCheckpoint};
 pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     /// The checkpoint of `namespace`, if there is one.
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError>;
+
+    /// [`load`](Self::load), saying how the checkpoint's integrity was checked (for tools:
+    /// `krescent checkpoints show` prints it). By default `load`'s checkpoint, reported as
+    /// [`Integrity::Unchecked`]; the storages of this crate report what they checked.
+    async fn load_checked(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<(StoredCheckpoint, Integrity)>, StorageError> {
+        Ok(self
+            .load(namespace)
+            .await?
+            .map(|checkpoint| (checkpoint, Integrity::Unchecked)))
+    }
 
     /// The format a running model puts its checkpoints' values in for this storage; by default
     /// [`CheckpointFormat::Json`]. A storage must still load checkpoints of either format.

@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use super::{CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
-    truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion,
+    truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion, Integrity,
 };
 use crate::fleet::{check_fence, Fence, FenceFailure, LeaseHolder, Leases};
 use crate::store::postgres::{migrate, Component, DbFailure, Names};
@@ -33,7 +33,10 @@ pub use deadpool_postgres::Pool as PostgresPool;
 /// `data json` (format 1, [`CheckpointFormat::Json`]; `json`, not `jsonb`, so that it comes
 /// back byte for byte) or in `data_binary bytea` (format 2, [`CheckpointFormat::MessagePack`],
 /// the default: one `MessagePack` document, stored without the server's compression, which
-/// costs more time than it saves space on `MessagePack` of random ids). Set the format with [`with_format`](Self::with_format);
+/// costs more time than it saves space on `MessagePack` of random ids), and `checksum bigint`,
+/// the checkpoint's [`checksum`](StoredCheckpoint::checksum), checked before a row is restored
+/// (a mismatch is [`StorageError::Corrupt`]; rows written before checksums have none and
+/// restore as before). Set the format with [`with_format`](Self::with_format);
 /// a checkpoint restores in the format its row records, so rows written in the other format, or
 /// by krescent 0.1 (which wrote JSON only), still restore. A store is one upsert that keeps the stored
 /// row when it has the same version and a later position, so a position never moves backwards
@@ -73,13 +76,14 @@ impl PostgresCheckpointStorage {
     pub(crate) fn from_names(pool: Pool, names: Arc<Names>) -> Self {
         let table = &names.checkpoints;
         let sql = Sql {
-            load: format!("SELECT version, position::text, taken_at, format, data::text, data_binary FROM {table} WHERE namespace = $1"),
+            load: format!("SELECT version, position::text, taken_at, format, data::text, data_binary, checksum FROM {table} WHERE namespace = $1"),
             store: format!(
-                "INSERT INTO {table} AS stored (namespace, version, position, taken_at, format, data, data_binary)
-                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6::json, $7)
+                "INSERT INTO {table} AS stored (namespace, version, position, taken_at, format, data, data_binary, checksum)
+                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6::json, $7, $8)
                  ON CONFLICT (namespace) DO UPDATE
                  SET version = excluded.version, position = excluded.position, taken_at = excluded.taken_at,
-                     format = excluded.format, data = excluded.data, data_binary = excluded.data_binary
+                     format = excluded.format, data = excluded.data, data_binary = excluded.data_binary,
+                     checksum = excluded.checksum
                  WHERE stored.version <> excluded.version OR stored.position <= excluded.position"
             ),
             delete: format!("DELETE FROM {table} WHERE namespace = $1"),
@@ -265,6 +269,7 @@ impl PostgresCheckpointStorage {
             Data::Json(json) => (CheckpointFormat::Json, json, &none_binary),
             Data::Binary(binary) => (CheckpointFormat::MessagePack, &none_json, binary),
         };
+        let checksum = i64::from(checkpoint.checksum());
         let statement = client.prepare_cached(&self.sql.store).await?;
         client
             .execute(
@@ -277,6 +282,7 @@ impl PostgresCheckpointStorage {
                     &format.number(),
                     json,
                     binary,
+                    &checksum,
                 ],
             )
             .await?;
@@ -328,6 +334,16 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
+        Ok(self
+            .load_checked(namespace)
+            .await?
+            .map(|(checkpoint, _)| checkpoint))
+    }
+
+    async fn load_checked(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<(StoredCheckpoint, Integrity)>, StorageError> {
         let loaded = self
             .try_load(namespace)
             .await
@@ -337,7 +353,15 @@ impl CheckpointStorage for PostgresCheckpointStorage {
         };
         #[allow(clippy::type_complexity)] // the row's columns, in order
         let columns = || -> Result<
-            (String, String, SystemTime, i16, Option<&str>, Option<&[u8]>),
+            (
+                String,
+                String,
+                SystemTime,
+                i16,
+                Option<&str>,
+                Option<&[u8]>,
+                Option<i64>,
+            ),
             DbFailure,
         > {
             Ok((
@@ -347,9 +371,10 @@ impl CheckpointStorage for PostgresCheckpointStorage {
                 row.try_get(3)?,
                 row.try_get(4)?,
                 row.try_get(5)?,
+                row.try_get(6)?,
             ))
         };
-        let (version, position, taken_at, format, json, binary) =
+        let (version, position, taken_at, format, json, binary, checksum) =
             columns().map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
         let corrupt = |reason: String| StorageError::Corrupt {
             origin: self.origin(namespace),
@@ -375,13 +400,22 @@ impl CheckpointStorage for PostgresCheckpointStorage {
                 )));
             }
         };
-        Ok(Some(StoredCheckpoint {
+        let checkpoint = StoredCheckpoint {
             namespace: namespace.to_owned(),
             version: CheckpointVersion::from_text(version),
             position,
             taken_at,
             bucket,
-        }))
+        };
+        let integrity = match checksum {
+            Some(checksum) => {
+                let checksum = u32::try_from(checksum)
+                    .map_err(|_| corrupt(format!("checksum {checksum} is out of range")))?;
+                checkpoint.verify(checksum, &self.origin(namespace))?
+            }
+            None => Integrity::Unchecked,
+        };
+        Ok(Some((checkpoint, integrity)))
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {

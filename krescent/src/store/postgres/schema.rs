@@ -112,6 +112,14 @@ impl Component {
                 // well is stored larger. Rows written before keep their compression.
                 "ALTER TABLE {checkpoints} ALTER COLUMN data_binary SET STORAGE EXTERNAL",
                 checkpoints = names.checkpoints
+            ), format!(
+                // Step 5: each checkpoint's checksum (`StoredCheckpoint::checksum`), checked
+                // before it is restored. Rows written before have none (NULL) and restore as
+                // they did; the next checkpoint of each namespace writes one. Adding a nullable
+                // column without a default rewrites no row.
+                "ALTER TABLE {checkpoints} ADD COLUMN checksum bigint
+                     CHECK (checksum BETWEEN 0 AND 4294967295)",
+                checkpoints = names.checkpoints
             )],
         }
     }
