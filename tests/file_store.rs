@@ -175,6 +175,62 @@ async fn index_files_are_rebuilt_when_missing_or_damaged() {
     assert_eq!(store.stream_version("s0"), 60);
 }
 
+/// 150 events over several small segments, the store closed.
+async fn a_closed_store_of_small_segments(dir: &Path) -> Vec<PathBuf> {
+    let store = FileEventStore::open_with(dir, &small_segments()).expect("open");
+    for n in 1..=150 {
+        store
+            .append(&format!("s{}", n % 3), ExpectedVersion::Any, vec![event(n)])
+            .await
+            .expect("append");
+    }
+    drop(store);
+    let segments = segments(dir);
+    assert!(segments.len() > 2, "small segments roll");
+    segments
+}
+
+fn corrupt_at(dir: &Path) -> (PathBuf, String) {
+    match FileEventStore::open_with(dir, &small_segments()) {
+        Err(StoreError::Corrupt { path, reason, .. }) => (path, reason),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("opened a log shorter than its own evidence"),
+    }
+}
+
+/// `head.state` records events in the last segment: a log without that segment is refused,
+/// naming it, rather than opened shorter.
+#[tokio::test]
+async fn a_deleted_last_segment_is_corrupt_not_a_shorter_log() {
+    let dir = temp_dir();
+    let segments = a_closed_store_of_small_segments(dir.path()).await;
+    let last = segments.last().expect("a segment");
+    std::fs::remove_file(last).expect("delete");
+    let (path, reason) = corrupt_at(dir.path());
+    assert_eq!(&path, last);
+    assert!(reason.contains("missing"), "{reason}");
+}
+
+/// A segment cut at an append boundary (here: every append gone) after `head.state` or its
+/// index counted it, the last one or a sealed one, is refused, naming it.
+#[tokio::test]
+async fn a_segment_cut_at_an_append_boundary_is_corrupt() {
+    for which in ["last", "sealed"] {
+        let dir = temp_dir();
+        let segments = a_closed_store_of_small_segments(dir.path()).await;
+        let segment = match which {
+            "last" => segments.last(),
+            _ => segments.first(),
+        }
+        .expect("a segment");
+        let header = std::fs::read(segment).expect("read")[..24].to_vec();
+        std::fs::write(segment, header).expect("cut");
+        let (path, reason) = corrupt_at(dir.path());
+        assert_eq!(&path, segment, "{which}: {reason}");
+        assert!(reason.contains("cut short"), "{which}: {reason}");
+    }
+}
+
 #[tokio::test]
 async fn what_is_not_a_store_is_refused_and_left_alone() {
     let dir = temp_dir();
@@ -320,15 +376,30 @@ fn appends() -> impl Strategy<Value = Vec<Append>> {
     prop::collection::vec(append, 1..8)
 }
 
-/// Writes `appends` into a new store in `dir`; returns what was read back and the byte range
-/// of the last append in its segment.
-fn write_history(dir: &Path, appends: &[Append]) -> (Vec<Seen>, Vec<Seen>, PathBuf, u64) {
+/// What [`write_history`] wrote.
+struct History {
+    /// The events before the last append.
+    before: Vec<Seen>,
+    /// All events.
+    after: Vec<Seen>,
+    /// The segment of the last append.
+    segment: PathBuf,
+    /// Where the last append starts in it.
+    start: u64,
+    /// `head.state` as it was on disk while the last append was being written (a crash in it
+    /// leaves this one), if there was one.
+    state_before: Option<Vec<u8>>,
+}
+
+/// Writes `appends` into a new store in `dir`.
+fn write_history(dir: &Path, appends: &[Append]) -> History {
     runtime().block_on(async {
         let store = FileEventStore::open_with(dir, &small_segments()).expect("open");
         let (last, before) = appends.split_last().expect("one append");
         for append in before {
             append_one(&store, append).await;
         }
+        let state_before = std::fs::read(dir.join("head.state")).ok();
         let before = seen(&read_all(&store).await.expect("read"));
         let (count, len) = (
             segments(dir).len(),
@@ -341,7 +412,13 @@ fn write_history(dir: &Path, appends: &[Append]) -> (Vec<Seen>, Vec<Seen>, PathB
         // The last append lies in the last segment: a new one is begun before an append, never after.
         let segment = segments(dir).pop().expect("a segment");
         let start = if segments(dir).len() > count { 24 } else { len };
-        (before, after, segment, start)
+        History {
+            before,
+            after,
+            segment,
+            start,
+            state_before,
+        }
     })
 }
 
@@ -379,14 +456,14 @@ proptest! {
     #[test]
     fn a_torn_last_append_vanishes_whole(appends in appends()) {
         let dir = temp_dir();
-        let (before, after, segment, start) = write_history(dir.path(), &appends);
+        let History { before, after, segment, start, state_before } = write_history(dir.path(), &appends);
         let bytes = std::fs::read(&segment).expect("segment");
         let state = dir.path().join("head.state");
-        let saved_state = std::fs::read(&state).ok();
         for cut in start..bytes.len() as u64 {
             std::fs::write(&segment, &bytes[..usize::try_from(cut).expect("small")]).expect("cut");
-            if let Some(saved) = &saved_state {
-                std::fs::write(&state, saved).expect("state as the crash left it");
+            match &state_before {
+                Some(saved) => std::fs::write(&state, saved).expect("state as the crash left it"),
+                None => drop(std::fs::remove_file(&state)),
             }
             prop_assert_eq!(&reopen(dir.path()).expect("a torn append is no corruption"), &before, "cut at {}", cut);
         }
@@ -399,7 +476,7 @@ proptest! {
     #[test]
     fn a_flipped_bit_is_detected_or_harmless(appends in appends(), file in any::<prop::sample::Index>(), bit in any::<prop::sample::Index>()) {
         let dir = temp_dir();
-        let (_, after, _, _) = write_history(dir.path(), &appends);
+        let after = write_history(dir.path(), &appends).after;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").path())
             .filter(|p| p.file_name().is_some_and(|n| n != "LOCK")).collect();
         files.sort();
@@ -429,7 +506,7 @@ fn every_bit_of_a_small_log_is_checked() {
             events: vec![("t".into(), 20)],
         },
     ];
-    let (_, after, segment, _) = write_history(dir.path(), &history);
+    let History { after, segment, .. } = write_history(dir.path(), &history);
     let bytes = std::fs::read(&segment).expect("segment");
     std::fs::remove_file(dir.path().join("head.state")).ok();
     let mut detected = 0;

@@ -1,6 +1,8 @@
 //! The store a command works on: a file data directory or PostgreSQL.
 
-use krescent::checkpoint::{CheckpointStorage, PostgresCheckpointStorage, StoredCheckpoint};
+use krescent::checkpoint::{
+    CheckpointStorage, Integrity, PostgresCheckpointStorage, StoredCheckpoint,
+};
 use krescent::store::{EventBatch, EventStore, FileEventStore, PostgresConfig, PostgresEventStore};
 use krescent::Position;
 
@@ -65,10 +67,7 @@ impl Backend {
     /// store sees only what it held when opened).
     pub async fn wait_for_append(&self, after: Position) -> Result<(), CliError> {
         match self {
-            Backend::File { .. } => Err(CliError::NeedsPostgres {
-                what: "`--follow`",
-                why: "the file store sees the events it held when it was opened",
-            }),
+            Backend::File { .. } => Err(CliError::follow_needs_postgres()),
             Backend::Postgres { store, .. } => Ok(store.wait_for_append(after).await?),
         }
     }
@@ -89,9 +88,13 @@ impl Backend {
         }
     }
 
-    /// The checkpoint of `namespace`, or an error naming the namespaces there are.
-    pub async fn checkpoint(&self, namespace: &str) -> Result<StoredCheckpoint, CliError> {
-        if let Some(checkpoint) = self.storage().load(namespace).await? {
+    /// The checkpoint of `namespace` and how its integrity was checked, or an error naming the
+    /// namespaces there are; one whose checksum fails is the storage's `Corrupt` error.
+    pub async fn checkpoint(
+        &self,
+        namespace: &str,
+    ) -> Result<(StoredCheckpoint, Integrity), CliError> {
+        if let Some(checkpoint) = self.storage().load_checked(namespace).await? {
             return Ok(checkpoint);
         }
         self.unknown(namespace).await

@@ -1,6 +1,6 @@
 //! `krescent checkpoints list | show | delete`.
 
-use krescent::checkpoint::{BucketValue, CheckpointBucket, StoredCheckpoint};
+use krescent::checkpoint::{BucketValue, CheckpointBucket, Integrity, StoredCheckpoint};
 use krescent::projection::PostgresProjection;
 use krescent::Position;
 use serde::Serialize;
@@ -36,11 +36,22 @@ pub struct Summary {
     size_bytes: usize,
     /// The store's head minus the position.
     lag: u64,
+    /// `verified` (its checksum matched) or `unchecked` (written before checksums).
+    integrity: &'static str,
+    /// The checksum, as `0x` and eight hex digits, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
 }
 
 impl Summary {
-    pub fn of(checkpoint: &StoredCheckpoint, head: Position) -> Self {
+    pub fn of(checkpoint: &StoredCheckpoint, integrity: Integrity, head: Position) -> Self {
+        let (integrity, checksum) = match integrity {
+            Integrity::Verified { checksum } => ("verified", Some(format!("{checksum:#010x}"))),
+            Integrity::Unchecked => ("unchecked", None),
+        };
         Summary {
+            integrity,
+            checksum,
             namespace: checkpoint.namespace.clone(),
             version: checkpoint.version.to_string(),
             position: checkpoint.position.get(),
@@ -58,41 +69,70 @@ impl Summary {
             self.taken_at.clone(),
             self.size_bytes.to_string(),
             self.lag.to_string(),
+            self.integrity.to_owned(),
         ]
     }
 }
 
-const HEADER: [&str; 6] = [
+const HEADER: [&str; 7] = [
     "NAMESPACE",
     "VERSION",
     "POSITION",
     "TAKEN AT",
     "SIZE",
     "LAG",
+    "INTEGRITY",
 ];
 
 #[derive(Serialize)]
 struct Listing {
     head: u64,
     checkpoints: Vec<Summary>,
+    /// Checkpoints that do not load: their checksum fails, or they do not decode.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    corrupt: Vec<Corrupt>,
+}
+
+/// A checkpoint that does not load, as `list` reports it.
+#[derive(Serialize)]
+struct Corrupt {
+    namespace: String,
+    reason: String,
 }
 
 async fn list(backend: &Backend, json: bool) -> Result<(), CliError> {
     let head = backend.head().await?;
     let mut checkpoints = Vec::new();
+    let mut corrupt = Vec::new();
     for namespace in backend.storage().list().await? {
-        // Deleted between `list` and `load`: not listed.
-        if let Some(checkpoint) = backend.storage().load(&namespace).await? {
-            checkpoints.push(Summary::of(&checkpoint, head));
+        match backend.storage().load_checked(&namespace).await {
+            Ok(Some((checkpoint, integrity))) => {
+                checkpoints.push(Summary::of(&checkpoint, integrity, head));
+            }
+            // Deleted between `list` and `load`: not listed.
+            Ok(None) => {}
+            Err(e) if e.is_corrupt() => corrupt.push(Corrupt {
+                namespace,
+                reason: e.to_string(),
+            }),
+            Err(e) => return Err(e.into()),
         }
     }
     if json {
         return output::json(&Listing {
             head: head.get(),
             checkpoints,
+            corrupt,
         });
     }
-    let rows: Vec<Vec<String>> = checkpoints.iter().map(Summary::row).collect();
+    let mut rows: Vec<Vec<String>> = checkpoints.iter().map(Summary::row).collect();
+    for c in &corrupt {
+        let mut row = vec![c.namespace.clone()];
+        row.extend(std::iter::repeat_n("-".to_owned(), HEADER.len() - 2));
+        row.push("corrupt".to_owned());
+        rows.push(row);
+    }
+    rows.sort_by(|a, b| a[0].cmp(&b[0]));
     output::table(&HEADER, &rows)
 }
 
@@ -133,9 +173,9 @@ struct Shown<'a> {
 
 async fn show(backend: &Backend, namespace: &str, json: bool) -> Result<(), CliError> {
     let head = backend.head().await?;
-    let checkpoint = backend.checkpoint(namespace).await?;
+    let (checkpoint, integrity) = backend.checkpoint(namespace).await?;
     let shown = Shown {
-        summary: Summary::of(&checkpoint, head),
+        summary: Summary::of(&checkpoint, integrity, head),
         keys: keys_of(&checkpoint.bucket),
         bucket: &checkpoint.bucket,
     };
@@ -150,6 +190,13 @@ async fn show(backend: &Backend, namespace: &str, json: bool) -> Result<(), CliE
         ("taken at", s.taken_at.clone()),
         ("size", format!("{} bytes", s.size_bytes)),
         ("lag", format!("{} events", s.lag)),
+        (
+            "integrity",
+            match &s.checksum {
+                Some(checksum) => format!("verified (checksum {checksum})"),
+                None => "unchecked (no checksum: written before checksums)".to_owned(),
+            },
+        ),
     ] {
         output::line(&format!("{name:<10} {value}"))?;
     }
@@ -175,7 +222,9 @@ fn flatten(keys: &[Key], indent: &str, rows: &mut Vec<Vec<String>>) {
 #[derive(Serialize)]
 pub struct Deletion {
     pub namespace: String,
-    pub position: u64,
+    /// The checkpoint's position; absent for a corrupt checkpoint, whose position is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
     pub dry_run: bool,
     pub deleted: bool,
     /// The tables dropped with it (`models delete`).
@@ -188,18 +237,32 @@ pub struct Deletion {
 }
 
 async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), CliError> {
-    let checkpoint = backend.checkpoint(&args.namespace).await?;
-    let at = checkpoint.position;
+    let (position, what) = match backend.checkpoint(&args.namespace).await {
+        Ok((checkpoint, _)) => {
+            refuse_shared_tables(backend, &checkpoint)?;
+            let at = checkpoint.position;
+            let what = format!("the checkpoint of `{}` at position {at}", args.namespace);
+            (Some(at.get()), what)
+        }
+        // A corrupt checkpoint can be deleted (its model would discard it anyway), except one
+        // segment's: what it refers to cannot be read, so it may share a projection's tables.
+        Err(CliError::Storage(e)) if e.is_corrupt() => {
+            if matches!(backend, Backend::Postgres { .. }) {
+                refuse_segment(&args.namespace)?;
+            }
+            let what = format!("the corrupt checkpoint of `{}` ({e})", args.namespace);
+            (None, what)
+        }
+        Err(e) => return Err(e),
+    };
     let mut deletion = Deletion {
         namespace: args.namespace.clone(),
-        position: at.get(),
+        position,
         dry_run: args.dry_run,
         deleted: false,
         tables: None,
         segments: None,
     };
-    refuse_shared_tables(backend, &checkpoint)?;
-    let what = format!("the checkpoint of `{}` at position {at}", args.namespace);
     backend
         .refuse_if_leased(&args.namespace, args.force)
         .await?;

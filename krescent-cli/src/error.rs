@@ -78,6 +78,22 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// `--follow` on a data directory.
+    pub fn follow_needs_postgres() -> Self {
+        CliError::NeedsPostgres {
+            what: "`--follow`",
+            why: "the file store sees the events it held when it was opened",
+        }
+    }
+
+    /// `models delete` on a data directory.
+    pub fn models_delete_needs_postgres() -> Self {
+        CliError::NeedsPostgres {
+            what: "`models delete`",
+            why: "projections keep their tables in PostgreSQL",
+        }
+    }
+
     /// 2 for bad usage, 1 for every other failure.
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    refuse_on_a_data_dir(&cli)?;
     let backend = backend::Backend::open(&cli.store).await?;
     let json = cli.json;
     match cli.command {
@@ -52,6 +53,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Models(command) => models::run(&backend, command, json).await,
         Command::Store(command) => stats::run(&backend, command, json).await,
         Command::Events(command) => events::run(&backend, command).await,
+    }
+}
+
+/// Bad usage found before anything is opened: a command that needs PostgreSQL, given a data
+/// directory (exit 2, whatever the directory holds).
+fn refuse_on_a_data_dir(cli: &Cli) -> Result<(), CliError> {
+    if cli.store.data_dir.is_none() {
+        return Ok(());
+    }
+    match &cli.command {
+        Command::Events(cli::EventsCommand::Tail(args)) if args.follow => {
+            Err(CliError::follow_needs_postgres())
+        }
+        Command::Models(cli::ModelsCommand::Delete(_)) => {
+            Err(CliError::models_delete_needs_postgres())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -40,10 +40,7 @@ pub fn refuse_segment(namespace: &str) -> Result<(), CliError> {
 
 async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), CliError> {
     let Backend::Postgres { storage, .. } = backend else {
-        return Err(CliError::NeedsPostgres {
-            what: "`models delete`",
-            why: "projections keep their tables in PostgreSQL",
-        });
+        return Err(CliError::models_delete_needs_postgres());
     };
     let model = args.namespace.as_str();
     refuse_segment(model)?;
@@ -57,11 +54,7 @@ async fn delete(backend: &Backend, args: &DeleteArgs, json: bool) -> Result<(), 
     let split = checkpoints.iter().any(|c| c.namespace != model);
     let mut deletion = Deletion {
         namespace: model.to_owned(),
-        position: checkpoints
-            .iter()
-            .map(|c| c.position.get())
-            .min()
-            .unwrap_or(0),
+        position: checkpoints.iter().map(|c| c.position.get()).min(),
         dry_run: args.dry_run,
         deleted: false,
         tables: Some(tables),

@@ -270,13 +270,19 @@ impl FileEventStore {
             Err(fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
         }
         remove_temporaries(&dir)?;
+        let saved = fs::read(dir.join(STATE_FILE))
+            .ok()
+            .and_then(|b| index::decode_state(&b));
+        if let Some(saved) = &saved {
+            check_evidence(&dir, saved)?;
+        }
         if firsts.is_empty() {
             let path = segment_path(&dir, 1);
             write_atomically(&path, &format::segment_header(1)).map_err(io_at(&path))?;
             firsts.push(1);
         }
         firsts.sort_unstable();
-        let (state, scanned) = recover(&dir, &firsts)?;
+        let (state, scanned) = recover(&dir, &firsts, saved)?;
         let active = state.active();
         let path = segment_path(&dir, active.first);
         let file = OpenOptions::new()
@@ -561,12 +567,13 @@ fn remove_temporaries(dir: &Path) -> Result<(), StoreError> {
 /// Checks the segments `firsts` of `dir` and finds where their committed appends end: from
 /// `head.state` and the `.idx` files where they hold, by scanning where they do not. Cuts a
 /// torn tail. Returns the state and the bytes scanned.
-fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
-    let saved = fs::read(dir.join(STATE_FILE))
-        .ok()
-        .and_then(|b| index::decode_state(&b));
-    // The state holds only while its segment is at least as long as it says: a shorter one
-    // lost appends it counted, so its stream versions cannot be trusted either.
+fn recover(
+    dir: &Path,
+    firsts: &[u64],
+    saved: Option<HeadState>,
+) -> Result<(State, u64), StoreError> {
+    // The state holds only while its segment is at least as long as it says (checked by
+    // `check_evidence` before: a shorter one lost appends it counted).
     let resume = saved.as_ref().and_then(|s| {
         let i = firsts.iter().position(|&f| f == s.index.first)?;
         let len = fs::metadata(segment_path(dir, firsts[i])).ok()?.len();
@@ -605,16 +612,14 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
                 path,
                 offset: 0,
                 reason: format!(
-                    "the segment starts at position {first} where {expected_first} was expected"
+                    "the segment starts at position {first} where {expected_first} was expected: events {expected_first}..={} are missing (a segment deleted, or the one before cut short)",
+                    first.saturating_sub(1)
                 ),
             });
         }
         let known = match (i.cmp(&resume), &resume_index) {
             (std::cmp::Ordering::Equal, Some(index)) => Some(index.clone()),
-            (std::cmp::Ordering::Less, _) if !is_last => fs::read(index_path(dir, first))
-                .ok()
-                .and_then(|b| index::decode_index(&b))
-                .filter(|index| index.first == first && index.len == file_len),
+            (std::cmp::Ordering::Less, _) if !is_last => sealed_index(dir, &path, first, file_len)?,
             _ => None,
         };
         let had_index = known.is_some();
@@ -651,6 +656,77 @@ fn recover(dir: &Path, firsts: &[u64]) -> Result<(State, u64), StoreError> {
         segments.push(result.index);
     }
     Ok((State { segments, streams }, scanned))
+}
+
+/// Refuses a log shorter than its own evidence: `saved`, a valid `head.state`, records the
+/// committed appends of its segment up to a length. A crash cannot lose them (a segment is
+/// synced before the state that counts it is written), so a segment that is missing or shorter
+/// lost committed events: an operator's mistake or a bad restore, [`StoreError::Corrupt`]
+/// naming the segment, never a shorter log.
+fn check_evidence(dir: &Path, saved: &HeadState) -> Result<(), StoreError> {
+    let index = &saved.index;
+    if index.is_empty() {
+        return Ok(());
+    }
+    let path = segment_path(dir, index.first);
+    let len = match fs::metadata(&path) {
+        Ok(metadata) => metadata.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StoreError::Corrupt {
+                reason: format!(
+                    "the segment is missing: `{STATE_FILE}` records events {}..={} committed in it",
+                    index.first, index.last
+                ),
+                path,
+                offset: 0,
+            });
+        }
+        Err(e) => return Err(io_at(&path)(e)),
+    };
+    if len < index.len {
+        return Err(StoreError::Corrupt {
+            reason: format!(
+                "the segment holds {len} bytes where `{STATE_FILE}` records {} committed (events {}..={}): it was cut short",
+                index.len, index.first, index.last
+            ),
+            path,
+            offset: len,
+        });
+    }
+    Ok(())
+}
+
+/// The index file of the sealed segment at `path` (starting at `first`, `file_len` bytes), when
+/// it holds; `None` when it is missing or damaged (the segment is scanned instead).
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when the index records more committed bytes than the segment holds:
+/// the segment was cut short after it was sealed.
+fn sealed_index(
+    dir: &Path,
+    path: &Path,
+    first: u64,
+    file_len: u64,
+) -> Result<Option<SegmentIndex>, StoreError> {
+    let index_path = index_path(dir, first);
+    let Some(index) = fs::read(&index_path)
+        .ok()
+        .and_then(|b| index::decode_index(&b))
+        .filter(|index| index.first == first)
+    else {
+        return Ok(None);
+    };
+    if index.len > file_len {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            offset: file_len,
+            reason: format!(
+                "the sealed segment holds {file_len} bytes where its index `{}` records {} committed (events {}..={}): it was cut short",
+                index_path.display(), index.len, index.first, index.last
+            ),
+        });
+    }
+    Ok((index.len == file_len).then_some(index))
 }
 
 fn check_segment_header(path: &Path, file: &mut File, first: u64) -> Result<(), StoreError> {
