@@ -1,5 +1,6 @@
 //! Taking, renewing and releasing a lease row.
 
+use crate::store::postgres::store_connection;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ impl Leases {
              RETURNING epoch",
             leases = self.names.leases
         );
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let statement = client.prepare_cached(&sql).await?;
         let row = client
             .query_opt(
@@ -77,7 +78,7 @@ impl Leases {
              WHERE checkpoints = $1 AND namespace = $2 AND holder = $3 AND epoch = $4",
             self.names.leases
         );
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let statement = client.prepare_cached(&sql).await?;
         let epoch = epoch_value(fence.epoch);
         let updated = client
@@ -102,7 +103,7 @@ impl Leases {
              WHERE checkpoints = $1 AND namespace = $2 AND holder = $3 AND epoch = $4",
             self.names.leases
         );
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let statement = client.prepare_cached(&sql).await?;
         client
             .execute(

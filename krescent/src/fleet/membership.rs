@@ -1,6 +1,7 @@
 //! Who runs a split model: each instance is a member, a lease row of its own that it renews,
 //! and the members share the segments out among themselves.
 
+use crate::store::postgres::store_connection;
 use tracing::warn;
 
 use super::{HeldLease, LeaseConfig, Leases};
@@ -23,7 +24,7 @@ impl Leases {
             self.names.leases
         );
         let cleaned = async {
-            let client = self.pool.get().await?;
+            let client = store_connection(&self.pool).await?;
             client
                 .execute(&sql, &[&self.names.checkpoints_plain, &prefix])
                 .await?;
@@ -47,7 +48,7 @@ impl Leases {
              AND expires_at > clock_timestamp() ORDER BY namespace COLLATE \"C\"",
             self.names.leases
         );
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let rows = client
             .query(
                 &sql,
@@ -66,7 +67,7 @@ impl Leases {
              AND expires_at > clock_timestamp()",
             self.names.leases
         );
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let rows = client
             .query(&sql, &[&self.names.checkpoints_plain, &namespaces])
             .await?;

@@ -1,5 +1,6 @@
 //! Tables in Postgres, written in the transaction that commits the model's checkpoint.
 
+use crate::store::postgres::store_connection;
 use std::collections::BTreeMap;
 
 use deadpool_postgres::{ClientWrapper, Object, PoolError};
@@ -11,7 +12,8 @@ use crate::checkpoint::{
     StorageError, StoredCheckpoint,
 };
 use crate::fleet::{check_fence, Fence, FenceFailure, Segment};
-use crate::store::postgres::{identifier, transient_cause, DbFailure};
+use crate::store::postgres::{checkout, identifier, transient_cause, DbFailure};
+use crate::store::PoolRole;
 use crate::store::StoreError;
 
 mod segment;
@@ -59,6 +61,15 @@ impl From<PoolError> for ProjectionError {
     }
 }
 
+impl From<DbFailure> for ProjectionError {
+    fn from(e: DbFailure) -> Self {
+        ProjectionError {
+            transient: e.is_transient(),
+            source: e.into_source(),
+        }
+    }
+}
+
 /// A table of the projection: its quoted name, plain name and `CREATE TABLE` statement.
 #[derive(Debug, Clone)]
 struct Table {
@@ -87,7 +98,7 @@ pub struct PostgresProjection {
     storage: PostgresCheckpointStorage,
     revision: u32,
     tables: Vec<Table>,
-    /// The connection of the open transaction (kept between transactions).
+    /// The connection of the open transaction (none between transactions).
     client: Option<Object>,
     open: bool,
     /// The tables' shapes as the database has them, read by `prepare` and after a reset.
@@ -154,7 +165,13 @@ impl PostgresProjection {
     /// The open transaction's connection, beginning a transaction if none is open. Everything a
     /// handler writes through it commits with the next checkpoint.
     ///
-    /// A connection lost between transactions is replaced here; one lost inside the open
+    /// The connection is taken from the storage's pool of projection transactions
+    /// ([`PostgresCheckpointStorage::with_transaction_pool`]) when the transaction begins and
+    /// given back when it commits or rolls back, so a projection holds none between
+    /// transactions; when none becomes free within
+    /// [`PostgresConfig::pool_wait`](crate::store::PostgresConfig::pool_wait), the handler fails
+    /// with a transient [`ProjectionError`] whose source is a
+    /// [`PoolExhausted`](crate::store::PoolExhausted). One lost inside the open
     /// transaction fails the handler's statement with a transient [`ProjectionError`]: the
     /// runner rolls back, and a model run by
     /// [`Krescent::stream_with`](crate::Krescent::stream_with) or the
@@ -164,13 +181,8 @@ impl PostgresProjection {
     /// When no connection can be had or `BEGIN` fails.
     pub async fn transaction(&mut self) -> Result<&ClientWrapper, ProjectionError> {
         let client = match self.client.take() {
-            // A connection that closed between transactions holds nothing: take a new one.
-            Some(client) if client.is_closed() && !self.open => {
-                drop(Object::take(client));
-                self.storage.pool().get().await?
-            }
             Some(client) => client,
-            None => self.storage.pool().get().await?,
+            None => checkout(self.storage.transaction_pool(), PoolRole::Projections).await?,
         };
         if !self.open {
             if let Err(e) = client.batch_execute("BEGIN").await {
@@ -216,7 +228,7 @@ impl PostgresProjection {
     /// [`StorageError::Database`] when the database refuses; nothing is deleted then.
     pub async fn delete_models(&self, namespaces: &[&str]) -> Result<(), StorageError> {
         let run = async {
-            let client = self.storage.pool().get().await?;
+            let client = store_connection(&self.storage.pool()).await?;
             let result = self.delete_in(&client, namespaces).await;
             if result.is_err() {
                 // Inside a failed transaction: closed (the server rolls it back), not handed
@@ -456,7 +468,7 @@ impl CheckpointTransaction for PostgresProjection {
 
     async fn prepare(&mut self) -> Result<(), StorageError> {
         let run = async {
-            let client = self.storage.pool().get().await?;
+            let client = store_connection(&self.storage.pool()).await?;
             self.read_shapes(&client).await
         };
         self.shapes = run
@@ -533,7 +545,9 @@ impl CheckpointTransaction for PostgresProjection {
         };
         match result {
             Ok(()) => {
+                // Back to the pool: a projection holds a connection only inside a transaction.
                 self.open = false;
+                self.client = None;
                 Ok(())
             }
             Err(FenceFailure::Lost { current }) => {
@@ -580,6 +594,8 @@ impl CheckpointTransaction for PostgresProjection {
             self.discard();
         }
         self.open = false;
+        // Back to the pool: a projection holds a connection only inside a transaction.
+        self.client = None;
         result
     }
 }

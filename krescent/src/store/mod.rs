@@ -17,7 +17,7 @@ pub use error::StoreError;
 pub use file::{FileEventStore, FileStoreOptions, DEFAULT_SEGMENT_BYTES};
 pub use memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresConfig, PostgresEventStore};
+pub use postgres::{PoolExhausted, PoolRole, PostgresConfig, PostgresEventStore};
 pub use query::{AppendCondition, Query};
 pub use subscription::Subscription;
 

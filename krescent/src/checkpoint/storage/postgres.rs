@@ -1,5 +1,6 @@
 //! Checkpoints in a Postgres table (feature `postgres`).
 
+use crate::store::postgres::store_connection;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -46,6 +47,8 @@ pub use deadpool_postgres::Pool as PostgresPool;
 #[derive(Debug, Clone)]
 pub struct PostgresCheckpointStorage {
     pool: Pool,
+    /// Where projections committing here take the connections of their transactions.
+    transactions: Pool,
     format: CheckpointFormat,
     names: Arc<Names>,
     sql: Arc<Sql>,
@@ -91,6 +94,7 @@ impl PostgresCheckpointStorage {
             clear: format!("DELETE FROM {table}"),
         };
         PostgresCheckpointStorage {
+            transactions: pool.clone(),
             pool,
             format: CheckpointFormat::MessagePack,
             names,
@@ -119,10 +123,28 @@ impl PostgresCheckpointStorage {
         self
     }
 
+    /// This storage, its [`PostgresProjection`](crate::projection::PostgresProjection)s
+    /// taking the connections of their transactions from `pool` (by default the storage's own
+    /// pool; [`PostgresEventStore::checkpoint_storage`](crate::store::PostgresEventStore::checkpoint_storage)
+    /// gives the store's pool of projection transactions). A projection holds its connection
+    /// from its transaction's first statement to its checkpoint's commit, while its model reads
+    /// events through the store's pool: with both in one pool, as many projections as the pool
+    /// has connections could hold them all and leave none to read the events they wait for.
+    #[must_use]
+    pub fn with_transaction_pool(mut self, pool: Pool) -> Self {
+        self.transactions = pool;
+        self
+    }
+
     /// The pool.
     #[must_use]
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The pool projections take the connections of their transactions from.
+    pub(crate) fn transaction_pool(&self) -> &Pool {
+        &self.transactions
     }
 
     pub(crate) fn names(&self) -> &Names {
@@ -137,7 +159,7 @@ impl PostgresCheckpointStorage {
     /// [`StorageError::Database`] when the database refuses.
     pub async fn lease(&self, namespace: &str) -> Result<Option<LeaseHolder>, StorageError> {
         let run = async {
-            let client = self.pool.get().await?;
+            let client = store_connection(&self.pool).await?;
             let table = format!(
                 "{}.{}",
                 self.names.schema_plain,
@@ -178,11 +200,9 @@ impl PostgresCheckpointStorage {
         fence: &Fence,
     ) -> Result<(), StorageError> {
         let doing = || format!("store into {}", self.origin(&checkpoint.namespace));
-        let client = self
-            .pool
-            .get()
+        let client = store_connection(&self.pool)
             .await
-            .map_err(|e| DbFailure::from(e).storage(doing()))?;
+            .map_err(|e| e.storage(doing()))?;
         client
             .batch_execute("BEGIN")
             .await
@@ -310,7 +330,7 @@ impl PostgresCheckpointStorage {
     /// The row of `namespace`; its `data` column is read in place, not copied out (a large
     /// state's checkpoint is tens of MB).
     async fn try_load(&self, namespace: &str) -> Result<Option<Row>, DbFailure> {
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let statement = client.prepare_cached(&self.sql.load).await?;
         Ok(client.query_opt(&statement, &[&namespace]).await?)
     }
@@ -320,7 +340,7 @@ impl PostgresCheckpointStorage {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, DbFailure> {
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let statement = client.prepare_cached(sql).await?;
         Ok(client.execute(&statement, params).await?)
     }
@@ -423,7 +443,7 @@ impl CheckpointStorage for PostgresCheckpointStorage {
             return self.store_fenced(checkpoint, fence).await;
         }
         let run = async {
-            let client = self.pool.get().await?;
+            let client = store_connection(&self.pool).await?;
             self.upsert_bucket(&client, checkpoint).await
         };
         run.await
@@ -454,7 +474,7 @@ impl CheckpointStorage for PostgresCheckpointStorage {
 
     async fn list(&self) -> Result<Vec<String>, StorageError> {
         let run = async {
-            let client = self.pool.get().await?;
+            let client = store_connection(&self.pool).await?;
             let statement = client.prepare_cached(&self.sql.list).await?;
             let rows = client.query(&statement, &[]).await?;
             rows.iter()

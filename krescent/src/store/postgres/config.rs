@@ -24,6 +24,19 @@ pub struct PostgresConfig {
     /// The longest a live reader waits before reading again without a notification: the
     /// fallback when a notification is lost or the listening connection is down. Default 1 s.
     pub poll_interval: Duration,
+    /// The connections of the store's pool ([`PostgresEventStore::connect_with`](super::PostgresEventStore::connect_with)):
+    /// reads, appends, checkpoint writes and leases, each holding one only for its statements.
+    /// Default 16; at least 1.
+    pub pool_size: usize,
+    /// The connections of the pool of projection transactions: a
+    /// [`PostgresProjection`](crate::projection::PostgresProjection) holds one from its
+    /// transaction's first statement to its checkpoint's commit, so this many projections can
+    /// be inside a transaction at once; the others wait. Default 16; at least 1.
+    pub projection_pool_size: usize,
+    /// The longest taking a connection of either pool waits before it fails with the transient
+    /// [`PoolExhausted`](super::PoolExhausted) (a streaming model then restarts from its
+    /// checkpoint with backoff). Default 30 s.
+    pub pool_wait: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -34,6 +47,9 @@ impl Default for PostgresConfig {
             checkpoints_table: "krescent_checkpoints".to_owned(),
             notify_channel: "krescent_events".to_owned(),
             poll_interval: Duration::from_secs(1),
+            pool_size: 16,
+            projection_pool_size: 16,
+            pool_wait: Duration::from_secs(30),
         }
     }
 }

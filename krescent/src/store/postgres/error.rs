@@ -61,6 +61,8 @@ pub(crate) enum DbFailure {
     Driver(tokio_postgres::Error),
     /// The pool could not hand out a connection.
     Pool(PoolError),
+    /// No connection of a pool became free in time.
+    Exhausted(super::PoolExhausted),
     /// Something else went wrong (a value the database returned is out of range).
     Other(String),
 }
@@ -86,7 +88,7 @@ impl DbFailure {
             | DbFailure::Pool(
                 PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)),
             ) => driver_error_is_transient(e),
-            DbFailure::Pool(PoolError::Timeout(_)) => true,
+            DbFailure::Pool(PoolError::Timeout(_)) | DbFailure::Exhausted(_) => true,
             DbFailure::Pool(_) | DbFailure::Other(_) => false,
         }
     }
@@ -103,10 +105,11 @@ impl DbFailure {
         violated.then(|| db.detail().unwrap_or_default())
     }
 
-    fn into_source(self) -> Box<dyn StdError + Send + Sync + 'static> {
+    pub(crate) fn into_source(self) -> Box<dyn StdError + Send + Sync + 'static> {
         match self {
             DbFailure::Driver(e) => Box::new(e),
             DbFailure::Pool(e) => Box::new(e),
+            DbFailure::Exhausted(e) => Box::new(e),
             DbFailure::Other(message) => message.into(),
         }
     }
@@ -143,6 +146,9 @@ pub(crate) fn transient_cause(error: &(dyn StdError + 'static)) -> Option<bool> 
     }
     if let Some(e) = error.downcast_ref::<tokio_postgres::Error>() {
         return Some(driver_error_is_transient(e));
+    }
+    if error.is::<super::PoolExhausted>() {
+        return Some(true);
     }
     if let Some(e) = error.downcast_ref::<PoolError>() {
         return Some(match e {

@@ -4,23 +4,25 @@
 mod config;
 mod error;
 mod listener;
+mod pool;
 mod query;
 mod schema;
 
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use config::PostgresConfig;
 pub(crate) use config::{identifier, Names, LEASES_TABLE};
 pub(crate) use error::{transient_cause, DbFailure};
 use listener::{wait_past, ListenTo, Listener};
+pub(crate) use pool::{checkout, pool, store_connection};
+pub use pool::{PoolExhausted, PoolRole};
 pub(crate) use schema::{migrate, Component};
 
 use super::{
@@ -29,9 +31,6 @@ use super::{
 use crate::checkpoint::storage::PostgresCheckpointStorage;
 use crate::event::{EventMeta, NewEvent, RecordedEvent};
 use crate::Position;
-
-/// The number of connections [`PostgresEventStore::connect`] opens at most.
-const POOL_SIZE: usize = 16;
 
 /// Events in a Postgres table, read back gap-free in commit order.
 ///
@@ -119,6 +118,8 @@ const POOL_SIZE: usize = 16;
 #[derive(Debug)]
 pub struct PostgresEventStore {
     pool: Pool,
+    /// The pool of projection transactions, apart so that they never starve reads.
+    projections: Pool,
     config: PostgresConfig,
     names: Arc<Names>,
     sql: Sql,
@@ -186,7 +187,10 @@ fn notify_prefix(names: &Names) -> String {
 impl PostgresEventStore {
     /// A store on `pool`; appends are announced to a dedicated connection opened with `listen`
     /// (usually the configuration the pool connects with), which starts with the first live
-    /// read. Nothing is contacted yet; call [`migrate`](Self::migrate) before the first use.
+    /// read. Projection transactions take their connections from a pool of their own, to
+    /// `listen` as well, of [`PostgresConfig::projection_pool_size`] (see
+    /// [`checkpoint_storage`](Self::checkpoint_storage)). Nothing is contacted yet; call
+    /// [`migrate`](Self::migrate) before the first use.
     ///
     /// # Errors
     /// [`StoreError::InvalidName`] when a name of `config` is not a safe identifier.
@@ -196,8 +200,15 @@ impl PostgresEventStore {
         config: PostgresConfig,
     ) -> Result<Self, StoreError> {
         let names = config.names()?;
+        let projections = self::pool(
+            listen.clone(),
+            config.projection_pool_size,
+            config.pool_wait,
+        )
+        .map_err(|e| e.store("build the projection transactions' pool"))?;
         Ok(PostgresEventStore {
             pool,
+            projections,
             sql: Sql::new(&names),
             names: Arc::new(names),
             config,
@@ -207,7 +218,8 @@ impl PostgresEventStore {
     }
 
     /// Connects to `url` (`postgres://user:password@host/db` or `host=… dbname=…`) with the
-    /// default [`PostgresConfig`] and a pool of up to 16 connections, without TLS.
+    /// default [`PostgresConfig`]: a pool of up to 16 connections and one of up to 16 for
+    /// projection transactions, without TLS.
     ///
     /// # Errors
     /// [`StoreError::Database`] when the URL is malformed or the server cannot be reached
@@ -225,14 +237,13 @@ impl PostgresEventStore {
         config.validate()?;
         let pg = tokio_postgres::Config::from_str(url)
             .map_err(|e| DbFailure::from(e).store("parse the database URL"))?;
-        let pool = pool(pg.clone()).map_err(|e| e.store("build the connection pool"))?;
+        let pool = pool(pg.clone(), config.pool_size, config.pool_wait)
+            .map_err(|e| e.store("build the connection pool"))?;
         let store = Self::new(pool, pg, config)?;
         drop(
-            store
-                .pool
-                .get()
+            store_connection(&store.pool)
                 .await
-                .map_err(|e| DbFailure::from(e).store("connect to the event database"))?,
+                .map_err(|e| e.store("connect to the event database"))?,
         );
         Ok(store)
     }
@@ -250,10 +261,13 @@ impl PostgresEventStore {
     }
 
     /// The checkpoint storage in the same database and schema (its table is
-    /// [`PostgresConfig::checkpoints_table`]), sharing this store's pool.
+    /// [`PostgresConfig::checkpoints_table`]), sharing this store's pool, and its projections'
+    /// transactions in this store's pool of projection transactions
+    /// ([`PostgresCheckpointStorage::with_transaction_pool`]).
     #[must_use]
     pub fn checkpoint_storage(&self) -> PostgresCheckpointStorage {
         PostgresCheckpointStorage::from_names(self.pool.clone(), self.names.clone())
+            .with_transaction_pool(self.projections.clone())
     }
 
     /// The pool.
@@ -274,7 +288,7 @@ impl PostgresEventStore {
     /// [`StoreError::Database`] when the database fails.
     pub async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
         let run = async {
-            let client = self.pool.get().await?;
+            let client = store_connection(&self.pool).await?;
             let statement = client.prepare_cached(&self.sql.stream_version).await?;
             let version: i64 = client.query_one(&statement, &[&stream_id]).await?.get(0);
             non_negative(version, "stream version")
@@ -376,7 +390,7 @@ impl PostgresEventStore {
         condition: Option<&AppendCondition>,
         before_commit: impl Future<Output = Result<(), StoreError>> + Send,
     ) -> Result<Result<Appended, StoreError>, DbFailure> {
-        let mut client = self.pool.get().await?;
+        let mut client = store_connection(&self.pool).await?;
         if events.is_empty() && condition.is_none() {
             return self.check_version(&client, stream_id, expected).await;
         }
@@ -587,7 +601,7 @@ impl PostgresEventStore {
     }
 
     async fn try_head(&self) -> Result<Position, DbFailure> {
-        let client = self.pool.get().await?;
+        let client = store_connection(&self.pool).await?;
         let statement = client.prepare_cached(&self.sql.head).await?;
         let head: i64 = client.query_one(&statement, &[]).await?.get(0);
         Ok(Position::new(non_negative(head, "position")?))
@@ -610,7 +624,7 @@ async fn read_events(
     after: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, DbFailure> {
-    let client = pool.get().await?;
+    let client = checkout(&pool, PoolRole::Store).await?;
     let statement = client.prepare_cached(&sql).await?;
     // Streamed: each row becomes an event as it arrives and is freed at once, rather than all
     // rows of the batch collected first.
@@ -748,24 +762,6 @@ impl EventStore for PostgresEventStore {
         wait_past(self.listened_head(), after, self.config.poll_interval).await;
         Ok(())
     }
-}
-
-/// A pool of up to [`POOL_SIZE`] connections to `config`, without TLS, replacing closed ones.
-pub(crate) fn pool(config: tokio_postgres::Config) -> Result<Pool, DbFailure> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(10)))
-        .recycle_timeout(Some(Duration::from_secs(10)))
-        .build()
-        .map_err(|e| DbFailure::Other(e.to_string()))
 }
 
 /// `value` as a `u64`, or an error naming the column.

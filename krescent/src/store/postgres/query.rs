@@ -34,6 +34,7 @@
 //! row, an absent one cost a walk over the whole table); with it, whichever index it picks, it
 //! reads at most the events appended since the decision read, or one index range.
 
+use super::store_connection;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -125,7 +126,7 @@ pub(super) async fn read_matching(
     if query.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let client = pool.get().await?;
+    let client = store_connection(&pool).await?;
     let (streams, types) = arrays(query);
     let after = i64::try_from(after.get()).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -5,6 +5,7 @@
 //! concurrent migrations run one after the other, and each applies only the steps that are
 //! missing; all steps of one call commit together or not at all.
 
+use super::store_connection;
 use deadpool_postgres::Pool;
 
 use super::config::Names;
@@ -131,7 +132,7 @@ pub(crate) async fn migrate(
     names: &Names,
     component: Component,
 ) -> Result<u32, DbFailure> {
-    let mut client = pool.get().await?;
+    let mut client = store_connection(&pool).await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&names.migrate_lock()])
         .await?;
