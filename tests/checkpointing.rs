@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use krescent::checkpoint::{CheckpointStorage as _, FileCheckpointStorage};
+use krescent::checkpoint::{
+    BucketValue, CheckpointStorage as _, CheckpointVersion, FileCheckpointStorage, StoredCheckpoint,
+};
 use krescent::prelude::*;
 use krescent_testkit::recording::RecordingStorage;
 
@@ -358,24 +360,41 @@ fn damage(dir: &std::path::Path, how: &str) {
     let storage = FileCheckpointStorage::open(dir).expect("storage");
     let path = storage.path_of("counter.file");
     let text = std::fs::read_to_string(&path).expect("checkpoint file");
+    // A checkpoint of another build, or with another bucket, written as a storage writes it
+    // (with its checksum): unusable for what it holds, not for damage.
+    let rewritten = |change: &dyn Fn(&mut StoredCheckpoint)| {
+        let mut checkpoint = StoredCheckpoint::decode(text.as_bytes(), "test").expect("decode");
+        change(&mut checkpoint);
+        String::from_utf8(checkpoint.encode().expect("encode")).expect("JSON")
+    };
     let damaged = match how {
         "truncated" => text[..text.len() / 2].to_owned(),
         "garbage" => "\u{0}\u{1}not json at all".to_owned(),
         "empty" => String::new(),
-        "wrong version" => text.replacen("\"version\":\"v1-", "\"version\":\"v9-", 1),
+        "flipped bit" => text.replacen("\"position\":\"4\"", "\"position\":\"5\"", 1),
+        "wrong version" => rewritten(&|c| {
+            c.version = CheckpointVersion::from_text(c.version.as_str().replacen("v1-", "v9-", 1));
+        }),
         "malformed position" => text.replacen("\"position\":\"4\"", "\"position\":\"four\"", 1),
-        "missing field" => text.replacen("\"seen\"", "\"unseen\"", 1),
-        "wrong kind" => text.replacen("{\"json\":[1,2,3,4]}", "{\"str\":\"1,2,3,4\"}", 1),
+        "missing field" => rewritten(&|c| {
+            let seen = c.bucket.remove("seen").expect("seen");
+            c.bucket.insert("unseen", seen);
+        }),
+        "wrong kind" => rewritten(&|c| {
+            c.bucket
+                .insert("seen", BucketValue::Str("1,2,3,4".to_owned()));
+        }),
         other => panic!("unknown damage {other}"),
     };
     assert_ne!(damaged, text, "{how} changed the file");
     std::fs::write(&path, damaged).expect("write");
 }
 
-const DAMAGES: [&str; 7] = [
+const DAMAGES: [&str; 8] = [
     "truncated",
     "garbage",
     "empty",
+    "flipped bit",
     "wrong version",
     "malformed position",
     "missing field",

@@ -267,7 +267,11 @@ async fn sixty_four_segments_of_one_projection_all_reach_the_head() {
     .await
     .expect("every segment reaches the head in time");
     assert_eq!(running.segments().len(), 64);
-    running.shutdown().await;
+    let ended = running
+        .shutdown()
+        .await
+        .expect("every segment stops cleanly");
+    assert_eq!(ended.len(), 64);
     assert_eq!(rows(&db, "many_split").await, 500);
 }
 

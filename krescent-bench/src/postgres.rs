@@ -427,6 +427,16 @@ async fn large_state(
         Ok::<_, Box<dyn Error>>(restored)
     })
     .await?;
+    // The checksum each write records and each restore checks, alone: what it adds to both.
+    let loaded = storage
+        .load("bench.large")
+        .await?
+        .ok_or("the large checkpoint is stored")?;
+    let checksum = median(options.reps, || async {
+        Ok::<_, Box<dyn Error>>(std::hint::black_box(loaded.checksum()))
+    })
+    .await?;
+    drop(loaded);
     let select = format!("SELECT data_binary FROM {checkpoints} WHERE namespace = 'bench.large'");
     let floor = median(options.reps, || async {
         let row = client.query_one(&select, &[]).await?;
@@ -448,13 +458,16 @@ async fn large_state(
         .await?
         .try_get(0)?;
     println!(
-        "bench large_state keys={} format={:?} checkpoint_ms={} checkpoint_floor_ms={} restore_ms={} restore_floor_ms={} bytes={bytes}",
+        "bench large_state keys={} format={:?} checkpoint_ms={} checkpoint_floor_ms={} restore_ms={} restore_floor_ms={} bytes={bytes} checksum_ms={:.1} checksum_share_checkpoint={:.4} checksum_share_restore={:.4}",
         model.entries.len(),
         storage.format(),
         checkpoint.as_millis(),
         checkpoint_floor.as_millis(),
         restore.as_millis(),
-        floor.as_millis()
+        floor.as_millis(),
+        checksum.as_secs_f64() * 1e3,
+        checksum.as_secs_f64() / checkpoint.as_secs_f64(),
+        checksum.as_secs_f64() / restore.as_secs_f64(),
     );
     Ok(())
 }

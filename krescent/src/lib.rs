@@ -148,13 +148,14 @@ pub use deadpool_postgres;
 /// What a first program needs: `use krescent::prelude::*;` brings the derives and
 /// `#[handlers]`, the entry point and what it returns ([`Krescent`], [`Origin`], [`Position`],
 /// [`Error`] and its [`HandlerError`] and [`DecodeError`]), the store trait with the in-memory
-/// store and [`ExpectedVersion`](store::ExpectedVersion), the write side ([`DecideError`],
+/// store and [`ExpectedVersion`](store::ExpectedVersion), a streaming model's [`Running`] and
+/// its [`Status`], the write side ([`DecideError`],
 /// [`Decided`], [`Query`](store::Query)), and serde's derives.
 pub mod prelude {
     pub use crate::store::{EventStore, ExpectedVersion, InMemoryEventStore, Query};
     pub use crate::{
         handlers, CaughtUp, DecideError, Decided, DecodeError, Error, Event, EventMeta, EventModel,
-        HandlerError, Krescent, NewEvent, Origin, Position, Running,
+        HandlerError, Krescent, NewEvent, Origin, Position, Running, Status,
     };
     pub use serde::{Deserialize, Serialize};
 }
