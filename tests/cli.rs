@@ -137,6 +137,48 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 const BOOKS: &str = "bookstore.books";
 
+/// The bookstore's checkpoint verifies; after a flipped bit in its file, `show` says it does
+/// not, `list` lists it as corrupt, and `delete` deletes it.
+fn a_corrupt_checkpoint_is_reported_and_deleted(data: &Path) {
+    let shown = json(on_dir(data).args(["checkpoints", "show", BOOKS]));
+    assert_eq!(shown["integrity"], "verified");
+    assert!(
+        shown["checksum"].as_str().is_some_and(|c| c.len() == 10),
+        "{shown}"
+    );
+    let text = ok(on_dir(data).args(["checkpoints", "show", BOOKS]));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("integrity") && l.contains("verified (checksum 0x")),
+        "{text}"
+    );
+
+    let file = std::fs::read_dir(data.join("checkpoints"))
+        .expect("checkpoints dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().contains(BOOKS))
+        .expect("the checkpoint file");
+    let mut bytes = std::fs::read(&file).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, &bytes).expect("flip");
+    let line = fails(on_dir(data).args(["checkpoints", "show", BOOKS]), 1);
+    assert!(line.contains("corrupt checkpoint"), "{line}");
+    let listing = json(on_dir(data).args(["checkpoints", "list"]));
+    assert_eq!(listing["corrupt"][0]["namespace"], BOOKS, "{listing}");
+    let table = ok(on_dir(data).args(["checkpoints", "list"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(BOOKS) && l.trim_end().ends_with("corrupt")),
+        "{table}"
+    );
+
+    let deleted = json(on_dir(data).args(["checkpoints", "delete", BOOKS, "--yes"]));
+    assert_eq!(deleted["deleted"], true);
+    assert!(deleted.get("position").is_none(), "unknown: {deleted}");
+}
+
 #[tokio::test]
 async fn checkpoints_of_a_bookstore_data_dir_are_listed_deleted_and_replayed() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -178,18 +220,6 @@ async fn checkpoints_of_a_bookstore_data_dir_are_listed_deleted_and_replayed() {
     assert_eq!(shown["keys"][0]["key"], "books");
     assert_eq!(shown["keys"][0]["kind"], "json");
     assert!(shown["bucket"]["books"].is_object(), "{shown}");
-    assert_eq!(shown["integrity"], "verified");
-    assert!(
-        shown["checksum"].as_str().is_some_and(|c| c.len() == 10),
-        "{shown}"
-    );
-    let text = ok(on_dir(data).args(["checkpoints", "show", BOOKS]));
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("integrity") && l.contains("verified (checksum 0x")),
-        "{text}"
-    );
-
     let stats = json(on_dir(data).args(["store", "stats"]));
     assert_eq!(
         (stats["head"].as_u64(), stats["events"].as_u64()),
@@ -242,32 +272,7 @@ async fn checkpoints_of_a_bookstore_data_dir_are_listed_deleted_and_replayed() {
     );
     assert_eq!(listed(&mut on_dir(data), BOOKS), Some((300, 7)));
 
-    // A flipped bit in the checkpoint file: `show` says it does not verify, `list` lists it as
-    // corrupt, and `delete` deletes it.
-    let file = std::fs::read_dir(data.join("checkpoints"))
-        .expect("checkpoints dir")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.to_string_lossy().contains(BOOKS))
-        .expect("the checkpoint file");
-    let mut bytes = std::fs::read(&file).expect("read");
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    std::fs::write(&file, &bytes).expect("flip");
-    let line = fails(on_dir(data).args(["checkpoints", "show", BOOKS]), 1);
-    assert!(line.contains("corrupt checkpoint"), "{line}");
-    let listing = json(on_dir(data).args(["checkpoints", "list"]));
-    assert_eq!(listing["corrupt"][0]["namespace"], BOOKS, "{listing}");
-    let table = ok(on_dir(data).args(["checkpoints", "list"]));
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with(BOOKS) && l.ends_with("corrupt")),
-        "{table}"
-    );
-
-    let deleted = json(on_dir(data).args(["checkpoints", "delete", BOOKS, "--yes"]));
-    assert_eq!(deleted["deleted"], true);
-    assert!(deleted.get("position").is_none(), "unknown: {deleted}");
+    a_corrupt_checkpoint_is_reported_and_deleted(data);
     assert_eq!(listed(&mut on_dir(data), BOOKS), None);
     let (restored, replayed) = summary(
         bookstore()

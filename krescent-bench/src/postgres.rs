@@ -427,16 +427,7 @@ async fn large_state(
         Ok::<_, Box<dyn Error>>(restored)
     })
     .await?;
-    // The checksum each write records and each restore checks, alone: what it adds to both.
-    let loaded = storage
-        .load("bench.large")
-        .await?
-        .ok_or("the large checkpoint is stored")?;
-    let checksum = median(options.reps, || async {
-        Ok::<_, Box<dyn Error>>(std::hint::black_box(loaded.checksum()))
-    })
-    .await?;
-    drop(loaded);
+    let checksum = checksum_time(options, storage).await?;
     let select = format!("SELECT data_binary FROM {checkpoints} WHERE namespace = 'bench.large'");
     let floor = median(options.reps, || async {
         let row = client.query_one(&select, &[]).await?;
@@ -450,13 +441,7 @@ async fn large_state(
         Ok::<_, Box<dyn Error>>(restored)
     })
     .await?;
-    let bytes: i64 = client
-        .query_one(
-            &format!("SELECT coalesce(octet_length(data_binary), octet_length(data::text))::bigint FROM {checkpoints} WHERE namespace = 'bench.large'"),
-            &[],
-        )
-        .await?
-        .try_get(0)?;
+    let bytes = stored_bytes(client, checkpoints).await?;
     println!(
         "bench large_state keys={} format={:?} checkpoint_ms={} checkpoint_floor_ms={} restore_ms={} restore_floor_ms={} bytes={bytes} checksum_ms={:.1} checksum_share_checkpoint={:.4} checksum_share_restore={:.4}",
         model.entries.len(),
@@ -470,6 +455,33 @@ async fn large_state(
         checksum.as_secs_f64() / restore.as_secs_f64(),
     );
     Ok(())
+}
+
+/// The size of the large checkpoint's stored bucket, before the server compresses it.
+async fn stored_bytes(client: &Client, checkpoints: &str) -> Result<i64, Box<dyn Error>> {
+    Ok(client
+        .query_one(
+            &format!("SELECT coalesce(octet_length(data_binary), octet_length(data::text))::bigint FROM {checkpoints} WHERE namespace = 'bench.large'"),
+            &[],
+        )
+        .await?
+        .try_get(0)?)
+}
+
+/// The checksum each write of the large checkpoint records and each restore checks, alone:
+/// what it adds to both.
+async fn checksum_time(
+    options: &Options,
+    storage: &impl CheckpointStorage,
+) -> Result<Duration, Box<dyn Error>> {
+    let loaded = storage
+        .load("bench.large")
+        .await?
+        .ok_or("the large checkpoint is stored")?;
+    median(options.reps, || async {
+        Ok::<_, Box<dyn Error>>(std::hint::black_box(loaded.checksum()))
+    })
+    .await
 }
 
 /// The map as the bucket's `MessagePack` document holds it (`{"entries": {"MessagePack":

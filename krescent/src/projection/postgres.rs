@@ -228,7 +228,7 @@ impl PostgresProjection {
     /// [`StorageError::Database`] when the database refuses; nothing is deleted then.
     pub async fn delete_models(&self, namespaces: &[&str]) -> Result<(), StorageError> {
         let run = async {
-            let client = store_connection(&self.storage.pool()).await?;
+            let client = store_connection(self.storage.pool()).await?;
             let result = self.delete_in(&client, namespaces).await;
             if result.is_err() {
                 // Inside a failed transaction: closed (the server rolls it back), not handed
@@ -468,7 +468,7 @@ impl CheckpointTransaction for PostgresProjection {
 
     async fn prepare(&mut self) -> Result<(), StorageError> {
         let run = async {
-            let client = store_connection(&self.storage.pool()).await?;
+            let client = store_connection(self.storage.pool()).await?;
             self.read_shapes(&client).await
         };
         self.shapes = run

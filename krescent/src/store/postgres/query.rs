@@ -126,7 +126,7 @@ pub(super) async fn read_matching(
     if query.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let client = store_connection(&pool).await?;
+    let client = store_connection(pool).await?;
     let (streams, types) = arrays(query);
     let after = i64::try_from(after.get()).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);

@@ -132,7 +132,7 @@ pub(crate) async fn migrate(
     names: &Names,
     component: Component,
 ) -> Result<u32, DbFailure> {
-    let mut client = store_connection(&pool).await?;
+    let mut client = store_connection(pool).await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&names.migrate_lock()])
         .await?;
