@@ -109,6 +109,8 @@ mod krescent;
 pub mod metrics;
 pub mod model;
 mod position;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod projection;
 mod restart;
 mod runner;

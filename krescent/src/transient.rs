@@ -78,7 +78,7 @@ pub(crate) fn is_transient(error: &(dyn StdError + 'static)) -> bool {
             return projection.is_transient();
         }
         #[cfg(feature = "postgres")]
-        if let Some(transient) = crate::store::postgres::transient_cause(e) {
+        if let Some(transient) = crate::postgres::transient_cause(e) {
             return transient;
         }
         cause = e.source();

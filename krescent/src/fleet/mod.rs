@@ -76,9 +76,7 @@ mod share;
 pub use config::{LeaseConfig, LeaseHolder};
 pub use fence::Fence;
 #[cfg(feature = "postgres")]
-pub(crate) use fence::{check_fence, FenceFailure};
-#[cfg(feature = "postgres")]
-pub(crate) use lease::HeldLease;
+pub(crate) use lease::{HeldLease, LeaseError, LeaseTable};
 #[cfg(feature = "postgres")]
 #[doc(hidden)]
 pub use lease::Leases;

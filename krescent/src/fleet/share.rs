@@ -278,8 +278,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
                 leases.held(&namespaces).await,
             ) {
                 (Ok(members), Ok(held)) => (members, held),
-                (Err(e), _) | (_, Err(e)) => {
-                    let error = e.storage("read the fleet");
+                (Err(error), _) | (_, Err(error)) => {
                     tracing::warn!(model = M::NAME, %error, "reading the fleet failed; retrying");
                     continue;
                 }

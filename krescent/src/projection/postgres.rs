@@ -10,8 +10,8 @@ use crate::checkpoint::{
     CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, CheckpointVersion,
     StorageError, StoredCheckpoint,
 };
-use crate::fleet::{check_fence, Fence, FenceFailure, Segment};
-use crate::store::postgres::{identifier, transient_cause, DbFailure};
+use crate::fleet::{Fence, Segment};
+use crate::postgres::{check_fence, identifier, transient_cause, DbFailure, FenceFailure};
 use crate::store::StoreError;
 
 mod segment;

@@ -14,9 +14,10 @@ use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion,
 };
-use crate::fleet::{check_fence, Fence, FenceFailure, LeaseHolder, Leases};
-use crate::store::postgres::{migrate, Component, DbFailure, Names};
-use crate::store::{PostgresConfig, StoreError};
+use crate::fleet::{Fence, LeaseHolder, Leases};
+use crate::postgres::{check_fence, migrate, Component, DbFailure, FenceFailure, Names};
+use crate::postgres::{PostgresConfig, LEASES_TABLE};
+use crate::store::StoreError;
 use crate::Position;
 
 /// The connection pool [`PostgresCheckpointStorage::new`] takes: deadpool-postgres's `Pool`
@@ -137,7 +138,7 @@ impl PostgresCheckpointStorage {
             let table = format!(
                 "{}.{}",
                 self.names.schema_plain,
-                crate::store::postgres::LEASES_TABLE
+                LEASES_TABLE
             );
             let exists: bool = client
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])

@@ -1,11 +1,8 @@
 //! Events in Postgres (feature `postgres`): [`PostgresEventStore`], whose documentation
 //! describes the tables and how reading stays gap-free.
 
-mod config;
-mod error;
 mod listener;
 mod query;
-mod schema;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -17,17 +14,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-pub use config::PostgresConfig;
-pub(crate) use config::{identifier, Names, LEASES_TABLE};
-pub(crate) use error::{transient_cause, DbFailure};
 use listener::{wait_past, ListenTo, Listener};
-pub(crate) use schema::{migrate, Component};
 
 use super::{
     AppendCondition, Appended, EventBatch, EventStore, ExpectedVersion, Query, StoreError,
 };
 use crate::checkpoint::storage::PostgresCheckpointStorage;
 use crate::event::{EventMeta, NewEvent, RecordedEvent};
+pub use crate::postgres::PostgresConfig;
+use crate::postgres::{migrate, Component, DbFailure, Names};
 use crate::Position;
 
 /// The number of connections [`PostgresEventStore::connect`] opens at most.
