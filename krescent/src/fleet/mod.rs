@@ -76,10 +76,10 @@ mod share;
 pub use config::{LeaseConfig, LeaseHolder};
 pub use fence::Fence;
 #[cfg(feature = "postgres")]
-pub(crate) use lease::{HeldLease, LeaseError, LeaseTable};
-#[cfg(feature = "postgres")]
 #[doc(hidden)]
 pub use lease::Leases;
+#[cfg(feature = "postgres")]
+pub(crate) use lease::{HeldLease, LeaseError, LeaseTable};
 #[cfg(feature = "postgres")]
 pub(crate) use segment::fair_share;
 pub use segment::Segment;

@@ -135,11 +135,7 @@ impl PostgresCheckpointStorage {
     pub async fn lease(&self, namespace: &str) -> Result<Option<LeaseHolder>, StorageError> {
         let run = async {
             let client = self.pool.get().await?;
-            let table = format!(
-                "{}.{}",
-                self.names.schema_plain,
-                LEASES_TABLE
-            );
+            let table = format!("{}.{}", self.names.schema_plain, LEASES_TABLE);
             let exists: bool = client
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
                 .await?

@@ -1,4 +1,7 @@
-//! The errors of running a model.
+//! The errors of running a model, from every layer below, and which of them a restart may
+//! cure.
+
+mod transient;
 
 use crate::checkpoint::{CheckpointError, StorageError, StrategyError};
 use crate::model::HandlerError;
