@@ -71,7 +71,6 @@ mod lease;
 #[cfg(feature = "postgres")]
 mod membership;
 mod segment;
-mod share;
 
 pub use config::{LeaseConfig, LeaseHolder};
 pub use fence::Fence;
@@ -83,4 +82,5 @@ pub(crate) use lease::{HeldLease, LeaseError, LeaseTable};
 #[cfg(feature = "postgres")]
 pub(crate) use segment::fair_share;
 pub use segment::Segment;
-pub use share::{RunningSegments, SegmentsEnded};
+// Run by `Krescent::stream_segments`, at the top; shown here, with the fleet they form.
+pub use crate::krescent::{RunningSegments, SegmentsEnded};

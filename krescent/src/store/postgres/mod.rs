@@ -612,11 +612,7 @@ async fn read_events(
     let params: [&(dyn ToSql + Sync); 2] = [&after, &limit];
     let rows = client.query_raw(&statement, params).await?;
     let mut rows = std::pin::pin!(rows);
-    let mut events = Vec::with_capacity(
-        usize::try_from(limit)
-            .unwrap_or(0)
-            .min(crate::runner::BATCH),
-    );
+    let mut events = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(super::BATCH));
     let mut stream: Option<Arc<str>> = None;
     let mut types: Vec<Arc<str>> = Vec::new();
     while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
