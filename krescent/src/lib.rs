@@ -97,6 +97,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// The modules are layered, lowest first: values (position, event, hash, durable, transient),
+// fleet, model (model, metrics, checkpoint, the store's contract), postgres, the checkpoint
+// storages, the stores, projection, error, run, the API (krescent, decide), supervisor.
+// A module uses only the layers below it: docs/architecture.md, checked by .ci/layers.py.
 pub mod checkpoint;
 pub mod decide;
 mod durable;

@@ -150,6 +150,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A storage failure of the checkpoints of `namespace`.
+    pub(crate) fn storage(namespace: &str, source: StorageError) -> Self {
+        Error::Storage {
+            namespace: namespace.to_owned(),
+            source,
+        }
+    }
+
     /// Whether restarting the model from its last checkpoint may succeed: the event store or
     /// the checkpoint storage lost its database connection, a projection's write failed
     /// because the connection went away, or a handler returned an error the application

@@ -15,7 +15,8 @@ use tracing::Instrument as _;
 use crate::checkpoint::{
     CheckpointStorage, CheckpointTrigger, InMemoryCheckpointStorage, Strategy,
 };
-use crate::fleet::{LeaseConfig, Segment};
+use crate::fleet::LeaseConfig;
+use crate::fleet::Segment;
 use crate::model::{EventModel, Origin};
 use crate::run::{
     self, restore, Attempts, CaughtUp, Checkpointing, Models, Plan, RestartPolicy, Restored,

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+// cycle: this is the checkpointing half of `Runner` (its `Checkpoints`, commits and
+// snapshots); `runner.rs` holds the other half of the one type and keeps a `Checkpoints`.
 use super::runner::Runner;
-use super::storage_failed;
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
     CheckpointBucket, CheckpointFormat, CheckpointVersion, SnapshotBudget, StoredCheckpoint,
@@ -68,7 +69,7 @@ impl<M: EventModel> Runner<M> {
             transaction
                 .commit(&checkpoint)
                 .await
-                .map_err(|e| storage_failed(&self.namespace, e))?;
+                .map_err(|e| Error::storage(&self.namespace, e))?;
         }
         self.uncommitted = false;
         c.record_taken();
@@ -89,7 +90,7 @@ impl<M: EventModel> Runner<M> {
         if let Err(e) = c.writer.settle().await {
             // A writer whose lease was taken over steps down rather than retry (`crate::fleet`).
             if matches!(e, crate::checkpoint::StorageError::Fenced { .. }) {
-                return Err(storage_failed(&self.namespace, e));
+                return Err(Error::storage(&self.namespace, e));
             }
             warn!(model = &*self.namespace, error = %e, "checkpoint write failed; retrying with the next checkpoint");
             let now = Instant::now();
@@ -164,11 +165,11 @@ impl<M: EventModel> Runner<M> {
                 .writer
                 .settle()
                 .await
-                .map_err(|e| storage_failed(namespace, e));
+                .map_err(|e| Error::storage(namespace, e));
             self.metrics.checkpoint_taken(started.elapsed(), bytes);
             return written;
         }
-        earlier.map_err(|e| storage_failed(&self.namespace, e))
+        earlier.map_err(|e| Error::storage(&self.namespace, e))
     }
 }
 

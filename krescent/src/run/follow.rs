@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::plan::Until;
 use super::runner::Runner;
 use super::running::{wait_or_stop, Control, Status};
-use super::Until;
 use crate::model::EventModel;
 use crate::store::{EventStore, BATCH};
 use crate::Error;

@@ -2,9 +2,9 @@
 //! on the storage and the model's transaction, released (or reported fenced) when the run ends.
 //! See [`crate::fleet`].
 
+use super::plan::Plan;
 use super::restart::Models;
 use super::running::Control;
-use super::Plan;
 use crate::model::EventModel;
 use crate::Error;
 

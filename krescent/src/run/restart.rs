@@ -7,10 +7,10 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::follow::follow;
+use super::plan::{CaughtUp, Plan};
 use super::restore::restore_keeping;
 use super::runner::Runner;
 use super::running::{Control, Status};
-use super::{CaughtUp, Plan};
 use crate::error::describe;
 use crate::model::EventModel;
 use crate::store::EventStore;

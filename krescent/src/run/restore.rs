@@ -3,7 +3,7 @@
 
 use tracing::{debug, warn};
 
-use super::{storage_failed, Checkpointing};
+use super::plan::Checkpointing;
 use crate::checkpoint::{CheckpointVersion, OnInvalid};
 use crate::model::{EventModel, Origin};
 use crate::{Error, Position};
@@ -66,14 +66,14 @@ pub(crate) async fn restore_keeping<M: EventModel>(
     };
     if let Some(transaction) = model.transaction() {
         if let Err(e) = transaction.prepare().await {
-            return Err((storage_failed(namespace, e), model));
+            return Err((Error::storage(namespace, e), model));
         }
     }
     let checkpoint = match storage.load(namespace).await {
         Ok(Some(checkpoint)) => checkpoint,
         Ok(None) => return Ok(scratch(model)),
         Err(e) if e.is_corrupt() => return invalid(model, e.to_string()),
-        Err(source) => return Err((storage_failed(namespace, source), model)),
+        Err(source) => return Err((Error::storage(namespace, source), model)),
     };
     let version = CheckpointVersion::of::<M>();
     if checkpoint.version != version {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::checkpoints::Checkpoints;
+use super::plan::{CaughtUp, Checkpointing};
 use super::restore::Start;
-use super::{storage_failed, CaughtUp, Checkpointing};
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{CheckpointTrigger, CheckpointVersion, SnapshotBudget, StrategyState};
 use crate::event::RecordedEvent;
@@ -99,7 +99,7 @@ impl<M: EventModel> Runner<M> {
             c.storage
                 .delete(namespace)
                 .await
-                .map_err(|e| storage_failed(namespace, e))?;
+                .map_err(|e| Error::storage(namespace, e))?;
         }
         let mut uncommitted = false;
         if let (Some(transaction), None) = (model.transaction(), origin.restored_from()) {
@@ -110,7 +110,7 @@ impl<M: EventModel> Runner<M> {
                 }
                 None => transaction.reset(namespace).await,
             };
-            reset.map_err(|e| storage_failed(namespace, e))?;
+            reset.map_err(|e| Error::storage(namespace, e))?;
             uncommitted = true;
         }
         Ok(uncommitted)

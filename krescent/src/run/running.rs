@@ -6,7 +6,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use super::CaughtUp;
+use super::plan::CaughtUp;
 use crate::checkpoint::CheckpointTrigger;
 use crate::model::EventModel;
 use crate::{Error, Position};

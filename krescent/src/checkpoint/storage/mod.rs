@@ -12,6 +12,8 @@ pub use memory::InMemoryCheckpointStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 
+// cycle: `StoredCheckpoint` (`../stored.rs`) encodes and decodes with `StorageError`; both are
+// the checkpoint contract, of which this file is the storage's part.
 use super::{CheckpointFormat, StoredCheckpoint};
 
 /// Keeps one checkpoint per namespace.
