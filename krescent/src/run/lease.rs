@@ -21,6 +21,8 @@ pub(crate) enum Lease {}
 /// another instance holds it; then fences `plan`'s storage and every model `models` gives (the
 /// first is built here) with it, for every start while the lease is held. The first model back
 /// when a stop comes first.
+// Without PostgreSQL there is no lease to wait for: nothing to await, no model to name.
+#[cfg_attr(not(feature = "postgres"), allow(clippy::unused_async))]
 pub(crate) async fn take<S, M: EventModel>(
     plan: &mut Plan<S>,
     models: Models<M>,
@@ -94,6 +96,10 @@ fn fenced<M: EventModel>(
 
 /// After a leased run: a fenced commit becomes [`Error::Fenced`] (the lease is not this run's
 /// any more), anything else releases the lease so that a standby takes over at once.
+#[cfg_attr(
+    not(feature = "postgres"),
+    allow(clippy::unused_async, clippy::extra_unused_type_parameters)
+)]
 pub(crate) async fn settle<M: EventModel, T>(
     result: Result<T, Error>,
     lease: Option<Lease>,
