@@ -97,8 +97,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// The modules are layered, lowest first: values (position, event, hash, durable, transient),
+// fleet, model (model, metrics, checkpoint, the store's contract), postgres, the checkpoint
+// storages, the stores, projection, error, run, the API (krescent, decide), supervisor.
+// A module uses only the layers below it: docs/architecture.md, checked by .ci/layers.py.
 pub mod checkpoint;
-mod configure;
 pub mod decide;
 mod durable;
 mod error;
@@ -109,24 +112,23 @@ mod krescent;
 pub mod metrics;
 pub mod model;
 mod position;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod projection;
-mod restart;
-mod runner;
-mod running;
+mod run;
 pub mod store;
 pub mod supervisor;
 mod transient;
 
 pub use checkpoint::{CheckpointBucket, CheckpointSupport};
-pub use configure::Configure;
 pub use decide::{Decide, DecideError, Decided, Loaded};
 pub use error::Error;
 pub use event::{DecodeError, Event, EventMeta, EventType, NewEvent, RecordedEvent};
-pub use krescent::{CaughtUp, Krescent, Restored};
+pub use krescent::{Configure, Krescent};
 pub use krescent_derive::{handlers, Event, EventModel};
 pub use model::{EventModel, HandlerError, Handlers, Origin};
 pub use position::{Position, PositionParseError};
-pub use running::{Running, Status};
+pub use run::{CaughtUp, Restored, Running, Status};
 pub use transient::Transient;
 
 /// The attribute that implements [`CheckpointStorage`](checkpoint::CheckpointStorage) and

@@ -57,31 +57,3 @@ impl StdError for Transient {
         Some(&*self.0)
     }
 }
-
-/// Whether `error` or one of its causes says that retrying may succeed: a [`Transient`], a
-/// lost, refused or timed-out database connection, a store error marked transient. The first
-/// cause that is a database or store error decides.
-pub(crate) fn is_transient(error: &(dyn StdError + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.is::<Transient>() {
-            return true;
-        }
-        if let Some(store) = e.downcast_ref::<crate::store::StoreError>() {
-            return store.is_transient();
-        }
-        if let Some(storage) = e.downcast_ref::<crate::checkpoint::StorageError>() {
-            return storage.is_transient();
-        }
-        #[cfg(feature = "postgres")]
-        if let Some(projection) = e.downcast_ref::<crate::projection::ProjectionError>() {
-            return projection.is_transient();
-        }
-        #[cfg(feature = "postgres")]
-        if let Some(transient) = crate::store::postgres::transient_cause(e) {
-            return transient;
-        }
-        cause = e.source();
-    }
-    false
-}

@@ -194,7 +194,7 @@ impl<S: EventStore> Krescent<S> {
 /// The snapshot the strategy wants after `appended`, started; `None` when not due. The state
 /// covers exactly the stream up to the append just made: every event it reflects is stored.
 fn snapshot_after<M: EventModel + Default>(
-    checkpointing: &crate::krescent::Checkpointing,
+    checkpointing: &crate::run::Checkpointing,
     stream_id: &str,
     state: &State<M>,
     appended: Appended,

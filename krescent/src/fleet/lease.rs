@@ -1,21 +1,51 @@
-//! Taking, renewing and releasing a lease row.
+//! Taking, renewing and releasing a lease: the protocol, over the table that keeps the leases
+//! (PostgreSQL's is `crate::postgres::lease`).
 
-use crate::store::postgres::store_connection;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Fence, LeaseConfig};
-use crate::store::postgres::{DbFailure, Names};
+
+/// Why the lease table failed, ready to be logged: the lease protocol only logs and retries.
+pub(crate) type LeaseError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The rows the leases are kept in, one per namespace: who holds it, under which epoch, until
+/// when (by the database server's clock).
+#[async_trait::async_trait]
+pub(crate) trait LeaseTable: Send + Sync + std::fmt::Debug {
+    /// Takes the lease of `namespace` for `holder` if it is free or expired, for `ttl`; its
+    /// epoch then (one more than the last holder's), or `None` while another holds it.
+    async fn try_take(
+        &self,
+        namespace: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LeaseError>;
+
+    /// Extends the lease `fence` names by `ttl`; whether it is still held.
+    async fn renew(&self, fence: &Fence, ttl: Duration) -> Result<bool, LeaseError>;
+
+    /// Lets the lease `fence` names expire now, if it is still held.
+    async fn release(&self, fence: &Fence) -> Result<(), LeaseError>;
+
+    /// Deletes the leases of namespaces starting with `prefix` that expired more than a minute
+    /// ago.
+    async fn delete_expired(&self, prefix: &str) -> Result<(), LeaseError>;
+
+    /// The namespaces starting with `prefix` whose lease is live, in byte order.
+    async fn live(&self, prefix: &str) -> Result<Vec<String>, LeaseError>;
+
+    /// Which of `namespaces` have a live lease now, held by anyone.
+    async fn held(&self, namespaces: &[String]) -> Result<Vec<String>, LeaseError>;
+}
 
 /// The leases of the models checkpointing in one table; runtime plumbing, not an API.
 #[derive(Debug, Clone)]
 pub struct Leases {
-    pub(super) pool: Pool,
-    pub(super) names: Arc<Names>,
+    pub(super) table: Arc<dyn LeaseTable>,
 }
 
 /// A lease this run holds, renewed by a task of its own until released or dropped.
@@ -27,96 +57,9 @@ pub(crate) struct HeldLease {
 }
 
 impl Leases {
-    pub(crate) fn new(pool: Pool, names: Arc<Names>) -> Self {
-        Leases { pool, names }
-    }
-
-    /// Takes the lease of `namespace` for `holder` if it is free or expired; its epoch then.
-    async fn try_take(
-        &self,
-        namespace: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Option<u64>, DbFailure> {
-        let sql = format!(
-            "INSERT INTO {leases} AS lease (checkpoints, namespace, holder, epoch, expires_at)
-             VALUES ($1, $2, $3, 1, clock_timestamp() + $4::float8 * interval '1 millisecond')
-             ON CONFLICT (checkpoints, namespace) DO UPDATE
-             SET holder = excluded.holder, epoch = lease.epoch + 1, expires_at = excluded.expires_at
-             WHERE lease.expires_at <= clock_timestamp()
-             RETURNING epoch",
-            leases = self.names.leases
-        );
-        let client = store_connection(&self.pool).await?;
-        let statement = client.prepare_cached(&sql).await?;
-        let row = client
-            .query_opt(
-                &statement,
-                &[
-                    &self.names.checkpoints_plain,
-                    &namespace,
-                    &holder,
-                    &millis(ttl),
-                ],
-            )
-            .await?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let epoch: i64 = row.try_get(0)?;
-                u64::try_from(epoch)
-                    .map(Some)
-                    .map_err(|_| DbFailure::Other(format!("lease epoch {epoch} is negative")))
-            }
-        }
-    }
-
-    /// Extends the lease `fence` names; whether it is still held.
-    async fn renew(&self, fence: &Fence, ttl: Duration) -> Result<bool, DbFailure> {
-        let sql = format!(
-            "UPDATE {} SET expires_at = clock_timestamp() + $5::float8 * interval '1 millisecond'
-             WHERE checkpoints = $1 AND namespace = $2 AND holder = $3 AND epoch = $4",
-            self.names.leases
-        );
-        let client = store_connection(&self.pool).await?;
-        let statement = client.prepare_cached(&sql).await?;
-        let epoch = epoch_value(fence.epoch);
-        let updated = client
-            .execute(
-                &statement,
-                &[
-                    &self.names.checkpoints_plain,
-                    &fence.namespace,
-                    &fence.holder,
-                    &epoch,
-                    &millis(ttl),
-                ],
-            )
-            .await?;
-        Ok(updated == 1)
-    }
-
-    /// Lets the lease `fence` names expire now, if it is still held.
-    async fn release(&self, fence: &Fence) -> Result<(), DbFailure> {
-        let sql = format!(
-            "UPDATE {} SET expires_at = '-infinity'
-             WHERE checkpoints = $1 AND namespace = $2 AND holder = $3 AND epoch = $4",
-            self.names.leases
-        );
-        let client = store_connection(&self.pool).await?;
-        let statement = client.prepare_cached(&sql).await?;
-        client
-            .execute(
-                &statement,
-                &[
-                    &self.names.checkpoints_plain,
-                    &fence.namespace,
-                    &fence.holder,
-                    &epoch_value(fence.epoch),
-                ],
-            )
-            .await?;
-        Ok(())
+    /// The leases kept in `table`.
+    pub(crate) fn over(table: Arc<dyn LeaseTable>) -> Self {
+        Leases { table }
     }
 
     /// Waits until this run holds the lease of `namespace`, trying every `config.poll`; `None`
@@ -132,7 +75,7 @@ impl Leases {
             if *stop.borrow() {
                 return None;
             }
-            match self.try_take(namespace, &holder, config.ttl).await {
+            match self.table.try_take(namespace, &holder, config.ttl).await {
                 Ok(Some(epoch)) => {
                     info!(namespace, epoch, holder, "took the lease");
                     let fence = Fence {
@@ -149,8 +92,7 @@ impl Leases {
                     });
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    let error = e.storage("take the lease");
+                Err(error) => {
                     warn!(namespace, %error, "taking the lease failed; retrying");
                 }
             }
@@ -172,8 +114,7 @@ impl HeldLease {
     /// poll. A failure is logged: the lease then expires by itself.
     pub(crate) async fn release(self) {
         self.heartbeat.abort();
-        if let Err(e) = self.leases.release(&self.fence).await {
-            let error = e.storage("release the lease");
+        if let Err(error) = self.leases.table.release(&self.fence).await {
             warn!(namespace = self.fence.namespace, %error, "releasing the lease failed; it expires by itself");
         }
     }
@@ -189,7 +130,7 @@ impl Drop for HeldLease {
 async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig) {
     loop {
         tokio::time::sleep(config.heartbeat).await;
-        match leases.renew(&fence, config.ttl).await {
+        match leases.table.renew(&fence, config.ttl).await {
             Ok(true) => {}
             Ok(false) => {
                 warn!(
@@ -199,19 +140,9 @@ async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig) {
                 );
                 return;
             }
-            Err(e) => {
-                let error = e.storage("renew the lease");
+            Err(error) => {
                 warn!(namespace = fence.namespace, %error, "renewing the lease failed; retrying");
             }
         }
     }
-}
-
-#[allow(clippy::cast_precision_loss)] // durations of leases are far below 2^52 ms
-fn millis(d: Duration) -> f64 {
-    d.as_millis() as f64
-}
-
-fn epoch_value(epoch: u64) -> i64 {
-    i64::try_from(epoch).unwrap_or(i64::MAX)
 }

@@ -1,11 +1,10 @@
 //! Who runs a split model: each instance is a member, a lease row of its own that it renews,
 //! and the members share the segments out among themselves.
 
-use crate::store::postgres::store_connection;
 use tracing::warn;
 
+use super::lease::LeaseError;
 use super::{HeldLease, LeaseConfig, Leases};
-use crate::store::postgres::DbFailure;
 
 /// The lease namespaces of `model`'s members start with this.
 fn members_prefix(model: &str) -> String {
@@ -18,20 +17,7 @@ impl Leases {
     /// expired more than a minute ago (their process died) are deleted first.
     pub(crate) async fn join(&self, model: &str, config: LeaseConfig) -> Option<HeldLease> {
         let prefix = members_prefix(model);
-        let sql = format!(
-            "DELETE FROM {} WHERE checkpoints = $1 AND starts_with(namespace, $2)
-             AND expires_at < clock_timestamp() - interval '1 minute'",
-            self.names.leases
-        );
-        let cleaned = async {
-            let client = store_connection(&self.pool).await?;
-            client
-                .execute(&sql, &[&self.names.checkpoints_plain, &prefix])
-                .await?;
-            Ok::<_, DbFailure>(())
-        };
-        if let Err(e) = cleaned.await {
-            let error = e.storage("delete expired members");
+        if let Err(error) = self.table.delete_expired(&prefix).await {
             warn!(model, %error, "deleting the members that died failed; they expire anyway");
         }
         let namespace = format!("{prefix}{}", uuid::Uuid::new_v4().simple());
@@ -42,37 +28,12 @@ impl Leases {
     }
 
     /// The members of `model` whose lease is live, by namespace (in byte order).
-    pub(crate) async fn members(&self, model: &str) -> Result<Vec<String>, DbFailure> {
-        let sql = format!(
-            "SELECT namespace FROM {} WHERE checkpoints = $1 AND starts_with(namespace, $2)
-             AND expires_at > clock_timestamp() ORDER BY namespace COLLATE \"C\"",
-            self.names.leases
-        );
-        let client = store_connection(&self.pool).await?;
-        let rows = client
-            .query(
-                &sql,
-                &[&self.names.checkpoints_plain, &members_prefix(model)],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get(0).map_err(DbFailure::from))
-            .collect()
+    pub(crate) async fn members(&self, model: &str) -> Result<Vec<String>, LeaseError> {
+        self.table.live(&members_prefix(model)).await
     }
 
     /// Which of `namespaces` have a live lease now, held by anyone.
-    pub(crate) async fn held(&self, namespaces: &[String]) -> Result<Vec<String>, DbFailure> {
-        let sql = format!(
-            "SELECT namespace FROM {} WHERE checkpoints = $1 AND namespace = ANY($2)
-             AND expires_at > clock_timestamp()",
-            self.names.leases
-        );
-        let client = store_connection(&self.pool).await?;
-        let rows = client
-            .query(&sql, &[&self.names.checkpoints_plain, &namespaces])
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get(0).map_err(DbFailure::from))
-            .collect()
+    pub(crate) async fn held(&self, namespaces: &[String]) -> Result<Vec<String>, LeaseError> {
+        self.table.held(namespaces).await
     }
 }

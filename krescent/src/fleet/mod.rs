@@ -71,18 +71,16 @@ mod lease;
 #[cfg(feature = "postgres")]
 mod membership;
 mod segment;
-mod share;
 
 pub use config::{LeaseConfig, LeaseHolder};
 pub use fence::Fence;
 #[cfg(feature = "postgres")]
-pub(crate) use fence::{check_fence, FenceFailure};
-#[cfg(feature = "postgres")]
-pub(crate) use lease::HeldLease;
-#[cfg(feature = "postgres")]
 #[doc(hidden)]
 pub use lease::Leases;
 #[cfg(feature = "postgres")]
+pub(crate) use lease::{HeldLease, LeaseError, LeaseTable};
+#[cfg(feature = "postgres")]
 pub(crate) use segment::fair_share;
 pub use segment::Segment;
-pub use share::{RunningSegments, SegmentsEnded};
+// Run by `Krescent::stream_segments`, at the top; shown here, with the fleet they form.
+pub use crate::krescent::{RunningSegments, SegmentsEnded};

@@ -1,6 +1,5 @@
 //! Tables in Postgres, written in the transaction that commits the model's checkpoint.
 
-use crate::store::postgres::store_connection;
 use std::collections::BTreeMap;
 
 use deadpool_postgres::{ClientWrapper, Object, PoolError};
@@ -11,9 +10,11 @@ use crate::checkpoint::{
     CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, CheckpointVersion,
     StorageError, StoredCheckpoint,
 };
-use crate::fleet::{check_fence, Fence, FenceFailure, Segment};
-use crate::store::postgres::{checkout, identifier, transient_cause, DbFailure};
-use crate::store::PoolRole;
+use crate::fleet::{Fence, Segment};
+use crate::postgres::{
+    check_fence, checkout, identifier, store_connection, transient_cause, DbFailure, FenceFailure,
+    PoolRole,
+};
 use crate::store::StoreError;
 
 mod segment;

@@ -154,6 +154,8 @@ impl StoreError {
         )
     }
 
+    // cycle: `StoreError` and `ExpectedVersion` (`mod.rs`) are one contract, the store's; the
+    // conflict it reports names the version the writer expected.
     pub(crate) fn conflict(stream: &str, expected: super::ExpectedVersion, actual: u64) -> Self {
         let expected = match expected {
             super::ExpectedVersion::Any => "any version".to_owned(),

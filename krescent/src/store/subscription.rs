@@ -1,5 +1,6 @@
 //! Following a store: history, then live appends.
 
+// cycle: a subscription reads through the `EventStore` it comes from (`mod.rs`).
 use super::{EventStore, StoreError};
 use crate::event::RecordedEvent;
 use crate::Position;

@@ -40,20 +40,19 @@
 //! # }
 //! ```
 
-mod policy;
-pub(crate) mod report;
+mod report;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use tokio::sync::watch;
 
-use crate::restart::{Attempts, Models};
-use crate::running::{Running, Status};
+use crate::fleet::{RunningSegments, Segment};
+use crate::run::{Attempts, Models, Running, Setback, Status};
 use crate::store::EventStore;
 use crate::{EventModel, Krescent, Position};
 
-pub use policy::RestartPolicy;
+pub use crate::run::RestartPolicy;
 pub use report::{ModelExit, ModelReport, ModelState};
 
 /// Runs many models (of any types) in one process, each in a task of its own.
@@ -131,7 +130,7 @@ impl<M: EventModel> Supervised for Running<M> {
 
 /// A split model's segments that this process runs: running while it processes any, a
 /// standby while it processes none.
-impl<M: EventModel> Supervised for crate::fleet::RunningSegments<M> {
+impl<M: EventModel> Supervised for RunningSegments<M> {
     fn status(&self) -> Status {
         if self.is_finished() {
             Status::Stopped
@@ -143,7 +142,7 @@ impl<M: EventModel> Supervised for crate::fleet::RunningSegments<M> {
     }
 
     fn position(&self) -> Position {
-        crate::fleet::RunningSegments::position(self)
+        RunningSegments::position(self)
     }
 
     fn reached(&self, position: Position) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -158,7 +157,7 @@ impl<M: EventModel> Supervised for crate::fleet::RunningSegments<M> {
         self: Box<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<Position, crate::Error>> + Send>> {
         Box::pin(async move {
-            let ended = crate::fleet::RunningSegments::shutdown(*self).await?;
+            let ended = RunningSegments::shutdown(*self).await?;
             Ok(ended
                 .iter()
                 .map(|(_, done)| done.position)
@@ -177,7 +176,19 @@ impl<S> Supervisor<S> {
             .map(|entry| {
                 let attempts = entry.attempts.borrow().clone();
                 let state = match (attempts.setback, entry.running.status()) {
-                    (Some(setback), _) => setback,
+                    (
+                        Some(Setback::BackingOff {
+                            attempt,
+                            next_attempt,
+                            error,
+                        }),
+                        _,
+                    ) => ModelState::BackingOff {
+                        attempt,
+                        next_attempt,
+                        error,
+                    },
+                    (Some(Setback::Failed { error }), _) => ModelState::Failed { error },
                     (None, Status::Standby) => ModelState::Standby,
                     (None, Status::Running) => ModelState::Running,
                     (None, Status::Stopped) => ModelState::Stopped,
@@ -247,7 +258,7 @@ impl<S: EventStore> Supervisor<S> {
     #[must_use]
     pub fn segments<M: EventModel>(
         mut self,
-        make: impl FnMut(crate::fleet::Segment) -> M + Send + 'static,
+        make: impl FnMut(Segment) -> M + Send + 'static,
     ) -> Self {
         let running = self.krescent.stream_segments(make);
         let (_, attempts) = watch::channel(Attempts::default());

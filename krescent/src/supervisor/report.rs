@@ -74,15 +74,3 @@ pub struct ModelExit {
     /// that failed it, or the transient one it was backing off from when it was stopped).
     pub result: Result<Position, crate::Error>,
 }
-
-/// An error and its causes, on one line.
-pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}

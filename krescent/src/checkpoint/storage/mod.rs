@@ -12,6 +12,8 @@ pub use memory::InMemoryCheckpointStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 
+// cycle: `StoredCheckpoint` (`../stored.rs`) encodes and decodes with `StorageError`; both are
+// the checkpoint contract, of which this file is the storage's part.
 use super::{CheckpointFormat, Integrity, StoredCheckpoint};
 
 /// Keeps one checkpoint per namespace.
@@ -193,17 +195,5 @@ impl StorageError {
         matches!(self, StorageError::Corrupt { .. })
     }
 
-    /// Whether retrying may succeed: the database connection was lost, refused or timed out,
-    /// or the server is shutting down or starting up.
-    #[must_use]
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StorageError::Database(source) => crate::transient::is_transient(&**source),
-            StorageError::Io { .. }
-            | StorageError::Corrupt { .. }
-            | StorageError::Encode { .. }
-            // Another instance holds the lease: retrying under the old epoch never succeeds.
-            | StorageError::Fenced { .. } => false,
-        }
-    }
+    // `is_transient` is in `crate::error::transient`, which knows every layer's errors.
 }

@@ -1,6 +1,5 @@
 //! Checkpoints in a Postgres table (feature `postgres`).
 
-use crate::store::postgres::store_connection;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,9 +14,12 @@ use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion, Integrity,
 };
-use crate::fleet::{check_fence, Fence, FenceFailure, LeaseHolder, Leases};
-use crate::store::postgres::{migrate, Component, DbFailure, Names};
-use crate::store::{PostgresConfig, StoreError};
+use crate::fleet::{Fence, LeaseHolder, Leases};
+use crate::postgres::{
+    check_fence, migrate, store_connection, Component, DbFailure, FenceFailure, Names,
+};
+use crate::postgres::{PostgresConfig, LEASES_TABLE};
+use crate::store::StoreError;
 use crate::Position;
 
 /// The connection pool [`PostgresCheckpointStorage::new`] takes: deadpool-postgres's `Pool`
@@ -160,11 +162,7 @@ impl PostgresCheckpointStorage {
     pub async fn lease(&self, namespace: &str) -> Result<Option<LeaseHolder>, StorageError> {
         let run = async {
             let client = store_connection(&self.pool).await?;
-            let table = format!(
-                "{}.{}",
-                self.names.schema_plain,
-                crate::store::postgres::LEASES_TABLE
-            );
+            let table = format!("{}.{}", self.names.schema_plain, LEASES_TABLE);
             let exists: bool = client
                 .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
                 .await?

@@ -5,7 +5,7 @@ use deadpool_postgres::ClientWrapper;
 use super::PostgresProjection;
 use crate::checkpoint::CheckpointVersion;
 use crate::fleet::Segment;
-use crate::store::postgres::DbFailure;
+use crate::postgres::DbFailure;
 
 /// What a segment without a usable checkpoint does with the shared tables.
 enum Reset {

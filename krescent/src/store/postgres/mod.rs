@@ -1,12 +1,8 @@
 //! Events in Postgres (feature `postgres`): [`PostgresEventStore`], whose documentation
 //! describes the tables and how reading stays gap-free.
 
-mod config;
-mod error;
 mod listener;
-mod pool;
 mod query;
-mod schema;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -17,19 +13,15 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-pub use config::PostgresConfig;
-pub(crate) use config::{identifier, Names, LEASES_TABLE};
-pub(crate) use error::{transient_cause, DbFailure};
 use listener::{wait_past, ListenTo, Listener};
-pub(crate) use pool::{checkout, pool, store_connection};
-pub use pool::{PoolExhausted, PoolRole};
-pub(crate) use schema::{migrate, Component};
 
 use super::{
     AppendCondition, Appended, EventBatch, EventStore, ExpectedVersion, Query, StoreError,
 };
 use crate::checkpoint::storage::PostgresCheckpointStorage;
 use crate::event::{EventMeta, NewEvent, RecordedEvent};
+use crate::postgres::{checkout, migrate, pool, store_connection, Component, DbFailure, Names};
+pub use crate::postgres::{PoolExhausted, PoolRole, PostgresConfig};
 use crate::Position;
 
 /// Events in a Postgres table, read back gap-free in commit order.
@@ -631,11 +623,7 @@ async fn read_events(
     let params: [&(dyn ToSql + Sync); 2] = [&after, &limit];
     let rows = client.query_raw(&statement, params).await?;
     let mut rows = std::pin::pin!(rows);
-    let mut events = Vec::with_capacity(
-        usize::try_from(limit)
-            .unwrap_or(0)
-            .min(crate::runner::BATCH),
-    );
+    let mut events = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(super::BATCH));
     let mut stream: Option<Arc<str>> = None;
     let mut types: Vec<Arc<str>> = Vec::new();
     while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {

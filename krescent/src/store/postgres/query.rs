@@ -41,10 +41,9 @@ use std::time::SystemTime;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
-use super::config::Names;
-use super::error::DbFailure;
 use super::{non_negative, JsonbText};
 use crate::event::{EventMeta, RecordedEvent};
+use crate::postgres::{DbFailure, Names};
 use crate::store::Query;
 use crate::Position;
 

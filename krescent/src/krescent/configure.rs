@@ -3,21 +3,12 @@
 
 use std::marker::PhantomData;
 
+use super::{Krescent, Override};
 use crate::checkpoint::Strategy;
 use crate::fleet::LeaseConfig;
 use crate::model::EventModel;
-use crate::{Error, Krescent};
-
-/// What an operator changed about one model's checkpointing; unset parts keep the attribute's.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Override {
-    pub(crate) strategy: Option<Strategy>,
-    pub(crate) storage: Option<String>,
-    /// Take a lease even when the model writes nothing outside its process.
-    pub(crate) exclusive: bool,
-    /// The lease's timing, when not the default.
-    pub(crate) lease: Option<LeaseConfig>,
-}
+use crate::store::EventStore;
+use crate::Error;
 
 /// Overrides the `#[checkpoint]` attribute of model `M` in one [`Krescent`]; from
 /// [`Krescent::configure`].
@@ -46,6 +37,16 @@ pub(crate) struct Override {
 pub struct Configure<'a, S, M> {
     krescent: &'a mut Krescent<S>,
     model: PhantomData<fn() -> M>,
+}
+
+impl<S: EventStore> Krescent<S> {
+    /// Overrides the `#[checkpoint]` attribute of `M` (its strategy, its storage) in this
+    /// `Krescent` and the clones made from it afterwards: for operators who change them per
+    /// deployment, from a configuration file or an environment variable. The attribute stays
+    /// the default; see [`Configure`].
+    pub fn configure<M: EventModel>(&mut self) -> Configure<'_, S, M> {
+        Configure::new(self)
+    }
 }
 
 impl<S, M: EventModel> std::fmt::Debug for Configure<'_, S, M> {

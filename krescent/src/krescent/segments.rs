@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::Segment;
-use crate::krescent::CaughtUp;
+use super::Krescent;
+use crate::fleet::Segment;
 use crate::model::EventModel;
-use crate::running::{Running, Status};
+use crate::run::{CaughtUp, Running, Status};
 use crate::store::EventStore;
-use crate::{Error, Krescent, Position};
+use crate::{Error, Position};
 
 /// Builds the model of a segment, for each start of the segment.
 type Make<M> = Arc<Mutex<dyn FnMut(Segment) -> M + Send>>;
@@ -31,7 +31,7 @@ pub type SegmentsEnded<M> = Result<Vec<(Segment, CaughtUp<M>)>, Error>;
 /// every instance that runs the model is a member of its fleet (a lease row of its own,
 /// renewed like any lease), and every member runs a fair share of the segments: with `N`
 /// segments over `k` live members, each runs `N / k` of them, and the first `N % k` members (by
-/// member id) one more. A member checks the fleet every [`LeaseConfig::poll`](super::LeaseConfig):
+/// member id) one more. A member checks the fleet every [`LeaseConfig::poll`](crate::fleet::LeaseConfig):
 /// one above its share stops its surplus segments gracefully (final commit, lease released);
 /// one below it starts segments whose lease nobody holds. So the segments spread over the
 /// instances, move to the survivors when one dies (its member lease and its segments' leases
@@ -247,7 +247,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
     /// Takes part in the fleet until a stop or a segment's failure.
     async fn share(
         mut self,
-        leases: &super::Leases,
+        leases: &crate::fleet::Leases,
         stop: &mut watch::Receiver<bool>,
     ) -> SegmentsEnded<M> {
         let config = self
@@ -278,8 +278,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
                 leases.held(&namespaces).await,
             ) {
                 (Ok(members), Ok(held)) => (members, held),
-                (Err(e), _) | (_, Err(e)) => {
-                    let error = e.storage("read the fleet");
+                (Err(error), _) | (_, Err(error)) => {
                     tracing::warn!(model = M::NAME, %error, "reading the fleet failed; retrying");
                     continue;
                 }
@@ -298,7 +297,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
                 }
                 continue;
             };
-            let share = super::fair_share(M::SEGMENTS, members.len(), rank);
+            let share = crate::fleet::fair_share(M::SEGMENTS, members.len(), rank);
             let share = usize::try_from(share).unwrap_or(usize::MAX);
             let held_elsewhere = |segment: &Segment| held.contains(&segment.namespace(M::NAME));
             // A standby lost the race for a free segment: another instance holds it.

@@ -1,4 +1,7 @@
-//! The errors of running a model.
+//! The errors of running a model, from every layer below, and which of them a restart may
+//! cure.
+
+mod transient;
 
 use crate::checkpoint::{CheckpointError, StorageError, StrategyError};
 use crate::model::HandlerError;
@@ -147,6 +150,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A storage failure of the checkpoints of `namespace`.
+    pub(crate) fn storage(namespace: &str, source: StorageError) -> Self {
+        Error::Storage {
+            namespace: namespace.to_owned(),
+            source,
+        }
+    }
+
     /// Whether restarting the model from its last checkpoint may succeed: the event store or
     /// the checkpoint storage lost its database connection, a projection's write failed
     /// because the connection went away, or a handler returned an error the application
@@ -172,4 +183,16 @@ impl Error {
             | Error::Aborted { .. } => false,
         }
     }
+}
+
+/// An error and its causes, on one line.
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }

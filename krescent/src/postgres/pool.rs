@@ -7,6 +7,8 @@ use deadpool_postgres::{
 };
 use tokio_postgres::NoTls;
 
+// cycle: a pool that hands out no connection fails with a `DbFailure` (`error.rs`), whose
+// `Exhausted` carries this file's `PoolExhausted`.
 use super::DbFailure;
 
 /// Which of a store's pools a connection is taken from, as errors name it.

@@ -95,6 +95,11 @@ impl RestartPolicy {
         self
     }
 
+    /// No restart at all: the first failure ends the run (a catch-up's policy).
+    pub(crate) fn never() -> Self {
+        RestartPolicy::default().restart_if(|_| false)
+    }
+
     /// Whether `error` restarts the model.
     pub(crate) fn restarts_after(&self, error: &Error) -> bool {
         (self.restart_if)(error)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::store::StoreError;
 
-/// Where a [`PostgresEventStore`](super::PostgresEventStore) and its
+/// Where a [`PostgresEventStore`](crate::store::PostgresEventStore) and its
 /// [`PostgresCheckpointStorage`](crate::checkpoint::storage::PostgresCheckpointStorage) keep their data.
 ///
 /// Every name must match `[a-z_][a-z0-9_]{0,62}` (a schema must not start with `pg_`); it is

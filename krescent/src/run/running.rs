@@ -1,24 +1,15 @@
 //! A model streaming in its own task, and the handle that stops it.
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{warn, Instrument as _};
+use tracing::Instrument as _;
 
+use super::plan::CaughtUp;
 use crate::checkpoint::CheckpointTrigger;
-use crate::krescent::CaughtUp;
 use crate::model::EventModel;
-use crate::runner::{Runner, BATCH};
-use crate::store::EventStore;
 use crate::{Error, Position};
-
-/// A batch of at least this many events means a backlog: the next batch is read while it is
-/// applied.
-const READ_AHEAD_FROM: usize = 64;
-/// The longest pause between retries after the store failed transiently.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a streaming model is doing, as [`Running::status`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,12 +49,24 @@ pub struct Running<M> {
 
 /// What the model's task watches: the stop flag and where to publish progress.
 pub(crate) struct Control {
-    stop: watch::Receiver<bool>,
-    progress: watch::Sender<Position>,
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) progress: watch::Sender<Position>,
     status: watch::Sender<Status>,
 }
 
 impl Control {
+    /// A control that nobody watches and that never stops (a catch-up's), with the sender of
+    /// its stop flag: the flag counts as set once that sender is dropped.
+    pub(crate) fn detached() -> (watch::Sender<bool>, Self) {
+        let (stop, stop_rx) = watch::channel(false);
+        let control = Control {
+            stop: stop_rx,
+            progress: watch::channel(Position::START).0,
+            status: watch::channel(Status::Starting).0,
+        };
+        (stop, control)
+    }
+
     /// The stop flag, for waiting before the runner starts (a standby waiting for its lease).
     #[cfg(feature = "postgres")]
     pub(crate) fn stop_flag(&self) -> watch::Receiver<bool> {
@@ -196,87 +199,11 @@ impl<M: EventModel> Running<M> {
     }
 }
 
-/// Catches up, then follows live appends until stopped, then takes the final checkpoint.
-/// Transient store failures are retried with backoff from the last processed position; other
-/// failures end it (the restart loop in `restart.rs` decides what comes next).
-pub(crate) async fn follow<S: EventStore, M: EventModel>(
-    store: &S,
-    runner: &mut Runner<M>,
-    control: &mut Control,
-) -> Result<(), Error> {
-    let mut caught_up_at = None;
-    let mut backoff = Duration::from_millis(50);
-    // The batch after the one applied last, read while it was applied.
-    let mut read_ahead = None;
-    control.set_status(Status::Running);
-    while !*control.stop.borrow() {
-        let read = match read_ahead.take() {
-            Some((after, read)) if after == runner.position => read,
-            _ => store.read_batch(runner.position, BATCH).await,
-        };
-        let batch = match read {
-            Ok(batch) => batch,
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, retry_in = ?backoff, "event store unavailable; retrying");
-                if wait_or_stop(&mut control.stop, tokio::time::sleep(backoff)).await {
-                    break;
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-            Err(source) => {
-                return Err(Error::Store {
-                    model: M::NAME,
-                    source,
-                })
-            }
-        };
-        backoff = Duration::from_millis(50);
-        if let Some(last) = batch.last() {
-            runner.observe_head(store).await;
-            let after = last.position();
-            if batch.len() < READ_AHEAD_FROM {
-                // Live events, a few at a time: the handler runs without waiting for a read
-                // to be started, and the next read is most likely empty anyway.
-                runner.apply(&batch).await?;
-            } else {
-                let (next, applied) =
-                    tokio::join!(store.read_ahead(after, BATCH), runner.apply(&batch));
-                applied?;
-                read_ahead = Some((after, next));
-            }
-            control.progress.send_replace(runner.position);
-            continue;
-        }
-        runner.caught_up();
-        if caught_up_at != Some(runner.position) {
-            caught_up_at = Some(runner.position);
-            runner.model.on_caught_up(runner.position);
-            control.progress.send_replace(runner.position);
-        }
-        if runner.due_when_idle() {
-            runner.checkpoint_idle().await?;
-        }
-        let deadline = runner.idle_deadline();
-        let position = runner.position;
-        let wake = async {
-            tokio::select! {
-                woke = store.wait_for_append(position) => if let Err(e) = woke {
-                    warn!(error = %e, "waiting for appends failed; polling");
-                    tokio::time::sleep(backoff).await;
-                },
-                () = sleep_until(deadline) => {},
-            }
-        };
-        if wait_or_stop(&mut control.stop, wake).await {
-            break;
-        }
-    }
-    runner.finish().await
-}
-
 /// Waits for `work` unless a stop comes first; whether it stopped.
-async fn wait_or_stop(stop: &mut watch::Receiver<bool>, work: impl Future<Output = ()>) -> bool {
+pub(super) async fn wait_or_stop(
+    stop: &mut watch::Receiver<bool>,
+    work: impl Future<Output = ()>,
+) -> bool {
     let stopped = async {
         // An error means the handle is gone: stop as well.
         let _ = stop.wait_for(|stop| *stop).await;
@@ -284,12 +211,5 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, work: impl Future<Output
     tokio::select! {
         () = work => false,
         () = stopped => true,
-    }
-}
-
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -1,50 +1,84 @@
-//! A streaming model restarted from its last checkpoint after a transient failure.
+//! Starting a model, and starting it again from its last checkpoint after a failure that its
+//! restart policy restarts after.
 
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::checkpoint::CheckpointTrigger;
-use crate::krescent::CaughtUp;
+use super::follow::follow;
+use super::plan::{CaughtUp, Plan};
+use super::restore::restore_keeping;
+use super::runner::Runner;
+use super::running::{Control, Status};
+use crate::error::describe;
 use crate::model::EventModel;
-use crate::running::{follow, Control, Status};
 use crate::store::EventStore;
-use crate::supervisor::report::describe;
-use crate::supervisor::{ModelState, RestartPolicy};
-use crate::{Error, Krescent};
+use crate::Error;
 
 /// What the restart loop tells a supervisor: a setback (backing off, failed) that the
 /// model's [`Status`] cannot say, and how many restarts there were.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Attempts {
-    pub(crate) setback: Option<ModelState>,
+    pub(crate) setback: Option<Setback>,
     pub(crate) restarts: u32,
 }
 
-/// Where each run's model comes from.
+/// A model's setback, as the supervisor reports it
+/// ([`ModelState`](crate::supervisor::ModelState)).
+#[derive(Debug, Clone)]
+pub(crate) enum Setback {
+    /// Failed; restarts at `next_attempt`.
+    BackingOff {
+        /// The consecutive failure this is (1 for the first).
+        attempt: u32,
+        /// When it restarts.
+        next_attempt: SystemTime,
+        /// What failed, with its causes.
+        error: String,
+    },
+    /// Failed for good.
+    Failed {
+        /// What failed, with its causes.
+        error: String,
+    },
+}
+
+/// Where each start's model comes from.
 pub(crate) enum Models<M> {
-    /// Built afresh for every run.
+    /// Built afresh for every start.
     Make(Box<dyn FnMut() -> M + Send>),
-    /// One value ([`Krescent::stream`]): given to the first run, and after a failure restored
-    /// in place from the last checkpoint, which overwrites every checkpointed field.
+    /// One value ([`Krescent::stream`](crate::Krescent::stream), `catch_up`): given to the
+    /// first start, and after a failure restored in place from the last checkpoint, which
+    /// overwrites every checkpointed field.
     Once(Option<M>),
 }
 
-/// Runs the models `models` gives until stopped: restores one, catches up and follows appends;
-/// after a failure the policy restarts after (by default a transient one,
-/// [`Error::is_transient`]) — the open transaction was rolled back — it waits as `policy` says
-/// and starts again from the last checkpoint, with a fresh model or, for [`Models::Once`],
-/// the same one restored in place (only when there is a checkpoint to restore: otherwise the
-/// failure ends it). Any other failure, or one more than the policy allows, ends it.
-pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
-    krescent: Krescent<S>,
+/// Restores `model` as `plan` says and makes it a runner, handing the model back on failure
+/// (for a restart in place).
+async fn start<S, M: EventModel>(plan: &Plan<S>, model: M) -> Result<Runner<M>, (Error, M)> {
+    let checkpointing = match &plan.checkpointing {
+        Ok(checkpointing) => checkpointing.clone(),
+        Err(unregistered) => return Err((unregistered.error(M::NAME), model)),
+    };
+    let start = restore_keeping(model, checkpointing.as_ref()).await?;
+    Runner::begin(start, checkpointing, plan.trigger.clone()).await
+}
+
+/// Runs the models `models` gives until they end as `plan.until` says: restores one, replays
+/// (and follows) the store; after a failure the policy restarts after (by default a transient
+/// one, [`Error::is_transient`]) — the open transaction was rolled back — it waits as the
+/// policy says and starts again from the last checkpoint, with a fresh model or, for
+/// [`Models::Once`], the same one restored in place (only when there is a checkpoint to
+/// restore: otherwise the failure ends it). Any other failure, or one more than the policy
+/// allows, ends it.
+pub(crate) async fn restarting<S: EventStore, M: EventModel>(
+    plan: &Plan<S>,
     mut models: Models<M>,
-    policy: RestartPolicy,
-    trigger: CheckpointTrigger,
     control: &mut Control,
     attempts: &watch::Sender<Attempts>,
 ) -> Result<CaughtUp<M>, Error> {
+    let policy = &plan.policy;
     let mut failures = 0;
     // For `Models::Once`: the model a failed run handed back, and whether it holds events that
     // only a restored checkpoint can undo.
@@ -65,7 +99,7 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
             },
         };
         let began = Instant::now();
-        let (error, back) = match krescent.start_keeping(model, trigger.clone()).await {
+        let (error, back) = match start(plan, model).await {
             Err((error, model)) => (error, model),
             Ok(mut runner) => {
                 let restored = runner.origin.restored_from().is_some();
@@ -79,7 +113,7 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
                     });
                     return Err(failed(attempts, error));
                 }
-                match follow(krescent.store(), &mut runner, control).await {
+                match follow(&*plan.store, &mut runner, control, plan.until).await {
                     Ok(()) => return Ok(runner.into_caught_up()),
                     Err(error) => {
                         // A fresh model from `Make` holds nothing of this run.
@@ -106,7 +140,7 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
         let error_text = describe(&error);
         warn!(model = M::NAME, error = %error_text, retry_in = ?delay, failure = failures, "model failed; restarting from its last checkpoint");
         attempts.send_modify(|a| {
-            a.setback = Some(ModelState::BackingOff {
+            a.setback = Some(Setback::BackingOff {
                 attempt: failures,
                 next_attempt: SystemTime::now() + delay,
                 error: error_text,
@@ -127,6 +161,6 @@ pub(crate) async fn follow_restarting<S: EventStore, M: EventModel>(
 /// Reports the model failed with `error`, for good, and gives the error back.
 fn failed(attempts: &watch::Sender<Attempts>, error: Error) -> Error {
     let error_text = describe(&error);
-    attempts.send_modify(|a| a.setback = Some(ModelState::Failed { error: error_text }));
+    attempts.send_modify(|a| a.setback = Some(Setback::Failed { error: error_text }));
     error
 }

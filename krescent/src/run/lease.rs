@@ -1,0 +1,137 @@
+//! The lease of a run: taken before the model restores (a standby waits here), its fence set
+//! on the storage and the model's transaction, released (or reported fenced) when the run ends.
+//! See [`crate::fleet`].
+
+use super::plan::Plan;
+use super::restart::Models;
+use super::running::Control;
+use crate::model::EventModel;
+use crate::Error;
+
+/// A lease a run holds.
+#[cfg(feature = "postgres")]
+pub(crate) use crate::fleet::HeldLease as Lease;
+
+/// A lease a run holds: without PostgreSQL no storage keeps leases, so there is none.
+#[cfg(not(feature = "postgres"))]
+pub(crate) enum Lease {}
+
+/// Takes the lease of the model when it needs one — it has a projection (a transaction) or is
+/// exclusive (`plan.exclusive`), and its storage keeps leases — waiting as a standby while
+/// another instance holds it; then fences `plan`'s storage and every model `models` gives (the
+/// first is built here) with it, for every start while the lease is held. The first model back
+/// when a stop comes first.
+// Without PostgreSQL there is no lease to wait for: nothing to await, no model to name.
+#[cfg_attr(not(feature = "postgres"), allow(clippy::unused_async))]
+pub(crate) async fn take<S, M: EventModel>(
+    plan: &mut Plan<S>,
+    models: Models<M>,
+    control: &Control,
+) -> Result<(Models<M>, Option<Lease>), M> {
+    #[cfg(feature = "postgres")]
+    {
+        // A storage that is not registered is reported by the first start.
+        let Ok(Some(checkpointing)) = &mut plan.checkpointing else {
+            return Ok((models, None));
+        };
+        let Some(leases) = checkpointing.storage.leases() else {
+            return Ok((models, None));
+        };
+        let (mut first, make) = match models {
+            Models::Make(mut make) => (make(), Some(make)),
+            Models::Once(Some(model)) => (model, None),
+            Models::Once(None) => return Ok((Models::Once(None), None)),
+        };
+        if !(plan.exclusive || first.transaction().is_some()) {
+            return Ok((fenced(first, make, None), None));
+        }
+        control.set_status(crate::Status::Standby);
+        let mut stop = control.stop_flag();
+        let Some(lease) = leases
+            .acquire(&checkpointing.namespace, plan.lease, &mut stop)
+            .await
+        else {
+            return Err(first);
+        };
+        let fence = lease.fence().clone();
+        if let Some(fenced) = checkpointing.storage.fenced(&fence) {
+            checkpointing.storage = fenced;
+        }
+        if let Some(transaction) = first.transaction() {
+            transaction.set_fence(Some(fence.clone()));
+        }
+        // The checkpoint is loaded only now that the lease is held.
+        control.set_status(crate::Status::Starting);
+        Ok((fenced(first, make, Some(fence)), Some(lease)))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = (plan, control);
+        Ok((models, None))
+    }
+}
+
+/// The models of a run whose first model is `first`: `make`'s after it, each with `fence` set
+/// on its transaction; or `first` alone.
+#[cfg(feature = "postgres")]
+fn fenced<M: EventModel>(
+    first: M,
+    make: Option<Box<dyn FnMut() -> M + Send>>,
+    fence: Option<crate::fleet::Fence>,
+) -> Models<M> {
+    let Some(mut make) = make else {
+        return Models::Once(Some(first));
+    };
+    let mut first = Some(first);
+    Models::Make(Box::new(move || {
+        first.take().unwrap_or_else(|| {
+            let mut model = make();
+            if let (Some(fence), Some(transaction)) = (&fence, model.transaction()) {
+                transaction.set_fence(Some(fence.clone()));
+            }
+            model
+        })
+    }))
+}
+
+/// After a leased run: a fenced commit becomes [`Error::Fenced`] (the lease is not this run's
+/// any more), anything else releases the lease so that a standby takes over at once.
+#[cfg_attr(
+    not(feature = "postgres"),
+    allow(clippy::unused_async, clippy::extra_unused_type_parameters)
+)]
+pub(crate) async fn settle<M: EventModel, T>(
+    result: Result<T, Error>,
+    lease: Option<Lease>,
+) -> Result<T, Error> {
+    let Some(lease) = lease else {
+        return result;
+    };
+    #[cfg(not(feature = "postgres"))]
+    match lease {}
+    #[cfg(feature = "postgres")]
+    match result {
+        Err(Error::Storage {
+            source:
+                crate::checkpoint::StorageError::Fenced {
+                    namespace, epoch, ..
+                },
+            ..
+        }) => {
+            tracing::warn!(
+                model = M::NAME,
+                epoch,
+                "fenced: another instance holds the lease now; stepping down"
+            );
+            Err(Error::Fenced {
+                model: M::NAME,
+                namespace,
+                epoch,
+            })
+        }
+        result => {
+            lease.release().await;
+            result
+        }
+    }
+}
