@@ -24,7 +24,7 @@ pub struct PostgresConfig {
     /// The longest a live reader waits before reading again without a notification: the
     /// fallback when a notification is lost or the listening connection is down. Default 1 s.
     pub poll_interval: Duration,
-    /// The connections of the store's pool ([`PostgresEventStore::connect_with`](super::PostgresEventStore::connect_with)):
+    /// The connections of the store's pool ([`PostgresEventStore::connect_with`](crate::store::PostgresEventStore::connect_with)):
     /// reads, appends, checkpoint writes and leases, each holding one only for its statements.
     /// Default 16; at least 1.
     pub pool_size: usize,
