@@ -62,7 +62,10 @@ impl<M: EventModel> RunningSegments<M> {
     /// The lowest position the segments this instance processes have reached
     /// ([`Position::START`] while it processes none). Every segment's position moves over the
     /// other segments' events too, so once every segment here is at `p`, every event of theirs
-    /// up to `p` is processed.
+    /// up to `p` is processed. Only segments already processing ([`Status::Running`]) count: a
+    /// segment still starting (a split projection's segments start one at a time) or on standby
+    /// does not hold it back, so to wait for all of them, wait for [`held`](Self::held) to list
+    /// them too.
     #[must_use]
     pub fn position(&self) -> Position {
         lock(&self.statuses)
