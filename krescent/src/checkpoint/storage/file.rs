@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{replaces, CheckpointStorage, StorageError, StoredCheckpoint};
+use super::{checkpoint_only, replaces, CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::Integrity;
 
 const SUFFIX: &str = ".checkpoint.json";
@@ -119,10 +119,7 @@ fn namespace_of(file_name: &str) -> Option<String> {
 #[async_trait::async_trait]
 impl CheckpointStorage for FileCheckpointStorage {
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        Ok(self
-            .load_checked(namespace)
-            .await?
-            .map(|(checkpoint, _)| checkpoint))
+        self.load_checked(namespace).await.map(checkpoint_only)
     }
 
     async fn load_checked(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{replaces, CheckpointStorage, StorageError, StoredCheckpoint};
+use super::{checkpoint_only, replaces, CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::Integrity;
 
 /// Checkpoints in memory: for tests and models whose state need not survive the process.
@@ -41,10 +41,7 @@ impl InMemoryCheckpointStorage {
 #[async_trait::async_trait]
 impl CheckpointStorage for InMemoryCheckpointStorage {
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        Ok(self
-            .load_checked(namespace)
-            .await?
-            .map(|(checkpoint, _)| checkpoint))
+        self.load_checked(namespace).await.map(checkpoint_only)
     }
 
     async fn load_checked(
@@ -99,6 +96,13 @@ mod tests {
     use crate::checkpoint::{BucketValue, CheckpointBucket, CheckpointFormat, CheckpointVersion};
     use crate::Position;
 
+    /// Puts `value` under `key` in the kept checkpoint, as damage in memory would.
+    fn keep(storage: &InMemoryCheckpointStorage, key: &str, value: BucketValue) {
+        let mut kept = storage.lock();
+        let entry = kept.get_mut("flips").expect("kept");
+        entry.checkpoint.bucket.insert(key, value);
+    }
+
     /// Every single-bit flip of a kept value is found at load, in either format.
     #[tokio::test]
     async fn every_flipped_bit_of_a_kept_checkpoint_is_found() {
@@ -148,24 +152,16 @@ mod tests {
                             BucketValue::Str(text)
                         }
                     };
-                    storage
-                        .lock()
-                        .get_mut("flips")
-                        .expect("kept")
-                        .checkpoint
-                        .bucket
-                        .insert(key, value);
+                    keep(&storage, key, value);
                     let error = storage.load("flips").await.expect_err("a flipped bit");
                     assert!(error.is_corrupt(), "{error}");
                     flips += 1;
                 }
-                storage
-                    .lock()
-                    .get_mut("flips")
-                    .expect("kept")
-                    .checkpoint
-                    .bucket
-                    .insert(key, original.bucket.value(key).expect("value").clone());
+                keep(
+                    &storage,
+                    key,
+                    original.bucket.value(key).expect("value").clone(),
+                );
             }
             assert!(flips > 40, "{flips} flips tried");
             assert!(storage.load("flips").await.expect("restored").is_some());

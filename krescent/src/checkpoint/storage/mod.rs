@@ -138,6 +138,14 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The checkpoint of what [`CheckpointStorage::load_checked`] loaded, for the storages whose
+/// `load` is theirs without the report.
+pub(crate) fn checkpoint_only(
+    loaded: Option<(StoredCheckpoint, Integrity)>,
+) -> Option<StoredCheckpoint> {
+    loaded.map(|(checkpoint, _)| checkpoint)
+}
+
 /// Whether `new` may replace `old`: a later or equal position, or another version.
 pub(crate) fn replaces(old: &StoredCheckpoint, new: &StoredCheckpoint) -> bool {
     old.version != new.version || new.position >= old.position

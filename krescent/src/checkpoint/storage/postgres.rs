@@ -9,7 +9,7 @@ use tokio_postgres::types::private::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
 use tokio_postgres::Row;
 
-use super::{CheckpointStorage, StorageError, StoredCheckpoint};
+use super::{checkpoint_only, CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion, Integrity,
@@ -352,10 +352,7 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn load(&self, namespace: &str) -> Result<Option<StoredCheckpoint>, StorageError> {
-        Ok(self
-            .load_checked(namespace)
-            .await?
-            .map(|(checkpoint, _)| checkpoint))
+        self.load_checked(namespace).await.map(checkpoint_only)
     }
 
     async fn load_checked(
