@@ -12,6 +12,8 @@
 
 use crc32fast::Hasher;
 
+// cycle: `StoredCheckpoint::checksum` (`stored.rs`) is this function; both are the stored
+// checkpoint's contract, this file its sum.
 use super::{BucketValue, CheckpointBucket, StoredCheckpoint};
 use crate::checkpoint::to_micros;
 
