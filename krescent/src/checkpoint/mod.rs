@@ -23,6 +23,8 @@ pub use format::CheckpointFormat;
 pub use storage::{
     CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
 };
+#[cfg(feature = "object-store")]
+pub use storage::ObjectStoreCheckpointStorage;
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresCheckpointStorage, PostgresPool};
 pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};
