@@ -321,7 +321,7 @@ impl ObjectStoreCheckpointStorage {
 
     /// The object store.
     #[must_use]
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
@@ -778,6 +778,22 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
                     continue;
                 }
             }
+            #[cfg(feature = "postgres")]
+            if let (Some(fence), Some(leases)) = (&self.fence, &self.leases) {
+                // The lease first: a holder that lost it writes nothing more (a pause between
+                // this check and the `PUT` is caught by the epoch, once the new holder loaded).
+                match leases.still_held(fence).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(StorageError::Fenced {
+                            namespace: fence.namespace.clone(),
+                            epoch: fence.epoch,
+                            current: None,
+                        })
+                    }
+                    Err(e) => return Err(StorageError::Database(e)),
+                }
+            }
             let (payload, head) = match &encoded {
                 Some((e, payload, head)) if *e == epoch => (payload.clone(), head.clone()),
                 _ => {
@@ -812,6 +828,27 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
                 ) => {
                     // Another writer came first: read what it wrote and decide again.
                     self.known().remove(namespace);
+                }
+                Err(
+                    e @ (object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. }),
+                ) => {
+                    self.known().remove(namespace);
+                    if self.fence.is_some() {
+                        return Err(StorageError::CannotFence {
+                            location: self.location.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    // A backend without conditional puts: the check above and one plain `PUT`
+                    // (never backwards for one writer at a time).
+                    let (payload, _) = self.encode(checkpoint, epoch)?;
+                    return self
+                        .store
+                        .put_opts(&path, payload, PutMode::Overwrite.into())
+                        .await
+                        .map(drop)
+                        .map_err(|e| self.error("write", &path, e));
                 }
                 Err(e) => {
                     self.known().remove(namespace);
