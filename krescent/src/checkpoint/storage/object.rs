@@ -744,13 +744,16 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
         let mut encoded: Option<(Option<u64>, PutPayload, Head<'static>)> = None;
         let mut known = self.known().get(namespace).cloned();
         for _ in 0..MAX_RACES {
-            let stored = match known.take() {
-                Some(known) => Some(known),
-                None => self.read_head(namespace, &path).await?,
+            // What this storage wrote last is only a guess of what is stored: good for a
+            // conditional `PUT` (which fails if it is stale), not for deciding not to write.
+            let (stored, remembered) = match known.take() {
+                Some(known) => (Some(known), true),
+                None => (self.read_head(namespace, &path).await?, false),
             };
             let stored_epoch = stored.as_ref().and_then(|s| s.head.epoch);
             // A fenced write carries its epoch; an unfenced one keeps the stored epoch.
             let epoch = match (&self.fence, stored_epoch) {
+                (Some(_), Some(_)) if remembered => self.fence.as_ref().map(|f| f.epoch),
                 (Some(fence), Some(current)) if current > fence.epoch => {
                     return Err(fenced(fence, current));
                 }
@@ -759,6 +762,9 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
             };
             if let Some(stored) = &stored {
                 if !stored.head.replaced_by(checkpoint) {
+                    if remembered {
+                        continue;
+                    }
                     if stored_epoch >= epoch {
                         return Ok(());
                     }
