@@ -72,10 +72,82 @@ async fn all_keys(storage: &ObjectStoreCheckpointStorage) -> Vec<String> {
             .await
             .expect("list");
         keys.extend(below.objects.iter().map(|o| o.location.to_string()));
-        assert!(below.common_prefixes.is_empty(), "{:?}", below.common_prefixes);
+        assert!(
+            below.common_prefixes.is_empty(),
+            "{:?}",
+            below.common_prefixes
+        );
     }
     keys.sort();
     keys
+}
+
+/// Namespaces that would escape a naive key layout, or that S3 or a path would mangle, and
+/// `long` ones.
+fn hostile_namespaces(long: &[&str]) -> Vec<String> {
+    [
+        "",
+        ".",
+        "..",
+        "../..",
+        "../../etc/passwd",
+        "/",
+        "//",
+        "/leading",
+        "trailing/",
+        "a/../b",
+        "a//b",
+        "%",
+        "%%",
+        "%2F",
+        "%2e%2e",
+        "%zz",
+        "100%",
+        "\0",
+        "nul\0in",
+        "\n",
+        "\r\n",
+        "\t",
+        "\u{7f}",
+        "\u{feff}bom",
+        "😀",
+        "é",
+        "\\",
+        "..\\..\\x",
+        "?query",
+        "#fragment",
+        "a#2/4",
+        "*",
+        "[a]",
+        "{b}",
+        "~user",
+        "$HOME",
+        "`cmd`",
+        "'quoted'",
+        "\"dq\"",
+        "<>",
+        "a b",
+        " ",
+        "  ",
+        ".hidden",
+        "x.checkpoint",
+        "krescent-probe",
+        "CON",
+        "nul",
+        ":colon",
+        "a:b",
+        "+",
+        "=",
+        "&",
+        "@",
+        "!",
+        "^",
+        "|",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(long.iter().map(|name| (*name).to_owned()))
+    .collect()
 }
 
 /// Namespaces that would escape a naive key layout, or that S3 or a path would mangle: each
@@ -90,21 +162,9 @@ async fn hostile_namespaces_round_trip_or_are_refused_and_stay_under_the_prefix(
         .put(&beside, PutPayload::from_static(b"not ours"))
         .await
         .expect("put beside");
-    let kilobyte_ascii = "n".repeat(1024);
-    let kilobyte_utf8 = "é".repeat(512);
-    let fits = "x".repeat(900);
-    let hostile: Vec<String> = [
-        "", ".", "..", "../..", "../../etc/passwd", "/", "//", "/leading", "trailing/", "a/../b",
-        "a//b", "%", "%%", "%2F", "%2e%2e", "%zz", "100%", "\0", "nul\0in", "\n", "\r\n", "\t",
-        "\u{7f}", "\u{feff}bom", "😀", "é", "\\", "..\\..\\x", "?query", "#fragment", "a#2/4",
-        "*", "[a]", "{b}", "~user", "$HOME", "`cmd`", "'quoted'", "\"dq\"", "<>", "a b", " ",
-        "  ", ".hidden", "x.checkpoint", "krescent-probe", "CON", "nul", ":colon", "a:b", "+",
-        "=", "&", "@", "!", "^", "|",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .chain([fits.clone(), kilobyte_ascii.clone(), kilobyte_utf8.clone()])
-    .collect();
+    let (fits, kilobyte_ascii, kilobyte_utf8) =
+        ("x".repeat(900), "n".repeat(1024), "é".repeat(512));
+    let hostile = hostile_namespaces(&[&fits, &kilobyte_ascii, &kilobyte_utf8]);
     let mut accepted = Vec::new();
     for (i, namespace) in hostile.iter().enumerate() {
         let stored = checkpoint(namespace, i as u64 + 1);
@@ -117,7 +177,10 @@ async fn hostile_namespaces_round_trip_or_are_refused_and_stay_under_the_prefix(
                 );
                 accepted.push(namespace.clone());
             }
-            Err(StorageError::Encode { namespace: named, reason }) => {
+            Err(StorageError::Encode {
+                namespace: named,
+                reason,
+            }) => {
                 assert_eq!(&named, namespace);
                 assert!(reason.contains("1024"), "{reason}");
                 assert!(matches!(
@@ -142,18 +205,25 @@ async fn hostile_namespaces_round_trip_or_are_refused_and_stay_under_the_prefix(
     assert_eq!(keys.len(), accepted.len() + 1, "{keys:?}");
     for key in &keys {
         assert!(
-            key.starts_with("checkpoints/") && key.ends_with(".checkpoint") || *key == beside.to_string(),
+            key.starts_with("checkpoints/") && key.ends_with(".checkpoint")
+                || *key == beside.to_string(),
             "a key outside the prefix: {key}"
         );
         assert_eq!(key.matches('/').count(), 1, "{key}");
     }
     storage.clear().await.expect("clear");
     assert_eq!(all_keys(&storage).await, [beside.to_string()]);
-    let kept = storage.object_store().get(&beside).await.expect("get").bytes().await;
+    let kept = storage
+        .object_store()
+        .get(&beside)
+        .await
+        .expect("get")
+        .bytes()
+        .await;
     assert_eq!(&kept.expect("bytes")[..], b"not ours");
 }
 
-/// Both formats round-trip; MessagePack is the default; a JSON checkpoint is readable JSON (a
+/// Both formats round-trip; `MessagePack` is the default; a JSON checkpoint is readable JSON (a
 /// header line, then the bucket), and a changed byte is found by the checksum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_formats_round_trip_and_a_changed_byte_is_corrupt() {
@@ -182,7 +252,14 @@ async fn both_formats_round_trip_and_a_changed_byte_is_corrupt() {
         );
     }
     let key = json.key_of("text").expect("key");
-    let bytes = json.object_store().get(&key).await.expect("get").bytes().await.expect("bytes");
+    let bytes = json
+        .object_store()
+        .get(&key)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
     let text = std::str::from_utf8(&bytes).expect("JSON text");
     let (head, bucket) = text.split_once('\n').expect("a header line");
     let head: serde_json::Value = serde_json::from_str(head).expect("the header is JSON");
@@ -201,7 +278,13 @@ async fn both_formats_round_trip_and_a_changed_byte_is_corrupt() {
     assert!(error.is_corrupt(), "{error}");
     assert!(error.to_string().contains("checksum"), "{error}");
     // Garbage under a checkpoint's key is corrupt too, never a panic.
-    for garbage in [&b""[..], b"\n", b"{}\n", b"no header", b"{\"krescent_checkpoint\":9}\n"] {
+    for garbage in [
+        &b""[..],
+        b"\n",
+        b"{}\n",
+        b"no header",
+        b"{\"krescent_checkpoint\":9}\n",
+    ] {
         json.object_store()
             .put(&key, PutPayload::from(garbage.to_vec()))
             .await
@@ -268,7 +351,11 @@ async fn a_paused_ex_holders_write_is_fenced_and_the_position_never_moves_back()
     let old_again = storage.fenced(&fence(ns, "old", 1)).expect("fences");
     assert!(matches!(
         old_again.store(&checkpoint(ns, 40)).await,
-        Err(StorageError::Fenced { epoch: 1, current: Some(2), .. })
+        Err(StorageError::Fenced {
+            epoch: 1,
+            current: Some(2),
+            ..
+        })
     ));
     // The new holder goes on; never backwards.
     new.store(&checkpoint(ns, 25)).await.expect("store");
@@ -287,12 +374,18 @@ async fn a_paused_ex_holders_write_is_fenced_and_the_position_never_moves_back()
     let old = storage.fenced(&fence(ns, "old", 1)).expect("fences");
     let new = storage.fenced(&fence(ns, "new", 2)).expect("fences");
     assert_eq!(new.load(ns).await.expect("load"), None);
-    old.store(&checkpoint(ns, 40)).await.expect("before the new holder's first write");
+    old.store(&checkpoint(ns, 40))
+        .await
+        .expect("before the new holder's first write");
     new.store(&checkpoint(ns, 35)).await.expect("store");
     assert_eq!(stored_position(&storage, ns).await, 40);
     assert!(matches!(
         old.store(&checkpoint(ns, 50)).await,
-        Err(StorageError::Fenced { epoch: 1, current: Some(2), .. })
+        Err(StorageError::Fenced {
+            epoch: 1,
+            current: Some(2),
+            ..
+        })
     ));
     assert_eq!(stored_position(&storage, ns).await, 40);
     new.store(&checkpoint(ns, 45)).await.expect("store");
@@ -307,7 +400,11 @@ async fn racing_writers_never_move_the_position_backwards() {
     let ns = "raced";
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let reader = ObjectStoreCheckpointStorage::new(storage.object_store().clone(), storage.prefix(), "reader");
+        let reader = ObjectStoreCheckpointStorage::new(
+            storage.object_store().clone(),
+            storage.prefix(),
+            "reader",
+        );
         let done = done.clone();
         tokio::spawn(async move {
             let mut last = 0;
@@ -326,12 +423,19 @@ async fn racing_writers_never_move_the_position_backwards() {
     let next = Arc::new(AtomicU64::new(1));
     let writers: Vec<_> = (0..4)
         .map(|_| {
-            let writer = ObjectStoreCheckpointStorage::new(storage.object_store().clone(), storage.prefix(), "writer");
+            let writer = ObjectStoreCheckpointStorage::new(
+                storage.object_store().clone(),
+                storage.prefix(),
+                "writer",
+            );
             let next = next.clone();
             tokio::spawn(async move {
                 for _ in 0..15 {
                     let position = next.fetch_add(1, Ordering::SeqCst);
-                    writer.store(&checkpoint(ns, position)).await.expect("store");
+                    writer
+                        .store(&checkpoint(ns, position))
+                        .await
+                        .expect("store");
                 }
             })
         })
@@ -356,7 +460,9 @@ struct Proxy {
 
 impl Proxy {
     async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("address").port();
         let proxy = Proxy {
             port,
@@ -369,7 +475,8 @@ impl Proxy {
     }
 
     fn serve(&self, listener: tokio::net::TcpListener) {
-        let (upstream, tasks, forwarded) = (self.upstream, self.tasks.clone(), self.forwarded.clone());
+        let (upstream, tasks, forwarded) =
+            (self.upstream, self.tasks.clone(), self.forwarded.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let forwarded = forwarded.clone();
@@ -429,7 +536,9 @@ impl Proxy {
 /// and the write retried succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_going_away_mid_write_is_transient_and_leaves_a_whole_checkpoint() {
-    let server = tokio::task::spawn_blocking(MotoServer::shared).await.expect("server");
+    let server = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .expect("server");
     let bucket = tokio::task::spawn_blocking(|| MotoServer::shared().create_bucket())
         .await
         .expect("bucket");
@@ -454,7 +563,9 @@ async fn the_server_going_away_mid_write_is_transient_and_leaves_a_whole_checkpo
     let small = checkpoint(ns, 1);
     storage.store(&small).await.expect("store");
     let mut large = checkpoint(ns, 2);
-    let noise: Vec<u8> = (0..40_000_000_u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..40_000_000_u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+        .collect();
     large.bucket.put_bytes("noise", &noise);
     let write = {
         let (storage, large) = (storage.clone(), large.clone());
@@ -463,13 +574,25 @@ async fn the_server_going_away_mid_write_is_transient_and_leaves_a_whole_checkpo
     // Cut once a few MB of the PUT went through.
     let start = proxy.forwarded.load(Ordering::SeqCst);
     while proxy.forwarded.load(Ordering::SeqCst) < start + 4_000_000 {
-        assert!(!write.is_finished(), "the write finished before it could be cut");
+        assert!(
+            !write.is_finished(),
+            "the write finished before it could be cut"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     proxy.cut();
     let error = write.await.expect("task").expect_err("cut mid-write");
     assert!(error.is_transient(), "{error}");
-    assert!(matches!(error, StorageError::ObjectStore { transient: true, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            StorageError::ObjectStore {
+                transient: true,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     // Still away: reads fail, transiently.
     assert!(storage.load(ns).await.expect_err("away").is_transient());
     proxy.restart().await;
@@ -494,7 +617,10 @@ async fn a_storage_from_a_url_reaches_the_same_checkpoints() {
     .expect("server");
     let url = format!("s3://{bucket}/a/b/");
     let one = ObjectStoreCheckpointStorage::from_url_with(&url, options.clone()).expect("storage");
-    assert_eq!(one.location().as_deref(), Some(format!("s3://{bucket}/a/b").as_str()));
+    assert_eq!(
+        one.location().as_deref(),
+        Some(format!("s3://{bucket}/a/b").as_str())
+    );
     one.store(&checkpoint("m", 3)).await.expect("store");
     let two = ObjectStoreCheckpointStorage::from_url_with(&url, options.clone()).expect("storage");
     assert_eq!(two.list().await.expect("list"), ["m"]);
@@ -502,25 +628,41 @@ async fn a_storage_from_a_url_reaches_the_same_checkpoints() {
         two.key_of("m").expect("key").to_string(),
         "a/b/m.checkpoint"
     );
-    let root = ObjectStoreCheckpointStorage::from_url_with(&format!("s3://{bucket}"), options.clone())
-        .expect("storage");
+    let root =
+        ObjectStoreCheckpointStorage::from_url_with(&format!("s3://{bucket}"), options.clone())
+            .expect("storage");
     assert!(root.list().await.expect("list").is_empty());
     assert!(matches!(
         ObjectStoreCheckpointStorage::from_url_with("gs://bucket/x", options.clone()),
-        Err(StorageError::ObjectStore { transient: false, .. })
+        Err(StorageError::ObjectStore {
+            transient: false,
+            ..
+        })
     ));
     assert!(matches!(
         ObjectStoreCheckpointStorage::from_url_with(&url, [("no_such_option", "1")]),
         Err(StorageError::ObjectStore { .. })
     ));
     // Fencing needs conditional puts: checked, and refused where they are disabled.
-    one.check_fencing().await.expect("moto has conditional puts");
-    assert!(!one.list().await.expect("list").contains(&"krescent-probe".to_owned()));
+    one.check_fencing()
+        .await
+        .expect("moto has conditional puts");
+    assert!(!one
+        .list()
+        .await
+        .expect("list")
+        .contains(&"krescent-probe".to_owned()));
     let mut disabled = options;
     disabled.push(("aws_conditional_put", "disabled".to_owned()));
     let cannot = ObjectStoreCheckpointStorage::from_url_with(&url, disabled).expect("storage");
-    let error = cannot.check_fencing().await.expect_err("no conditional puts");
-    assert!(matches!(error, StorageError::CannotFence { .. }), "{error:?}");
+    let error = cannot
+        .check_fencing()
+        .await
+        .expect_err("no conditional puts");
+    assert!(
+        matches!(error, StorageError::CannotFence { .. }),
+        "{error:?}"
+    );
     // In-memory has them.
     ObjectStoreCheckpointStorage::new(Arc::new(InMemory::new()), "", "memory")
         .check_fencing()
@@ -615,7 +757,14 @@ mod leased {
     async fn stored_epoch(bucket: &ObjectStoreCheckpointStorage) -> Option<u64> {
         use krescent::checkpoint::storage::object_store::ObjectStoreExt as _;
         let key = bucket.key_of("bucket.counted").expect("key");
-        let bytes = bucket.object_store().get(&key).await.ok()?.bytes().await.ok()?;
+        let bytes = bucket
+            .object_store()
+            .get(&key)
+            .await
+            .ok()?
+            .bytes()
+            .await
+            .ok()?;
         let line = bytes.split(|&b| b == b'\n').next()?;
         let head: serde_json::Value = serde_json::from_slice(line).ok()?;
         head["epoch"].as_u64()
@@ -688,7 +837,10 @@ mod leased {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut from = 6;
         while !b.is_finished() {
-            assert!(std::time::Instant::now() < deadline, "the fenced model kept running");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fenced model kept running"
+            );
             append(&krescent, from, 1).await;
             from += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -696,7 +848,11 @@ mod leased {
         let error = b.shutdown().await.expect_err("fenced");
         assert!(matches!(error, Error::Fenced { epoch: 2, .. }), "{error:?}");
         assert_eq!(
-            bucket.load("bucket.counted").await.expect("load").map(|c| c.position),
+            bucket
+                .load("bucket.counted")
+                .await
+                .expect("load")
+                .map(|c| c.position),
             Some(head),
             "a fenced writer moved the checkpoint"
         );

@@ -1,4 +1,4 @@
-//! A real S3 server for tests (feature `object-store`): the `moto` server from PyPI.
+//! A real S3 server for tests (feature `object-store`): the `moto` server from the Python package index.
 //!
 //! [`MotoServer::shared`] starts one `moto_server` per test process on `127.0.0.1` and a free
 //! port, found on `PATH` (or in `~/.pyenv/shims`), and waits until it answers; a watchdog

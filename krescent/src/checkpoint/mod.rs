@@ -20,11 +20,11 @@ pub(crate) use budget::SnapshotBudget;
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
 pub use format::CheckpointFormat;
+#[cfg(feature = "object-store")]
+pub use storage::ObjectStoreCheckpointStorage;
 pub use storage::{
     CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
 };
-#[cfg(feature = "object-store")]
-pub use storage::ObjectStoreCheckpointStorage;
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresCheckpointStorage, PostgresPool};
 pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};

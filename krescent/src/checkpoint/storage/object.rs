@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
-    UpdateVersion,
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutPayload, UpdateVersion,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,9 +130,7 @@ impl Head<'_> {
     fn replaced_by(&self, new: &StoredCheckpoint) -> bool {
         let position = self.position.parse::<Position>().ok();
         match position {
-            Some(position) => {
-                self.version != new.version.as_str() || new.position >= position
-            }
+            Some(position) => self.version != new.version.as_str() || new.position >= position,
             // An unreadable header is replaced: it could never be restored anyway.
             None => true,
         }
@@ -148,7 +145,10 @@ impl ObjectStoreCheckpointStorage {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, location: impl Into<String>) -> Self {
         let prefix = prefix.trim_matches('/').to_owned();
         let base = Path::parse(&prefix).unwrap_or_else(|_| {
-            Path::from_iter(prefix.split('/').filter(|part| !part.is_empty()))
+            prefix
+                .split('/')
+                .filter(|part| !part.is_empty())
+                .collect::<Path>()
         });
         ObjectStoreCheckpointStorage {
             store,
@@ -166,7 +166,7 @@ impl ObjectStoreCheckpointStorage {
     /// A storage at `url` (`s3://bucket` or `s3://bucket/prefix`), configured from the standard
     /// environment as the AWS tools are: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` (an
-    /// S3-compatible server: MinIO, Ceph, R2, a local test server; an `http://` endpoint is
+    /// S3-compatible server: `MinIO`, Ceph, R2, a local test server; an `http://` endpoint is
     /// allowed without TLS), `AWS_ALLOW_HTTP`, web identity and instance credentials (see
     /// `object_store::aws::AmazonS3Builder::from_env`).
     ///
@@ -193,7 +193,10 @@ impl ObjectStoreCheckpointStorage {
             transient: false,
             source: Box::new(source),
         };
-        let Some(rest) = url.strip_prefix("s3://").or_else(|| url.strip_prefix("s3a://")) else {
+        let Some(rest) = url
+            .strip_prefix("s3://")
+            .or_else(|| url.strip_prefix("s3a://"))
+        else {
             return Err(failed(object_store::Error::Generic {
                 store: "S3",
                 source: format!("`{url}` is not an s3:// URL").into(),
@@ -243,7 +246,7 @@ impl ObjectStoreCheckpointStorage {
     ///
     /// First checks that the backend has conditional puts by creating, replacing (on its
     /// `ETag`) and deleting `<prefix>/.krescent-probe`: fencing depends on them. S3 (since
-    /// November 2024), GCS, Azure, MinIO, R2, `object_store`'s local files and memory have
+    /// November 2024), GCS, Azure, `MinIO`, R2, `object_store`'s local files and memory have
     /// them; an S3 store built with `aws_conditional_put=disabled` does not.
     ///
     /// # Errors
@@ -523,9 +526,9 @@ impl ObjectStoreCheckpointStorage {
                     version: put.version,
                 },
             })),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-                Ok(None)
-            }
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(None),
             Err(e) => Err(self.error("claim", path, e)),
         }
     }
@@ -558,6 +561,120 @@ impl ObjectStoreCheckpointStorage {
         Err(self.raced(namespace))
     }
 
+    /// Keeps the stored checkpoint (`stored`, at a later position) but raises its epoch to
+    /// `epoch`: a new lease holder's first write.
+    async fn raise_epoch(
+        &self,
+        namespace: &str,
+        path: &Path,
+        stored: &Known,
+        epoch: Option<u64>,
+    ) -> Result<Attempt, StorageError> {
+        let Some((_, _, now, bytes)) = self.read(namespace).await? else {
+            return Ok(Attempt::Again(None));
+        };
+        if now.version != stored.version {
+            return Ok(Attempt::Again(Some(now)));
+        }
+        match self
+            .claim(path, &now, &bytes, epoch.unwrap_or_default())
+            .await?
+        {
+            Some(claimed) => {
+                self.known().insert(namespace.to_owned(), claimed);
+                Ok(Attempt::Done)
+            }
+            None => Ok(Attempt::Again(None)),
+        }
+    }
+
+    /// Whether a fenced storage's lease still holds (see [`Leases`](crate::fleet::Leases)),
+    /// renewing it.
+    #[cfg_attr(not(feature = "postgres"), allow(clippy::unused_async))]
+    async fn check_lease(&self) -> Result<(), StorageError> {
+        #[cfg(feature = "postgres")]
+        if let (Some(fence), Some(leases)) = (&self.fence, &self.leases) {
+            // A holder that lost its lease writes nothing more; a pause between this check and
+            // the `PUT` is caught by the epoch, once the new holder has loaded.
+            return match leases.still_held(fence).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(StorageError::Fenced {
+                    namespace: fence.namespace.clone(),
+                    epoch: fence.epoch,
+                    current: None,
+                }),
+                Err(e) => Err(StorageError::Database(e)),
+            };
+        }
+        Ok(())
+    }
+
+    /// One conditional `PUT` of `payload` over `stored` (none: the object must not exist).
+    async fn put(
+        &self,
+        path: &Path,
+        payload: PutPayload,
+        head: Head<'static>,
+        stored: Option<&Known>,
+    ) -> Result<Attempt, StorageError> {
+        let namespace = head.namespace.to_string();
+        let mode = match stored {
+            Some(stored) => PutMode::Update(stored.version.clone()),
+            None => PutMode::Create,
+        };
+        match self
+            .store
+            .put_opts(path, payload.clone(), mode.into())
+            .await
+        {
+            Ok(put) => {
+                let version = UpdateVersion {
+                    e_tag: put.e_tag,
+                    version: put.version,
+                };
+                let mut known = self.known();
+                if version.e_tag.is_some() || version.version.is_some() {
+                    known.insert(namespace, Known { head, version });
+                } else {
+                    known.remove(&namespace);
+                }
+                Ok(Attempt::Done)
+            }
+            // Another writer came first: read what it wrote and decide again.
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::NotFound { .. },
+            ) => {
+                self.known().remove(&namespace);
+                Ok(Attempt::Again(None))
+            }
+            Err(
+                e @ (object_store::Error::NotImplemented { .. }
+                | object_store::Error::NotSupported { .. }),
+            ) => {
+                self.known().remove(&namespace);
+                if self.fence.is_some() {
+                    return Err(StorageError::CannotFence {
+                        location: self.location.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                // A backend without conditional puts: the check before and one plain `PUT`
+                // (never backwards for one writer at a time).
+                self.store
+                    .put_opts(path, payload, PutMode::Overwrite.into())
+                    .await
+                    .map(|_| Attempt::Done)
+                    .map_err(|e| self.error("write", path, e))
+            }
+            Err(e) => {
+                self.known().remove(&namespace);
+                Err(self.error("write", path, e))
+            }
+        }
+    }
+
     fn raced(&self, namespace: &str) -> StorageError {
         StorageError::ObjectStore {
             origin: self.origin(namespace),
@@ -565,6 +682,14 @@ impl ObjectStoreCheckpointStorage {
             source: format!("{MAX_RACES} concurrent writes in a row won the race").into(),
         }
     }
+}
+
+/// What a write attempt came to.
+enum Attempt {
+    /// Written, or nothing to write.
+    Done,
+    /// Another writer came first: again, knowing what is stored now, if it was read.
+    Again(Option<Known>),
 }
 
 fn fenced(fence: &Fence, current: u64) -> StorageError {
@@ -657,8 +782,9 @@ fn decode(
         Some(CheckpointFormat::MessagePack) => {
             packed::decode(body).map_err(|e| corrupt(format!("undecodable bucket: {e}")))?
         }
-        Some(CheckpointFormat::Json) => serde_json::from_slice(body)
-            .map_err(|e| corrupt(format!("undecodable bucket: {e}")))?,
+        Some(CheckpointFormat::Json) => {
+            serde_json::from_slice(body).map_err(|e| corrupt(format!("undecodable bucket: {e}")))?
+        }
         None => {
             return Err(corrupt(format!(
                 "unknown format {} (this build reads 1 and 2)",
@@ -753,8 +879,7 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
             let stored_epoch = stored.as_ref().and_then(|s| s.head.epoch);
             // A fenced write carries its epoch; an unfenced one keeps the stored epoch.
             let epoch = match (&self.fence, stored_epoch) {
-                (Some(_), Some(_)) if remembered => self.fence.as_ref().map(|f| f.epoch),
-                (Some(fence), Some(current)) if current > fence.epoch => {
+                (Some(fence), Some(current)) if current > fence.epoch && !remembered => {
                     return Err(fenced(fence, current));
                 }
                 (Some(fence), _) => Some(fence.epoch),
@@ -768,38 +893,16 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
                     if stored_epoch >= epoch {
                         return Ok(());
                     }
-                    // A new holder's epoch goes in even when the stored position stays.
-                    let Some((_, _, known_now, bytes)) = self.read(namespace).await? else {
-                        continue;
-                    };
-                    if known_now.version != stored.version {
-                        known = Some(known_now);
-                        continue;
+                    match self.raise_epoch(namespace, &path, stored, epoch).await? {
+                        Attempt::Done => return Ok(()),
+                        Attempt::Again(now) => {
+                            known = now;
+                            continue;
+                        }
                     }
-                    let fence_epoch = epoch.unwrap_or(0);
-                    if let Some(claimed) = self.claim(&path, &known_now, &bytes, fence_epoch).await? {
-                        self.known().insert(namespace.to_owned(), claimed);
-                        return Ok(());
-                    }
-                    continue;
                 }
             }
-            #[cfg(feature = "postgres")]
-            if let (Some(fence), Some(leases)) = (&self.fence, &self.leases) {
-                // The lease first: a holder that lost it writes nothing more (a pause between
-                // this check and the `PUT` is caught by the epoch, once the new holder loaded).
-                match leases.still_held(fence).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(StorageError::Fenced {
-                            namespace: fence.namespace.clone(),
-                            epoch: fence.epoch,
-                            current: None,
-                        })
-                    }
-                    Err(e) => return Err(StorageError::Database(e)),
-                }
-            }
+            self.check_lease().await?;
             let (payload, head) = match &encoded {
                 Some((e, payload, head)) if *e == epoch => (payload.clone(), head.clone()),
                 _ => {
@@ -808,58 +911,8 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
                     (payload, head)
                 }
             };
-            let mode = match &stored {
-                Some(stored) => PutMode::Update(stored.version.clone()),
-                None => PutMode::Create,
-            };
-            let options = PutOptions::from(mode);
-            match self.store.put_opts(&path, payload, options).await {
-                Ok(put) => {
-                    let version = UpdateVersion {
-                        e_tag: put.e_tag,
-                        version: put.version,
-                    };
-                    let mut known = self.known();
-                    if version.e_tag.is_some() || version.version.is_some() {
-                        known.insert(namespace.to_owned(), Known { head, version });
-                    } else {
-                        known.remove(namespace);
-                    }
-                    return Ok(());
-                }
-                Err(
-                    object_store::Error::Precondition { .. }
-                    | object_store::Error::AlreadyExists { .. }
-                    | object_store::Error::NotFound { .. },
-                ) => {
-                    // Another writer came first: read what it wrote and decide again.
-                    self.known().remove(namespace);
-                }
-                Err(
-                    e @ (object_store::Error::NotImplemented { .. }
-                    | object_store::Error::NotSupported { .. }),
-                ) => {
-                    self.known().remove(namespace);
-                    if self.fence.is_some() {
-                        return Err(StorageError::CannotFence {
-                            location: self.location.clone(),
-                            reason: e.to_string(),
-                        });
-                    }
-                    // A backend without conditional puts: the check above and one plain `PUT`
-                    // (never backwards for one writer at a time).
-                    let (payload, _) = self.encode(checkpoint, epoch)?;
-                    return self
-                        .store
-                        .put_opts(&path, payload, PutMode::Overwrite.into())
-                        .await
-                        .map(drop)
-                        .map_err(|e| self.error("write", &path, e));
-                }
-                Err(e) => {
-                    self.known().remove(namespace);
-                    return Err(self.error("write", &path, e));
-                }
+            if let Attempt::Done = self.put(&path, payload, head, stored.as_ref()).await? {
+                return Ok(());
             }
         }
         Err(self.raced(namespace))
@@ -888,9 +941,7 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
             .store
             .list_with_delimiter(prefix.as_ref())
             .await
-            .map_err(|e| {
-                self.error("list", prefix.as_ref().unwrap_or(&Path::default()), e)
-            })?;
+            .map_err(|e| self.error("list", prefix.as_ref().unwrap_or(&Path::default()), e))?;
         let mut namespaces: Vec<String> = listed
             .objects
             .iter()
@@ -935,7 +986,10 @@ mod tests {
             long.as_str(),
         ] {
             let segment = encode_segment(namespace);
-            assert!(!segment.contains('/') && !segment.starts_with('.'), "{segment}");
+            assert!(
+                !segment.contains('/') && !segment.starts_with('.'),
+                "{segment}"
+            );
             let name = format!("{segment}{SUFFIX}");
             assert_eq!(namespace_of(&name).as_deref(), Some(namespace));
             let path = Path::parse(format!("pre/fix/{name}")).expect("a valid path");
