@@ -858,3 +858,86 @@ mod leased {
         );
     }
 }
+
+/// `krescent --checkpoints s3://…` lists, shows and deletes the checkpoints of a bucket,
+/// configured from the standard AWS environment; the data directory gives the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_deletes_checkpoints_in_a_bucket() {
+    use std::process::{Command, Stdio};
+    let storage = fresh_storage().await;
+    storage
+        .store(&checkpoint("books.available", 7))
+        .await
+        .expect("store");
+    storage
+        .store(&checkpoint("a/b #2", 3))
+        .await
+        .expect("store");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    {
+        let store = krescent::store::FileEventStore::open(dir.path().join("events")).expect("open");
+        let events = (0..9)
+            .map(|n| krescent::NewEvent::from_json("tick", &format!("{{\"n\":{n}}}")))
+            .collect::<Result<Vec<_>, _>>()
+            .expect("events");
+        krescent::store::EventStore::append(
+            &store,
+            "s",
+            krescent::store::ExpectedVersion::Any,
+            events,
+        )
+        .await
+        .expect("append");
+    }
+    std::fs::create_dir(dir.path().join("checkpoints")).expect("mkdir");
+    let url = format!(
+        "s3://{}/{}",
+        storage
+            .location()
+            .expect("location")
+            .trim_start_matches("s3://")
+            .split('/')
+            .next()
+            .expect("bucket"),
+        storage.prefix()
+    );
+    let binary = krescent_testkit::examples::workspace_binary("krescent-cli", "krescent");
+    let endpoint = tokio::task::spawn_blocking(|| MotoServer::shared().endpoint())
+        .await
+        .expect("server");
+    let krescent = |args: &[&str]| {
+        let output = Command::new(&binary)
+            .env_remove("DATABASE_URL")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--checkpoints", &url, "--json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run krescent");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("JSON")
+    };
+    let listed = krescent(&["checkpoints", "list"]);
+    let rows = listed["checkpoints"].as_array().expect("rows");
+    let names: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["namespace"].as_str())
+        .collect();
+    assert_eq!(names, ["a/b #2", "books.available"]);
+    assert_eq!(rows[1]["lag"], 2);
+    assert_eq!(rows[1]["integrity"], "verified");
+    let shown = krescent(&["checkpoints", "show", "books.available"]);
+    assert_eq!(shown["position"], 7);
+    let deleted = krescent(&["checkpoints", "delete", "a/b #2", "--yes"]);
+    assert_eq!(deleted["deleted"], true);
+    assert_eq!(storage.list().await.expect("list"), ["books.available"]);
+}
