@@ -1,10 +1,11 @@
-//! A real S3 server for tests (feature `object-store`): the `moto` server from the Python package index.
+//! A real S3 server for tests (feature `object-store`): the `moto` server from the Python
+//! package index.
 //!
 //! [`MotoServer::shared`] starts one `moto_server` per test process on `127.0.0.1` and a free
-//! port, found on `PATH` (or in `~/.pyenv/shims`), and waits until it answers; a watchdog
-//! process stops it when the test process exits, however it exits. [`fresh_storage`] gives
-//! every test a bucket of its own. Without `moto_server` the tests fail with a message saying
-//! what to install (`pip install 'moto[server]'`); they never skip.
+//! port, found on `PATH` (or in `~/.pyenv/shims`, `~/.local/bin`), and waits until it answers;
+//! a watchdog process stops it when the test process exits, however it exits.
+//! [`fresh_storage`] gives every test a bucket of its own. Without `moto_server` the tests
+//! fail with a message saying what to install (`pip install 'moto[server]'`); they never skip.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -47,7 +48,7 @@ impl MotoServer {
         let program = find_moto().unwrap_or_else(|| {
             panic!(
                 "the object-store tests need the S3 test server `moto_server`, found neither on PATH \
-                 nor in ~/.pyenv/shims: install it with `pip install 'moto[server]'`"
+                 nor in ~/.pyenv/shims or ~/.local/bin: install it with `pip install 'moto[server]'`"
             )
         });
         let port = TcpListener::bind("127.0.0.1:0")
@@ -183,7 +184,8 @@ fn find_moto() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".pyenv/shims"));
+        dirs.push(PathBuf::from(&home).join(".pyenv/shims"));
+        dirs.push(PathBuf::from(home).join(".local/bin"));
     }
     dirs.into_iter()
         .map(|dir| dir.join("moto_server"))

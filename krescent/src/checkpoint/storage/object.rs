@@ -76,7 +76,32 @@ const MAX_RACES: usize = 64;
 /// conditional puts.
 ///
 /// Built from a URL and the environment with [`from_url`](Self::from_url), or around any store
-/// with [`new`](Self::new).
+/// with [`new`](Self::new):
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use krescent::checkpoint::storage::object_store::memory::InMemory;
+/// use krescent::checkpoint::{CheckpointStorage, ObjectStoreCheckpointStorage};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // S3, from the standard environment (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL` for an
+/// // S3-compatible server); nothing is contacted yet.
+/// # std::env::set_var("AWS_REGION", "eu-west-1");
+/// let s3 = ObjectStoreCheckpointStorage::from_url("s3://my-bucket/krescent/checkpoints")?;
+/// assert_eq!(s3.location().as_deref(), Some("s3://my-bucket/krescent/checkpoints"));
+/// assert_eq!(s3.key_of("books#2/4")?.as_ref(), "krescent/checkpoints/books%232%2F4.checkpoint");
+///
+/// // Any `object_store` backend: here one in memory.
+/// let memory = ObjectStoreCheckpointStorage::new(Arc::new(InMemory::new()), "prefix", "memory");
+/// memory.check_fencing().await?; // it has conditional puts
+/// let krescent = krescent::Krescent::new(krescent::store::InMemoryEventStore::new())
+///     .with_storage("bucket", memory);
+/// # let _ = krescent;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ObjectStoreCheckpointStorage {
     store: Arc<dyn ObjectStore>,
