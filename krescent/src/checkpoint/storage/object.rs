@@ -270,9 +270,9 @@ impl ObjectStoreCheckpointStorage {
     /// lease is as with the PostgreSQL storage: an exclusive model, or one with a projection.
     ///
     /// First checks that the backend has conditional puts by creating, replacing (on its
-    /// `ETag`) and deleting `<prefix>/.krescent-probe`: fencing depends on them. S3 (since
-    /// November 2024), GCS, Azure, `MinIO`, R2, `object_store`'s local files and memory have
-    /// them; an S3 store built with `aws_conditional_put=disabled` does not.
+    /// `ETag`) and deleting `<prefix>/krescent-probe-<random id>`: fencing depends on them. S3
+    /// (since November 2024), GCS, Azure, `MinIO`, R2, `object_store`'s local files and memory
+    /// have them; an S3 store built with `aws_conditional_put=disabled` does not.
     ///
     /// # Errors
     /// [`StorageError::CannotFence`] when the backend refuses a conditional put;
@@ -288,15 +288,16 @@ impl ObjectStoreCheckpointStorage {
     }
 
     /// Checks that the backend can fence writes (has conditional puts), as
-    /// [`with_leases`](Self::with_leases) does: creates `<prefix>/krescent-probe`, replaces it
-    /// on its `ETag`, and deletes it.
+    /// [`with_leases`](Self::with_leases) does: creates `<prefix>/krescent-probe-<random id>`,
+    /// replaces it on its `ETag`, and deletes it.
     ///
     /// # Errors
     /// [`StorageError::CannotFence`] when the backend refuses a conditional put;
     /// [`StorageError::ObjectStore`] when it cannot be reached.
     pub async fn check_fencing(&self) -> Result<(), StorageError> {
-        // Not a checkpoint's name: `list` never shows it.
-        let path = self.child("krescent-probe");
+        // Not a checkpoint's name (`list` never shows it), and one of its own, so that
+        // instances starting together do not race on it.
+        let path = self.child(&format!("krescent-probe-{}", uuid::Uuid::new_v4().simple()));
         let cannot = |e: object_store::Error| match e {
             object_store::Error::NotImplemented { .. }
             | object_store::Error::NotSupported { .. } => StorageError::CannotFence {
@@ -305,15 +306,6 @@ impl ObjectStoreCheckpointStorage {
             },
             other => self.error("probe conditional puts at", &path, other),
         };
-        // A probe left by an earlier, interrupted check.
-        self.store
-            .delete(&path)
-            .await
-            .or_else(|e| match e {
-                object_store::Error::NotFound { .. } => Ok(()),
-                other => Err(other),
-            })
-            .map_err(cannot)?;
         let created = self
             .store
             .put_opts(&path, PutPayload::from_static(b"1"), PutMode::Create.into())
