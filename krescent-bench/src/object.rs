@@ -75,6 +75,36 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
         Ok::<_, Box<dyn Error>>(())
     })
     .await?;
+    // Where the difference goes: the snapshot alone, and the store of a snapshot taken.
+    let snapshot = median(options.reps, || async {
+        let mut bucket = CheckpointBucket::with_format(storage.format());
+        model.create_checkpoint(&mut bucket)?;
+        Ok::<_, Box<dyn Error>>(bucket)
+    })
+    .await?;
+    let mut bucket = CheckpointBucket::with_format(storage.format());
+    model.create_checkpoint(&mut bucket)?;
+    let stored = StoredCheckpoint::new(
+        "bench.object",
+        CheckpointVersion::of::<Large>(),
+        Position::new(options.events as u64),
+        bucket,
+    );
+    let store = median(options.reps, || async {
+        storage.store(&stored).await?;
+        Ok::<_, Box<dyn Error>>(())
+    })
+    .await?;
+    let checksum = median(options.reps, || async {
+        Ok::<_, Box<dyn Error>>(std::hint::black_box(stored.checksum()))
+    })
+    .await?;
+    eprintln!(
+        "object_store_checkpoint: of which the snapshot {} ms, the store {} ms (its checksum {} ms)",
+        snapshot.as_millis(),
+        store.as_millis(),
+        checksum.as_millis()
+    );
     println!(
         "bench object_store_checkpoint ratio={:.3} checkpoint_ms={} baseline_ms={} keys={} bytes={size}",
         baseline.as_secs_f64() / checkpoint.as_secs_f64(),
