@@ -73,7 +73,8 @@ const MAX_RACES: usize = 64;
 /// gone, it re-reads, and finds the new epoch. Leases are kept in PostgreSQL:
 /// [`with_leases`](Self::with_leases) takes them from a
 /// [`PostgresCheckpointStorage`](super::PostgresCheckpointStorage) and refuses a backend without
-/// conditional puts.
+/// conditional puts; a fenced write first renews its lease there (one `UPDATE`), so a holder
+/// that lost its lease is fenced at its next write even before the new holder has loaded.
 ///
 /// Built from a URL and the environment with [`from_url`](Self::from_url), or around any store
 /// with [`new`](Self::new):
