@@ -2,7 +2,7 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state|decide|segments]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state|decide|segments|object_store]
 //! ```
 //!
 //! It prints one line per figure:
@@ -12,6 +12,7 @@ mod decide;
 mod file;
 mod measure;
 mod memory;
+mod object;
 mod postgres;
 mod segments;
 
@@ -23,8 +24,8 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
-    /// Only the in-memory, the file store, the Postgres, the write-model (`decide`) or the
-    /// segments figures, or only `large_state`.
+    /// Only the in-memory, the file store, the Postgres, the write-model (`decide`), the
+    /// segments or the object-store figures, or only `large_state`.
     pub(crate) only: Option<String>,
 }
 
@@ -42,10 +43,16 @@ fn options() -> Result<Options, String> {
         if arg == "--only" {
             if !matches!(
                 value.as_str(),
-                "memory" | "file" | "postgres" | "large_state" | "decide" | "segments"
+                "memory"
+                    | "file"
+                    | "postgres"
+                    | "large_state"
+                    | "decide"
+                    | "segments"
+                    | "object_store"
             ) {
                 return Err(format!(
-                    "`--only {value}`: expected `memory`, `file`, `postgres`, `large_state`, `decide` or `segments`"
+                    "`--only {value}`: expected `memory`, `file`, `postgres`, `large_state`, `decide`, `segments` or `object_store`"
                 ));
             }
             options.only = Some(value);
@@ -100,6 +107,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     if runs("segments") {
         segments::run(&options).await?;
+    }
+    if runs("object_store") {
+        object::run(&options).await?;
     }
     Ok(())
 }

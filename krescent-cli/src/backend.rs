@@ -1,7 +1,8 @@
 //! The store a command works on: a file data directory or PostgreSQL.
 
 use krescent::checkpoint::{
-    CheckpointStorage, Integrity, PostgresCheckpointStorage, StoredCheckpoint,
+    CheckpointStorage, Integrity, ObjectStoreCheckpointStorage, PostgresCheckpointStorage,
+    StoredCheckpoint,
 };
 use krescent::store::{EventBatch, EventStore, FileEventStore, PostgresConfig, PostgresEventStore};
 use krescent::Position;
@@ -11,37 +12,60 @@ use crate::data_dir;
 use crate::error::CliError;
 use crate::output::quoted;
 
-/// An event store and its checkpoint storage.
+/// An event store and its checkpoint storage, and the bucket `--checkpoints` names.
 #[allow(clippy::large_enum_variant)] // one per process
 pub enum Backend {
     File {
         store: FileEventStore,
         storage: krescent::checkpoint::FileCheckpointStorage,
+        bucket: Option<ObjectStoreCheckpointStorage>,
     },
     Postgres {
         store: PostgresEventStore,
         storage: PostgresCheckpointStorage,
+        bucket: Option<ObjectStoreCheckpointStorage>,
     },
 }
 
 impl Backend {
     /// Opens the store the options name, changing nothing in it (no migration, no files).
     pub async fn open(options: &StoreOptions) -> Result<Self, CliError> {
+        let bucket = options
+            .checkpoints
+            .as_deref()
+            .map(ObjectStoreCheckpointStorage::from_url)
+            .transpose()?;
         if let Some(dir) = &options.data_dir {
             let data_dir::DataDir { store, storage } = data_dir::open(dir)?;
-            return Ok(Backend::File { store, storage });
+            return Ok(Backend::File {
+                store,
+                storage,
+                bucket,
+            });
         }
         let url = options.database_url.as_deref().ok_or(CliError::NoStore)?;
         let store =
             PostgresEventStore::connect_with(url, PostgresConfig::in_schema(&options.schema))
                 .await?;
         let storage = store.checkpoint_storage();
-        Ok(Backend::Postgres { store, storage })
+        Ok(Backend::Postgres {
+            store,
+            storage,
+            bucket,
+        })
     }
 
-    /// The checkpoint storage.
+    /// The checkpoint storage: the bucket `--checkpoints` names, or the store's own.
     pub fn storage(&self) -> &dyn CheckpointStorage {
         match self {
+            Backend::File {
+                bucket: Some(bucket),
+                ..
+            }
+            | Backend::Postgres {
+                bucket: Some(bucket),
+                ..
+            } => bucket,
             Backend::File { storage, .. } => storage,
             Backend::Postgres { storage, .. } => storage,
         }

@@ -12,7 +12,8 @@ use krescent::Position;
 /// store's head they are, the store itself and its events.
 ///
 /// Name the store with `--data-dir DIR` (a file data directory, as the bookstore example
-/// writes it) or `--database-url URL` (PostgreSQL; or set DATABASE_URL). Exit codes: 0 done,
+/// writes it) or `--database-url URL` (PostgreSQL; or set DATABASE_URL), and checkpoints kept
+/// in a bucket with `--checkpoints s3://bucket/prefix`. Exit codes: 0 done,
 /// 1 failed (one line on stderr; nothing changed), 2 bad usage. With `--json`, output is one
 /// JSON document (`events tail`: one per line) whose fields stay stable.
 #[derive(Debug, Parser)]
@@ -46,6 +47,12 @@ pub struct StoreOptions {
     /// The schema of the events and checkpoints tables (PostgreSQL).
     #[arg(long, default_value = "public", global = true)]
     pub schema: String,
+    /// Checkpoints in a bucket rather than the store's own (`checkpoints` commands):
+    /// `s3://bucket/prefix`, configured from the AWS environment (AWS_ENDPOINT_URL for an
+    /// S3-compatible server, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …). The
+    /// store still gives the head (the lag) and, on PostgreSQL, the leases.
+    #[arg(long, env = "KRESCENT_CHECKPOINTS", value_name = "URL", global = true)]
+    pub checkpoints: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

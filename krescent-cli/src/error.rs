@@ -94,6 +94,14 @@ impl CliError {
         }
     }
 
+    /// `models delete` with `--checkpoints`.
+    pub fn models_delete_with_a_bucket() -> Self {
+        CliError::NeedsPostgres {
+            what: "`models delete` (without `--checkpoints`)",
+            why: "a projection's checkpoint is in its PostgreSQL table, never in a bucket",
+        }
+    }
+
     /// 2 for bad usage, 1 for every other failure.
     pub fn exit_code(&self) -> u8 {
         match self {

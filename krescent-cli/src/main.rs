@@ -59,6 +59,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 /// Bad usage found before anything is opened: a command that needs PostgreSQL, given a data
 /// directory (exit 2, whatever the directory holds).
 fn refuse_on_a_data_dir(cli: &Cli) -> Result<(), CliError> {
+    if cli.store.checkpoints.is_some() && matches!(cli.command, Command::Models(_)) {
+        return Err(CliError::models_delete_with_a_bucket());
+    }
     if cli.store.data_dir.is_none() {
         return Ok(());
     }

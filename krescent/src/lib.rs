@@ -70,7 +70,9 @@
 //! the name your models use with [`Krescent::with_storage`]:
 //! [`FileCheckpointStorage`](checkpoint::FileCheckpointStorage) (for example as `"file"`) and,
 //! with the `postgres` feature, [`PostgresCheckpointStorage`](checkpoint::PostgresCheckpointStorage)
-//! (for example as `"postgres"`).
+//! (for example as `"postgres"`), with the `object-store` feature,
+//! [`ObjectStoreCheckpointStorage`](checkpoint::ObjectStoreCheckpointStorage) (S3 and
+//! S3-compatible buckets, or any `object_store` backend).
 //!
 //! The attribute's strategy and storage are defaults: [`Krescent::configure`] overrides them
 //! at start-up, parsed by the same grammar, for example from a configuration file.

@@ -12,6 +12,11 @@
 //! transaction is open most of the time). Prints `status=<status>` on every change of status
 //! and `fenced epoch=<E>` when a commit was fenced.
 //!
+//! With `FLEET_BUCKET=s3://bucket/prefix` (and the AWS environment: `AWS_ENDPOINT_URL`, region,
+//! credentials) it runs the exclusive in-memory model `fleet.counted` instead, checkpointing
+//! after every event to that bucket ([`ObjectStoreCheckpointStorage`], its leases in the
+//! database); it prints the same lines.
+//!
 //! With `FLEET_SEGMENTS=1` it runs the 4-segment model `fleet.segmented` instead (table
 //! `segmented`, the same rows plus the segment's index), with its share of the segments
 //! ([`Krescent::stream_segments`]); it prints `segments=<i,j,...>` whenever the segments it
@@ -20,6 +25,7 @@
 use std::error::Error;
 use std::time::Duration;
 
+use krescent::checkpoint::ObjectStoreCheckpointStorage;
 use krescent::fleet::LeaseConfig;
 use krescent::prelude::*;
 use krescent::projection::{PostgresProjection, ProjectionError};
@@ -98,6 +104,60 @@ impl Segmented {
     async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
         let segment = Some(self.segment);
         project(&mut self.table, &self.insert, self.slow, e, meta, segment).await
+    }
+}
+
+/// Counts the ticks, in memory; exclusive, so it holds a lease; checkpoints to a bucket.
+#[derive(EventModel, Default)]
+#[model(name = "fleet.counted", exclusive)]
+#[checkpoint(strategy = "always", storage = "bucket")]
+struct Counted {
+    #[checkpoint]
+    ticks: u64,
+}
+
+#[krescent::handlers]
+impl Counted {
+    fn tick(&mut self, _: &Tick) {
+        self.ticks += 1;
+    }
+}
+
+/// Runs [`Counted`] for good, checkpointing to the bucket at `url`.
+async fn counted(
+    store: PostgresEventStore,
+    storage: &krescent::checkpoint::storage::PostgresCheckpointStorage,
+    url: &str,
+    lease: LeaseConfig,
+) -> Result<(), Box<dyn Error>> {
+    let bucket = ObjectStoreCheckpointStorage::from_url(url)?
+        .with_leases(storage)
+        .await?;
+    let mut krescent = Krescent::new(store).with_storage("bucket", bucket);
+    krescent.configure::<Counted>().lease(lease)?;
+    loop {
+        let running = krescent.stream(Counted::default());
+        report(running).await;
+    }
+}
+
+/// Prints `running`'s status changes until it stops, then how it ended.
+async fn report<M: EventModel>(running: krescent::Running<M>) {
+    let mut status = running.status_changes();
+    loop {
+        let now = *status.borrow_and_update();
+        println!("status={now}");
+        if now == krescent::Status::Stopped || status.changed().await.is_err() {
+            break;
+        }
+    }
+    match running.shutdown().await {
+        Err(krescent::Error::Fenced { epoch, .. }) => println!("fenced epoch={epoch}"),
+        Err(e) => {
+            println!("error {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(_) => {}
     }
 }
 
@@ -182,6 +242,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     store.migrate().await?;
     let storage = store.checkpoint_storage();
     storage.migrate().await?;
+    if let Ok(bucket) = std::env::var("FLEET_BUCKET") {
+        return counted(store, &storage, &bucket, lease).await;
+    }
     let mut krescent = Krescent::new(store).with_storage("postgres", storage.clone());
     krescent.configure::<Projected>().lease(lease)?;
     krescent.configure::<Segmented>().lease(lease)?;

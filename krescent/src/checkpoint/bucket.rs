@@ -358,8 +358,8 @@ impl CheckpointBucket {
 }
 
 /// The bucket in one `MessagePack` document, its binary values as `MessagePack` binaries (the
-/// Postgres storage's `data_binary`).
-#[cfg(any(feature = "postgres", test))]
+/// Postgres storage's `data_binary`, the body of the object store's objects).
+#[cfg(any(feature = "postgres", feature = "object-store", test))]
 pub(crate) mod packed {
     use std::collections::BTreeMap;
 

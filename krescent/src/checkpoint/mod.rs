@@ -20,6 +20,8 @@ pub(crate) use budget::SnapshotBudget;
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
 pub use format::CheckpointFormat;
+#[cfg(feature = "object-store")]
+pub use storage::ObjectStoreCheckpointStorage;
 pub use storage::{
     CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
 };

@@ -23,12 +23,15 @@ impl HandlerError {
 
 impl StorageError {
     /// Whether retrying may succeed: the database connection was lost, refused or timed out,
-    /// or the server is shutting down or starting up.
+    /// or the server is shutting down or starting up; the object store's connection failed,
+    /// was cut or timed out, or it answered 5xx or 429.
     #[must_use]
     pub fn is_transient(&self) -> bool {
         match self {
             StorageError::Database(source) => is_transient(&**source),
+            StorageError::ObjectStore { transient, .. } => *transient,
             StorageError::Io { .. }
+            | StorageError::CannotFence { .. }
             | StorageError::Corrupt { .. }
             | StorageError::Encode { .. }
             // Another instance holds the lease: retrying under the old epoch never succeeds.

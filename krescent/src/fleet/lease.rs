@@ -62,6 +62,17 @@ impl Leases {
         Leases { table }
     }
 
+    /// Whether the lease `fence` names is still held, extending it by the fence's ttl as a
+    /// heartbeat does: asked before a write by a storage that cannot check the lease inside
+    /// the write itself (a bucket's).
+    #[cfg_attr(
+        not(all(feature = "object-store", feature = "postgres")),
+        allow(dead_code)
+    )]
+    pub(crate) async fn still_held(&self, fence: &Fence) -> Result<bool, LeaseError> {
+        self.table.renew(fence, fence.ttl).await
+    }
+
     /// Waits until this run holds the lease of `namespace`, trying every `config.poll`; `None`
     /// when `stop` is set first. Database failures while waiting are logged and retried.
     pub(crate) async fn acquire(

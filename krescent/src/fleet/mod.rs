@@ -5,7 +5,9 @@
 //! [`CheckpointSupport::transaction`](crate::CheckpointSupport::transaction) is `Some` — holds a
 //! **lease** while [`Krescent::stream`](crate::Krescent::stream) (or
 //! [`catch_up`](crate::Krescent::catch_up)) runs it with a
-//! [`PostgresCheckpointStorage`](crate::checkpoint::storage::PostgresCheckpointStorage). A second
+//! [`PostgresCheckpointStorage`](crate::checkpoint::storage::PostgresCheckpointStorage) (or a
+//! bucket's storage given its leases, `ObjectStoreCheckpointStorage::with_leases`, feature
+//! `object-store`: its writes are fenced by the epoch in the object). A second
 //! instance of the same model (another process, or another `stream` in the same one) waits as a
 //! standby ([`Status::Standby`](crate::Status::Standby)) and takes over when the holder stops,
 //! dies or stops renewing its lease. `restore_only` reads and writes nothing, and takes no

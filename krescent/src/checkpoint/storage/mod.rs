@@ -2,6 +2,8 @@
 
 mod file;
 mod memory;
+#[cfg(feature = "object-store")]
+mod object;
 #[cfg(feature = "postgres")]
 mod postgres;
 
@@ -9,6 +11,8 @@ use std::path::PathBuf;
 
 pub use file::FileCheckpointStorage;
 pub use memory::InMemoryCheckpointStorage;
+#[cfg(feature = "object-store")]
+pub use object::{object_store, ObjectStoreCheckpointStorage, MAX_KEY_BYTES};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 
@@ -182,6 +186,26 @@ pub enum StorageError {
     /// The database failed.
     #[error("checkpoint database: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// An object store (a bucket) failed (feature `object-store`).
+    #[error("checkpoint object store, {origin}: {source}")]
+    ObjectStore {
+        /// What was done where (the object, the bucket).
+        origin: String,
+        /// Whether retrying may succeed (a lost connection, a timeout, a 5xx answer).
+        transient: bool,
+        /// What the store said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The storage cannot fence a leased model's writes: its backend has no conditional puts
+    /// (feature `object-store`). Refused when the leases are set, before any model starts.
+    #[error("checkpoint storage `{location}` cannot fence leased models' writes: {reason}")]
+    CannotFence {
+        /// The storage.
+        location: String,
+        /// What the backend said.
+        reason: String,
+    },
     /// The writer no longer holds the lease of `namespace` it took under `epoch` (another
     /// instance took it over): the write was rolled back, and this writer must step down.
     /// See [`crate::fleet`].

@@ -1,0 +1,116 @@
+//! `object_store_checkpoint`: a large state's checkpoint written to a bucket of a real S3
+//! server (`moto`, started as the tests start it), against the same bytes `PUT` by hand with
+//! `object_store` to the same bucket.
+
+use std::collections::HashMap;
+use std::error::Error;
+
+use krescent::checkpoint::storage::object_store::path::Path;
+use krescent::checkpoint::storage::object_store::{ObjectStoreExt as _, PutPayload};
+use krescent::checkpoint::{
+    CheckpointBucket, CheckpointStorage, CheckpointSupport, CheckpointVersion, StoredCheckpoint,
+};
+use krescent::prelude::*;
+use krescent::Position;
+use krescent_testkit::workload::{DocumentCreated, DocumentEvent, Workload, SEED};
+
+use crate::measure::median;
+use crate::Options;
+
+/// A model with one large checkpointed map (as `large_state`'s).
+#[derive(EventModel, Default)]
+#[model(name = "bench.object", version = 1)]
+#[checkpoint(strategy = "never", storage = "bucket")]
+struct Large {
+    #[checkpoint]
+    entries: HashMap<String, u64>,
+}
+
+#[krescent::handlers]
+impl Large {
+    fn created(&mut self, e: &DocumentCreated) {
+        let next = self.entries.len() as u64;
+        self.entries.insert(e.document_id.clone(), next);
+    }
+}
+
+pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
+    let storage = krescent_testkit::s3::fresh_storage().await;
+    let mut model = Large::default();
+    for (i, event) in Workload::new(SEED)
+        .filter_map(|e| match e {
+            DocumentEvent::Created(c) => Some(c),
+            _ => None,
+        })
+        .take(options.events)
+        .enumerate()
+    {
+        model.entries.insert(event.document_id, i as u64);
+    }
+    // The checkpoint as a running model writes it: the snapshot into a bucket, then the store.
+    let checkpoint = median(options.reps, || async {
+        let mut bucket = CheckpointBucket::with_format(storage.format());
+        model.create_checkpoint(&mut bucket)?;
+        let stored = StoredCheckpoint::new(
+            "bench.object",
+            CheckpointVersion::of::<Large>(),
+            Position::new(options.events as u64),
+            bucket,
+        );
+        storage.store(&stored).await?;
+        Ok::<_, Box<dyn Error>>(())
+    })
+    .await?;
+    // The baseline: the bytes of that object, `PUT` by hand to another key of the bucket.
+    let key = storage.key_of("bench.object")?;
+    let bytes = storage.object_store().get(&key).await?.bytes().await?;
+    let size = bytes.len();
+    let payload = PutPayload::from(bytes);
+    let by_hand = Path::from("bench/by-hand");
+    let baseline = median(options.reps, || async {
+        storage
+            .object_store()
+            .put(&by_hand, payload.clone())
+            .await?;
+        Ok::<_, Box<dyn Error>>(())
+    })
+    .await?;
+    // Where the difference goes: the snapshot alone, and the store of a snapshot taken.
+    let snapshot = median(options.reps, || async {
+        let mut bucket = CheckpointBucket::with_format(storage.format());
+        model.create_checkpoint(&mut bucket)?;
+        Ok::<_, Box<dyn Error>>(bucket)
+    })
+    .await?;
+    let mut bucket = CheckpointBucket::with_format(storage.format());
+    model.create_checkpoint(&mut bucket)?;
+    let stored = StoredCheckpoint::new(
+        "bench.object",
+        CheckpointVersion::of::<Large>(),
+        Position::new(options.events as u64),
+        bucket,
+    );
+    let store = median(options.reps, || async {
+        storage.store(&stored).await?;
+        Ok::<_, Box<dyn Error>>(())
+    })
+    .await?;
+    let checksum = median(options.reps, || async {
+        Ok::<_, Box<dyn Error>>(std::hint::black_box(stored.checksum()))
+    })
+    .await?;
+    eprintln!(
+        "object_store_checkpoint: of which the snapshot {} ms, the store {} ms (its checksum {} ms)",
+        snapshot.as_millis(),
+        store.as_millis(),
+        checksum.as_millis()
+    );
+    println!(
+        "bench object_store_checkpoint ratio={:.3} checkpoint_ms={} baseline_ms={} keys={} bytes={size}",
+        baseline.as_secs_f64() / checkpoint.as_secs_f64(),
+        checkpoint.as_millis(),
+        baseline.as_millis(),
+        model.entries.len(),
+    );
+    Ok(())
+}
