@@ -66,7 +66,7 @@ fn options() -> Result<Options, String> {
             "--reps" => options.reps = number.max(1),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres|large_state|decide|segments`"
+                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres|large_state|decide|segments|object_store`"
                 ))
             }
         }

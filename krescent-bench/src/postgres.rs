@@ -486,7 +486,7 @@ async fn checksum_time(
 
 /// The map as the bucket's `MessagePack` document holds it (`{"entries": {"MessagePack":
 /// <bin>}}`), written by hand into a buffer allocated once: the checkpoint floor's encoding.
-fn encode_by_hand(entries: &HashMap<String, u64>) -> Result<Vec<u8>, Box<dyn Error>> {
+pub(crate) fn encode_by_hand(entries: &HashMap<String, u64>) -> Result<Vec<u8>, Box<dyn Error>> {
     let size = entries.keys().map(|k| k.len() + 2 + 9).sum::<usize>() + 64;
     let mut field = Vec::with_capacity(size);
     rmp::encode::write_map_len(&mut field, u32::try_from(entries.len())?)?;
