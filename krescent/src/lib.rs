@@ -102,6 +102,7 @@
 // storages, the stores, projection, error, run, the API (krescent, decide), supervisor.
 // A module uses only the layers below it: docs/architecture.md, checked by .ci/layers.py.
 pub mod checkpoint;
+pub mod deadletter;
 pub mod decide;
 mod durable;
 mod error;
