@@ -10,7 +10,9 @@ use crate::checkpoint::{
     CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, CheckpointVersion,
     StorageError, StoredCheckpoint,
 };
+use crate::deadletter::ParkedEvent;
 use crate::fleet::{Fence, Segment};
+use crate::Position;
 use crate::postgres::{
     check_fence, checkout, identifier, store_connection, transient_cause, DbFailure, FenceFailure,
     PoolRole,
@@ -106,6 +108,8 @@ pub struct PostgresProjection {
     shapes: BTreeMap<String, String>,
     /// The lease each commit must still hold (see [`crate::fleet`]).
     fence: Option<Fence>,
+    /// The open transaction has a `krescent_event` savepoint.
+    savepoint: bool,
 }
 
 impl PostgresProjection {
@@ -121,6 +125,7 @@ impl PostgresProjection {
             open: false,
             shapes: BTreeMap::new(),
             fence: None,
+            savepoint: false,
         }
     }
 
@@ -385,6 +390,21 @@ impl PostgresProjection {
             drop(Object::take(client));
         }
         self.open = false;
+        self.savepoint = false;
+    }
+
+    /// Runs `sql` in the open transaction; a failure discards the connection (the server
+    /// rolls the transaction back).
+    async fn run_in_transaction(&mut self, sql: &str, doing: &str) -> Result<(), StorageError> {
+        let result = match self.client.as_deref() {
+            Some(client) => client.batch_execute(sql).await.map_err(DbFailure::from),
+            None => Err(DbFailure::Other("the projection has no connection".to_owned())),
+        };
+        if let Err(e) = result {
+            self.discard();
+            return Err(e.storage(doing));
+        }
+        Ok(())
     }
 }
 
@@ -487,8 +507,10 @@ impl CheckpointTransaction for PostgresProjection {
         };
         let run = async {
             self.recreate_tables(client).await?;
-            // The old checkpoint goes in the same transaction: it described the dropped rows.
+            // The old checkpoint goes in the same transaction: it described the dropped rows;
+            // so do the events it parked, which the rebuild meets (and parks) again.
             self.storage.delete_in(client, namespace).await?;
+            self.storage.unpark_in(client, namespace, None).await?;
             self.read_shapes(client).await
         };
         let result = run.await;
@@ -548,6 +570,7 @@ impl CheckpointTransaction for PostgresProjection {
             Ok(()) => {
                 // Back to the pool: a projection holds a connection only inside a transaction.
                 self.open = false;
+                self.savepoint = false;
                 self.client = None;
                 Ok(())
             }
@@ -579,6 +602,71 @@ impl CheckpointTransaction for PostgresProjection {
         self.fence = fence;
     }
 
+    /// One round trip per event, `SAVEPOINT krescent_event` (the previous one released in the
+    /// same statement), only for models whose error policy retries or parks.
+    async fn begin_event(&mut self) -> Result<bool, StorageError> {
+        let first = !self.open;
+        self.open_transaction().await?;
+        let sql = if first || !self.savepoint {
+            "SAVEPOINT krescent_event"
+        } else {
+            "RELEASE SAVEPOINT krescent_event; SAVEPOINT krescent_event"
+        };
+        self.run_in_transaction(sql, "mark the start of an event's writes")
+            .await?;
+        self.savepoint = true;
+        Ok(true)
+    }
+
+    async fn undo_event(&mut self) -> Result<(), StorageError> {
+        if !self.open || !self.savepoint {
+            return Err(StorageError::Database(
+                "no event's writes to take back: no savepoint in the open transaction".into(),
+            ));
+        }
+        self.run_in_transaction(
+            "ROLLBACK TO SAVEPOINT krescent_event",
+            "take back the failed event's writes",
+        )
+        .await
+    }
+
+    async fn park(&mut self, parked: &[ParkedEvent]) -> Result<(), StorageError> {
+        self.open_transaction().await?;
+        let Some(client) = self.client.as_deref() else {
+            return Err(StorageError::Database(
+                "the projection has no connection".into(),
+            ));
+        };
+        let result = self.storage.park_in(client, parked).await;
+        if let Err(e) = result {
+            self.discard();
+            return Err(e.storage("park events in the projection's transaction"));
+        }
+        Ok(())
+    }
+
+    async fn unpark(
+        &mut self,
+        namespace: &str,
+        positions: Option<&[Position]>,
+    ) -> Result<(), StorageError> {
+        self.open_transaction().await?;
+        let Some(client) = self.client.as_deref() else {
+            return Err(StorageError::Database(
+                "the projection has no connection".into(),
+            ));
+        };
+        let result = self.storage.unpark_in(client, namespace, positions).await;
+        if let Err(e) = result {
+            self.discard();
+            return Err(e.storage(format!(
+                "remove parked events of `{namespace}` in the projection's transaction"
+            )));
+        }
+        Ok(())
+    }
+
     async fn rollback(&mut self) -> Result<(), StorageError> {
         if !self.open {
             return Ok(());
@@ -595,6 +683,7 @@ impl CheckpointTransaction for PostgresProjection {
             self.discard();
         }
         self.open = false;
+        self.savepoint = false;
         // Back to the pool: a projection holds a connection only inside a transaction.
         self.client = None;
         result

@@ -17,6 +17,7 @@
 //! ```
 
 mod checkpoints;
+mod dead_letters;
 mod follow;
 mod lease;
 mod plan;
