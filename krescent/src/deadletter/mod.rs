@@ -28,7 +28,10 @@
 //!
 //! [`Krescent::retry_parked`](crate::Krescent::retry_parked) handles a model's parked events
 //! again, in position order, once the handler is fixed; those that fail again stay parked
-//! with one more attempt.
+//! with one more attempt. From outside the process, `krescent parked retry` marks them
+//! ([`ParkedEvent::retry`]): a running model with parked events reads its parked set every
+//! few seconds while it is idle, and handles the marked ones the same way (a model that is not
+//! running does so when it starts).
 
 mod parking;
 
@@ -62,6 +65,10 @@ pub struct ParkedEvent {
     pub parked_at: SystemTime,
     /// The parked event of the same stream it waits behind; `None` when it failed itself.
     pub behind: Option<Position>,
+    /// An operator asked for it to be handled again (`krescent parked retry`): the running
+    /// model does so when it next polls its parked set, or when it next starts.
+    #[serde(default)]
+    pub retry: bool,
 }
 
 impl ParkedEvent {

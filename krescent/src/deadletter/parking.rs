@@ -76,6 +76,11 @@ impl Parking {
             .filter(|first| *first < position)
     }
 
+    /// Whether an operator asked for a parked event to be handled again.
+    pub(crate) fn requested(&self) -> bool {
+        self.parked.values().any(|e| e.retry)
+    }
+
     /// How many events are parked.
     pub(crate) fn len(&self) -> usize {
         self.parked.len()

@@ -136,6 +136,7 @@ impl Component {
                      attempts integer NOT NULL CHECK (attempts >= 0),
                      parked_at timestamptz NOT NULL,
                      behind numeric(20, 0),
+                     retry boolean NOT NULL DEFAULT false,
                      PRIMARY KEY (checkpoints, namespace, position)
                  );
                  COMMENT ON TABLE {parked} IS 'krescent parked events: what a model did not apply, and why'",

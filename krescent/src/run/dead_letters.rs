@@ -68,6 +68,7 @@ impl<M: EventModel> Runner<M> {
                     attempts: attempt,
                     parked_at: SystemTime::now(),
                     behind: None,
+                    retry: false,
                 };
                 self.park(parked).await?;
                 return Ok(false);
@@ -100,6 +101,7 @@ impl<M: EventModel> Runner<M> {
             attempts: 0,
             parked_at: SystemTime::now(),
             behind: Some(first),
+            retry: false,
         };
         self.park(parked).await?;
         Ok(true)
@@ -191,7 +193,14 @@ impl<M: EventModel> Runner<M> {
     /// that fails again stays parked with one more attempt, and so do the later parked events
     /// of its stream (unless the policy is `park(unordered)`). An event the model's checkpoint
     /// does not cover yet is only removed: the replay that follows handles it in order.
-    pub(crate) async fn retry_parked<S: EventStore>(&mut self, store: &S) -> Result<(), Error> {
+    ///
+    /// With `requested_only`, only the events an operator marked ([`ParkedEvent::retry`]);
+    /// in stream order, a marked event behind an unmarked one of its stream stays parked.
+    pub(crate) async fn retry_parked<S: EventStore>(
+        &mut self,
+        store: &S,
+        requested_only: bool,
+    ) -> Result<(), Error> {
         let parked: Vec<ParkedEvent> = self.parking.events().cloned().collect();
         if parked.is_empty() {
             return Ok(());
@@ -201,6 +210,10 @@ impl<M: EventModel> Runner<M> {
         let mut applied: Vec<Position> = Vec::new();
         let mut failed: Vec<ParkedEvent> = Vec::new();
         for mut record in parked {
+            if requested_only && !record.retry {
+                failed_streams.insert(record.stream_id.clone());
+                continue;
+            }
             if ordered && failed_streams.contains(&record.stream_id) {
                 continue;
             }
@@ -236,6 +249,7 @@ impl<M: EventModel> Runner<M> {
                     record.chain = causes(&source);
                     record.parked_at = SystemTime::now();
                     record.behind = None;
+                    record.retry = false;
                     warn!(model = &*self.namespace, position = %record.position, stream = %record.stream_id, attempts = record.attempts, error = %record.describe(), "parked event failed again; it stays parked");
                     if self.transactional {
                         self.park_again(&record).await?;
@@ -268,6 +282,10 @@ impl<M: EventModel> Runner<M> {
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
+        // A write in flight first: the checkpoint below is the latest.
+        if let Err(e) = c.writer.settle().await {
+            warn!(model = &*self.namespace, error = %e, "checkpoint write failed; the retry's checkpoint follows");
+        }
         if !applied.is_empty() {
             let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
             c.writer.start(checkpoint);
@@ -321,6 +339,39 @@ impl<M: EventModel> Runner<M> {
         Ok(())
     }
 }
+
+impl<M: EventModel> Runner<M> {
+    /// While idle with parked events: every [`POLL_PARKED`], reads the parked set again (an
+    /// operator may have dropped events or asked for a retry) and handles the marked ones.
+    pub(crate) async fn poll_parked<S: EventStore>(&mut self, store: &S) -> Result<(), Error> {
+        if self.parking.len() == 0 || self.parked_polled.elapsed() < POLL_PARKED {
+            return Ok(());
+        }
+        self.parked_polled = std::time::Instant::now();
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        let parked = c
+            .storage
+            .parked(&self.namespace)
+            .await
+            .map_err(|e| Error::storage(&self.namespace, e))?;
+        self.parking = crate::deadletter::Parking::new(self.parking.policy, parked);
+        self.metrics.parked(self.parking.len(), 0);
+        if self.parking.requested() {
+            self.retry_parked(store, true).await?;
+        }
+        Ok(())
+    }
+
+    /// When an idle model with parked events should wake to poll them.
+    pub(crate) fn parked_deadline(&self) -> Option<std::time::Instant> {
+        (self.parking.len() > 0).then(|| self.parked_polled + POLL_PARKED)
+    }
+}
+
+/// How often an idle model with parked events reads its parked set again.
+const POLL_PARKED: Duration = Duration::from_secs(5);
 
 /// The event at `position`, read from `store`.
 async fn read_one<S: EventStore, M: EventModel>(

@@ -88,7 +88,12 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
         if runner.due_when_idle() {
             runner.checkpoint_idle().await?;
         }
-        let deadline = runner.idle_deadline();
+        // Parked events an operator dropped or asked to retry meanwhile.
+        runner.poll_parked(store).await?;
+        let deadline = [runner.idle_deadline(), runner.parked_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
         let position = runner.position;
         let wake = async {
             tokio::select! {

@@ -76,8 +76,8 @@ async fn start<S: EventStore, M: EventModel>(
     };
     let start = restore_keeping(model, checkpointing.as_ref()).await?;
     let mut runner = Runner::begin(start, checkpointing, plan.trigger.clone(), on_error).await?;
-    if plan.retry_parked {
-        if let Err(error) = runner.retry_parked(&*plan.store).await {
+    if plan.retry_parked || runner.parking.requested() {
+        if let Err(error) = runner.retry_parked(&*plan.store, !plan.retry_parked).await {
             return Err((error, runner.into_caught_up().model));
         }
     }

@@ -41,6 +41,8 @@ pub(crate) struct Runner<M> {
     /// Events parked since the last flush, for a model that is not transactional: written to
     /// the storage before the next checkpoint is taken.
     pub(super) unflushed: Vec<ParkedEvent>,
+    /// When the parked set was last read from the storage.
+    pub(super) parked_polled: std::time::Instant,
 }
 
 impl<M: EventModel> Runner<M> {
@@ -195,6 +197,7 @@ impl<M: EventModel> Runner<M> {
             uncommitted,
             parking: Parking::default(),
             unflushed: Vec::new(),
+            parked_polled: std::time::Instant::now(),
         }
     }
 

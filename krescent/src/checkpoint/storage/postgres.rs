@@ -329,12 +329,12 @@ impl PostgresCheckpointStorage {
         }
         let statement = client
             .prepare_cached(&format!(
-                "INSERT INTO {} (checkpoints, namespace, position, stream_id, event_type, error, chain, attempts, parked_at, behind)
-                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6, $7, $8, $9, $10::text::numeric)
+                "INSERT INTO {} (checkpoints, namespace, position, stream_id, event_type, error, chain, attempts, parked_at, behind, retry)
+                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6, $7, $8, $9, $10::text::numeric, $11)
                  ON CONFLICT (checkpoints, namespace, position) DO UPDATE
                  SET stream_id = excluded.stream_id, event_type = excluded.event_type, error = excluded.error,
                      chain = excluded.chain, attempts = excluded.attempts, parked_at = excluded.parked_at,
-                     behind = excluded.behind",
+                     behind = excluded.behind, retry = excluded.retry",
                 self.names.parked
             ))
             .await?;
@@ -355,6 +355,7 @@ impl PostgresCheckpointStorage {
                         &attempts,
                         &truncate_to_micros(event.parked_at),
                         &behind,
+                        &event.retry,
                     ],
                 )
                 .await?;
@@ -403,7 +404,7 @@ impl PostgresCheckpointStorage {
         let client = store_connection(&self.pool).await?;
         let statement = client
             .prepare_cached(&format!(
-                "SELECT position::text, stream_id, event_type, error, chain, attempts, parked_at, behind::text
+                "SELECT position::text, stream_id, event_type, error, chain, attempts, parked_at, behind::text, retry
                  FROM {} WHERE checkpoints = $1 AND namespace = $2 ORDER BY position",
                 self.names.parked
             ))
@@ -436,6 +437,7 @@ impl PostgresCheckpointStorage {
                 attempts: u32::try_from(attempts).unwrap_or(0),
                 parked_at: row.try_get::<_, SystemTime>(6)?,
                 behind: behind.as_deref().map(position).transpose()?,
+                retry: row.try_get(8)?,
             });
         }
         Ok(parked)
