@@ -338,6 +338,63 @@ async fn an_event_that_always_fails_is_parked_after_its_attempts_or_stops_the_mo
     );
 }
 
+/// A table at schema 5 (before the parked events' table) migrates in place: step 6 adds the
+/// table and changes no row; the row restores, and events park there.
+#[tokio::test]
+async fn a_table_at_schema_5_migrates_and_keeps_parked_events() {
+    use krescent::checkpoint::{CheckpointStorage, Integrity, PostgresCheckpointStorage};
+    let db = fresh_database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(include_str!("fixtures/checkpoints-schema-5.sql"))
+        .await
+        .expect("the schema 5 table and row");
+    let store = db.event_store().await;
+    let storage = PostgresCheckpointStorage::new(
+        store.pool().clone(),
+        &krescent::store::PostgresConfig::default(),
+    )
+    .expect("storage");
+    storage.migrate().await.expect("migrate");
+    storage.migrate().await.expect("migrate again: nothing to do");
+    let version: i32 = client
+        .query_one(
+            "SELECT version FROM krescent_schema_migrations WHERE component = 'checkpoints:krescent_checkpoints'",
+            &[],
+        )
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 6);
+    let (checkpoint, integrity) = storage
+        .load_checked("fixture.counts")
+        .await
+        .expect("load")
+        .expect("the fixture's row");
+    assert_eq!(integrity, Integrity::Unchecked);
+    assert_eq!(checkpoint.position.get(), 7);
+
+    let parked = ParkedEvent {
+        namespace: "fixture.counts".to_owned(),
+        position: krescent::Position::new(5),
+        stream_id: "desk".to_owned(),
+        event_type: "counted".to_owned(),
+        error: "cannot count".to_owned(),
+        chain: vec!["the cause".to_owned()],
+        attempts: 2,
+        parked_at: std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_765_000_000_123_456),
+        behind: None,
+        retry: false,
+    };
+    storage.park(std::slice::from_ref(&parked)).await.expect("park");
+    storage.park(std::slice::from_ref(&parked)).await.expect("park again: one row");
+    assert_eq!(storage.parked("fixture.counts").await.expect("parked"), [parked.clone()]);
+    assert_eq!(storage.parked_namespaces().await.expect("namespaces"), ["fixture.counts"]);
+    assert!(storage.parked("other").await.expect("parked").is_empty());
+    assert_eq!(storage.unpark("fixture.counts", &[parked.position]).await.expect("unpark"), 1);
+    assert!(storage.parked("fixture.counts").await.expect("parked").is_empty());
+}
+
 /// A model whose state is in memory, checkpointed: each stream's steps, which must arrive in
 /// order.
 #[derive(EventModel, Default)]
