@@ -537,3 +537,48 @@ async fn parking_needs_checkpoints() {
         other => panic!("expected a refusal, got {:?}", other.map(|c| c.position)),
     }
 }
+
+/// Visible: the supervisor reports a model that is parking, and the metrics count the parked
+/// events and the parkings.
+#[tokio::test]
+async fn a_parking_model_is_reported_and_counted() {
+    use krescent::supervisor::{ModelState, Supervisor};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("the only recorder of this test binary");
+
+    let krescent = Krescent::new(InMemoryEventStore::new());
+    append_two(&krescent, 1..=6, &[("a", 2)]).await;
+    let head = krescent.store().head().await.expect("head");
+    let supervisor = Supervisor::new(krescent.clone()).model(Seen::default);
+    let started = std::time::Instant::now();
+    loop {
+        let report = supervisor.report();
+        if report[0].position >= head {
+            assert_eq!(report[0].state, ModelState::Parking { parked: 5 });
+            assert_eq!(report[0].state.to_string(), "running, 5 events parked");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{report:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut parked = None;
+    let mut parkings = 0;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        if !key.labels().any(|l| l.key() == "model" && l.value() == "seen") {
+            continue;
+        }
+        match (key.name(), value) {
+            ("krescent_events_parked", DebugValue::Gauge(g)) => parked = Some(g.into_inner()),
+            ("krescent_parkings_total", DebugValue::Counter(n)) => parkings += n,
+            _ => {}
+        }
+    }
+    assert_eq!(parked, Some(5.0));
+    assert_eq!(parkings, 5);
+    for exit in supervisor.shutdown().await {
+        exit.result.expect("stopped");
+    }
+}

@@ -364,6 +364,11 @@ impl<M: EventModel> Runner<M> {
         Ok(())
     }
 
+    /// How many events the model has parked.
+    pub(crate) fn parked(&self) -> usize {
+        self.parking.len()
+    }
+
     /// When an idle model with parked events should wake to poll them.
     pub(crate) fn parked_deadline(&self) -> Option<std::time::Instant> {
         (self.parking.len() > 0).then(|| self.parked_polled + POLL_PARKED)

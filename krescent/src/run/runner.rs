@@ -65,7 +65,7 @@ impl<M: EventModel> Runner<M> {
                 Ok(uncommitted) => uncommitted,
                 Err(e) => return Err((e, model)),
             };
-        let parked = match Self::parked(&mut model, &origin, checkpointing.as_ref(), on_error).await
+        let parked = match Self::load_parked(&mut model, &origin, checkpointing.as_ref(), on_error).await
         {
             Ok(parked) => parked,
             Err(e) => return Err((e, model)),
@@ -85,7 +85,7 @@ impl<M: EventModel> Runner<M> {
 
     /// The events the model parked before, as its storage keeps them; none for a
     /// transactional model that starts over (its reset deletes them in the open transaction).
-    async fn parked(
+    async fn load_parked(
         model: &mut M,
         origin: &Origin,
         checkpointing: Option<&Checkpointing>,
