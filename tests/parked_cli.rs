@@ -128,6 +128,41 @@ async fn append(store: &PostgresEventStore, stream: &str, texts: &[&str]) {
         .expect("append");
 }
 
+/// Bad input: refused with one line (exit 1, or 2 for bad usage); dry runs change nothing.
+fn bad_input_is_refused_and_changes_nothing(url: &str) {
+    let unknown = fails(krescent_cli(url).args(["parked", "list", "nosuch"]), 1);
+    assert!(
+        unknown.contains("parked events are kept for `notes`"),
+        "{unknown}"
+    );
+    let absent = fails(
+        krescent_cli(url).args(["parked", "drop", "notes", "--position", "1", "--yes"]),
+        1,
+    );
+    assert!(
+        absent.contains("no parked event of `notes` at position 1"),
+        "{absent}"
+    );
+    fails(
+        krescent_cli(url).args(["parked", "drop", "notes", "--position", "x"]),
+        2,
+    );
+    fails(krescent_cli(url).args(["parked", "retry"]), 2);
+    let declined = fails(krescent_cli(url).args(["parked", "drop", "notes"]), 1);
+    assert!(declined.contains("not confirmed"), "{declined}");
+    let dry = json(krescent_cli(url).args(["parked", "drop", "notes", "--dry-run"]));
+    assert_eq!(dry["dry_run"], true);
+    let dry = json(krescent_cli(url).args(["parked", "retry", "notes", "--dry-run"]));
+    assert_eq!(dry["positions"], serde_json::json!([2, 3]));
+    let unchanged = json(krescent_cli(url).args(["parked", "list"]));
+    assert_eq!(positions(&unchanged), [2, 3]);
+    assert!(unchanged["parked"]
+        .as_array()
+        .expect("an array")
+        .iter()
+        .all(|p| p["retry"] == false));
+}
+
 #[tokio::test]
 async fn parked_events_are_listed_retried_by_a_running_model_and_dropped() {
     let database = fresh_database().await;
@@ -159,32 +194,7 @@ async fn parked_events_are_listed_retried_by_a_running_model_and_dropped() {
     assert!(text.starts_with("NAMESPACE"), "{text}");
     assert!(text.contains("cannot read note `bad a2`"), "{text}");
 
-    // Bad input: refused, one line, nothing changed.
-    let unknown = fails(krescent_cli(&url).args(["parked", "list", "nosuch"]), 1);
-    assert!(unknown.contains("parked events are kept for `notes`"), "{unknown}");
-    let absent = fails(
-        krescent_cli(&url).args(["parked", "drop", "notes", "--position", "1", "--yes"]),
-        1,
-    );
-    assert!(absent.contains("no parked event of `notes` at position 1"), "{absent}");
-    fails(
-        krescent_cli(&url).args(["parked", "drop", "notes", "--position", "x"]),
-        2,
-    );
-    fails(krescent_cli(&url).args(["parked", "retry"]), 2);
-    let declined = fails(krescent_cli(&url).args(["parked", "drop", "notes"]), 1);
-    assert!(declined.contains("not confirmed"), "{declined}");
-    let dry = json(krescent_cli(&url).args(["parked", "drop", "notes", "--dry-run"]));
-    assert_eq!(dry["dry_run"], true);
-    let dry = json(krescent_cli(&url).args(["parked", "retry", "notes", "--dry-run"]));
-    assert_eq!(dry["positions"], serde_json::json!([2, 3]));
-    let unchanged = json(krescent_cli(&url).args(["parked", "list"]));
-    assert_eq!(positions(&unchanged), [2, 3]);
-    assert!(unchanged["parked"]
-        .as_array()
-        .expect("an array")
-        .iter()
-        .all(|p| p["retry"] == false));
+    bad_input_is_refused_and_changes_nothing(&url);
 
     // A running model, fixed: it handles the retry an operator asks for, within seconds.
     fixed.store(true, Ordering::SeqCst);

@@ -208,12 +208,15 @@ async fn a_projection_parks_poison_events_with_their_streams_and_replays_them_on
     assert_eq!(streams, sorted, "in position order");
     assert_eq!(
         parked.len(),
-        (PER_STREAM - 20 + 1 + PER_STREAM - 50 + 1) as usize
+        usize::try_from(PER_STREAM - 20 + 1 + PER_STREAM - 50 + 1).expect("positive")
     );
     for (s, first) in [(7, 20), (42, 50)] {
         let of_stream: Vec<&ParkedEvent> =
             parked.iter().filter(|p| p.stream_id == stream(s)).collect();
-        assert_eq!(of_stream.len(), (PER_STREAM - first + 1) as usize);
+        assert_eq!(
+            of_stream.len(),
+            usize::try_from(PER_STREAM - first + 1).expect("positive")
+        );
         let head = of_stream[0];
         assert_eq!(head.attempts, 1);
         assert_eq!(head.behind, None);
@@ -314,7 +317,10 @@ async fn an_event_that_always_fails_is_parked_after_its_attempts_or_stops_the_mo
     // `retry(2)` alone: then stop, with the handler's error, after two attempts.
     let poison = parked[0].position;
     krescent.drop_parked::<Steps>(None).await.expect("dropped");
-    krescent.delete_checkpoint::<Steps>().await.expect("deleted");
+    krescent
+        .delete_checkpoint::<Steps>()
+        .await
+        .expect("deleted");
     krescent
         .configure::<Steps>()
         .on_error("retry(2)")
@@ -356,7 +362,10 @@ async fn a_table_at_schema_5_migrates_and_keeps_parked_events() {
     )
     .expect("storage");
     storage.migrate().await.expect("migrate");
-    storage.migrate().await.expect("migrate again: nothing to do");
+    storage
+        .migrate()
+        .await
+        .expect("migrate again: nothing to do");
     let version: i32 = client
         .query_one(
             "SELECT version FROM krescent_schema_migrations WHERE component = 'checkpoints:krescent_checkpoints'",
@@ -386,13 +395,35 @@ async fn a_table_at_schema_5_migrates_and_keeps_parked_events() {
         behind: None,
         retry: false,
     };
-    storage.park(std::slice::from_ref(&parked)).await.expect("park");
-    storage.park(std::slice::from_ref(&parked)).await.expect("park again: one row");
-    assert_eq!(storage.parked("fixture.counts").await.expect("parked"), [parked.clone()]);
-    assert_eq!(storage.parked_namespaces().await.expect("namespaces"), ["fixture.counts"]);
+    storage
+        .park(std::slice::from_ref(&parked))
+        .await
+        .expect("park");
+    storage
+        .park(std::slice::from_ref(&parked))
+        .await
+        .expect("park again: one row");
+    assert_eq!(
+        storage.parked("fixture.counts").await.expect("parked"),
+        std::slice::from_ref(&parked)
+    );
+    assert_eq!(
+        storage.parked_namespaces().await.expect("namespaces"),
+        ["fixture.counts"]
+    );
     assert!(storage.parked("other").await.expect("parked").is_empty());
-    assert_eq!(storage.unpark("fixture.counts", &[parked.position]).await.expect("unpark"), 1);
-    assert!(storage.parked("fixture.counts").await.expect("parked").is_empty());
+    assert_eq!(
+        storage
+            .unpark("fixture.counts", &[parked.position])
+            .await
+            .expect("unpark"),
+        1
+    );
+    assert!(storage
+        .parked("fixture.counts")
+        .await
+        .expect("parked")
+        .is_empty());
 }
 
 /// A model whose state is in memory, checkpointed: each stream's steps, which must arrive in
@@ -426,7 +457,11 @@ impl Seen {
 }
 
 /// Appends `seqs` of each of streams `a` and `b`.
-async fn append_two(krescent: &Krescent<InMemoryEventStore>, seqs: std::ops::RangeInclusive<i32>, poison: &[(&str, i32)]) {
+async fn append_two(
+    krescent: &Krescent<InMemoryEventStore>,
+    seqs: std::ops::RangeInclusive<i32>,
+    poison: &[(&str, i32)],
+) {
     for seq in seqs {
         for name in ["a", "b"] {
             let step = Step {
@@ -435,7 +470,11 @@ async fn append_two(krescent: &Krescent<InMemoryEventStore>, seqs: std::ops::Ran
             };
             krescent
                 .store()
-                .append(name, ExpectedVersion::Any, vec![NewEvent::new(&step).expect("encode")])
+                .append(
+                    name,
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new(&step).expect("encode")],
+                )
                 .await
                 .expect("append");
         }
@@ -524,15 +563,22 @@ async fn the_parked_set_of_a_model_in_files_holds_across_a_restart() {
 async fn parking_needs_checkpoints() {
     #[derive(EventModel, Default)]
     #[model(name = "unkept", on_error = "park")]
-    struct Unkept {}
+    struct Unkept {
+        steps: u32,
+    }
     #[krescent::handlers]
     impl Unkept {
-        fn step(&mut self, _: &Step) {}
+        fn step(&mut self, _: &Step) {
+            self.steps += 1;
+        }
     }
     let krescent = Krescent::new(InMemoryEventStore::new());
     match krescent.catch_up(Unkept::default()).await {
         Err(Error::InvalidCheckpoint { reason, .. }) => {
-            assert!(reason.contains("parks events where the checkpoints are"), "{reason}");
+            assert!(
+                reason.contains("parks events where the checkpoints are"),
+                "{reason}"
+            );
         }
         other => panic!("expected a refusal, got {:?}", other.map(|c| c.position)),
     }
@@ -546,7 +592,9 @@ async fn a_parking_model_is_reported_and_counted() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    recorder.install().expect("the only recorder of this test binary");
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
 
     let krescent = Krescent::new(InMemoryEventStore::new());
     append_two(&krescent, 1..=6, &[("a", 2)]).await;
@@ -560,14 +608,20 @@ async fn a_parking_model_is_reported_and_counted() {
             assert_eq!(report[0].state.to_string(), "running, 5 events parked");
             break;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{report:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{report:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let mut parked = None;
     let mut parkings = 0;
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let (_, key) = key.into_parts();
-        if !key.labels().any(|l| l.key() == "model" && l.value() == "seen") {
+        if !key
+            .labels()
+            .any(|l| l.key() == "model" && l.value() == "seen")
+        {
             continue;
         }
         match (key.name(), value) {

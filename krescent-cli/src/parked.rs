@@ -20,9 +20,9 @@ pub async fn run(backend: &Backend, command: ParkedCommand, json: bool) -> Resul
     }
 }
 
-/// A parked event as the commands print it.
+/// A parked event as the commands show it.
 #[derive(Serialize)]
-struct Parked {
+struct Shown {
     namespace: String,
     position: u64,
     stream_id: String,
@@ -38,9 +38,9 @@ struct Parked {
     chain: Vec<String>,
 }
 
-impl Parked {
+impl Shown {
     fn of(event: &ParkedEvent) -> Self {
-        Parked {
+        Shown {
             namespace: event.namespace.clone(),
             position: event.position.get(),
             stream_id: event.stream_id.clone(),
@@ -73,7 +73,7 @@ impl Parked {
 
 #[derive(Serialize)]
 struct Listing {
-    parked: Vec<Parked>,
+    parked: Vec<Shown>,
 }
 
 async fn list(backend: &Backend, namespace: Option<&str>, json: bool) -> Result<(), CliError> {
@@ -92,13 +92,13 @@ async fn list(backend: &Backend, namespace: Option<&str>, json: bool) -> Result<
                 .parked(&namespace)
                 .await?
                 .iter()
-                .map(Parked::of),
+                .map(Shown::of),
         );
     }
     if json {
         return output::json(&Listing { parked });
     }
-    let rows: Vec<Vec<String>> = parked.iter().map(Parked::row).collect();
+    let rows: Vec<Vec<String>> = parked.iter().map(Shown::row).collect();
     output::table(
         &[
             "NAMESPACE",

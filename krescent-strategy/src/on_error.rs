@@ -9,7 +9,8 @@ use std::num::NonZeroU32;
 use std::str::FromStr;
 
 /// The policies, as messages list them.
-pub const EXPECTED_POLICIES: &str = "`stop`, `retry(N)`, `park`, `park(unordered)`, `retry(N) | park`";
+pub const EXPECTED_POLICIES: &str =
+    "`stop`, `retry(N)`, `park`, `park(unordered)`, `retry(N) | park`";
 
 /// The most attempts `retry(N)` may ask for.
 const MAX_ATTEMPTS: u32 = 100;
@@ -218,7 +219,10 @@ mod tests {
         for (text, message) in [
             ("skip", "unknown error policy `skip`; expected one of"),
             ("", "missing error policy"),
-            ("retry(0)", "`retry(0)` is not `retry(N)` with N from 1 to 100"),
+            (
+                "retry(0)",
+                "`retry(0)` is not `retry(N)` with N from 1 to 100",
+            ),
             ("retry(101) | park", "`retry(101)` is not `retry(N)`"),
             ("retry(x)", "`retry(x)` is not"),
             ("park | retry(2)", "`park` is not `retry(N)`"),

@@ -9,7 +9,17 @@ use std::str::FromStr;
 /// where a model without a checkpoint begins. A position encodes to text as its decimal number, which
 /// is how checkpoints store it; with serde, as the number.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(transparent)]
 pub struct Position(u64);

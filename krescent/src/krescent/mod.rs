@@ -371,25 +371,22 @@ impl<S: EventStore> Krescent<S> {
         let mut dropped = 0;
         for namespace in self.namespaces_of::<M>(&checkpointing) {
             let storage = &checkpointing.storage;
-            let all: Vec<crate::Position>;
-            let positions = match positions {
-                Some(positions) => positions,
-                None => {
-                    all = storage
-                        .parked(&namespace)
-                        .await
-                        .map_err(|source| Error::Storage {
-                            namespace: namespace.clone(),
-                            source,
-                        })?
-                        .iter()
-                        .map(|e| e.position)
-                        .collect();
-                    &all
-                }
+            let positions: Vec<crate::Position> = if let Some(positions) = positions {
+                positions.to_vec()
+            } else {
+                storage
+                    .parked(&namespace)
+                    .await
+                    .map_err(|source| Error::Storage {
+                        namespace: namespace.clone(),
+                        source,
+                    })?
+                    .iter()
+                    .map(|e| e.position)
+                    .collect()
             };
             dropped += storage
-                .unpark(&namespace, positions)
+                .unpark(&namespace, &positions)
                 .await
                 .map_err(|source| Error::Storage { namespace, source })?;
         }

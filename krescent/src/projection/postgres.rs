@@ -12,12 +12,12 @@ use crate::checkpoint::{
 };
 use crate::deadletter::ParkedEvent;
 use crate::fleet::{Fence, Segment};
-use crate::Position;
 use crate::postgres::{
     check_fence, checkout, identifier, store_connection, transient_cause, DbFailure, FenceFailure,
     PoolRole,
 };
 use crate::store::StoreError;
+use crate::Position;
 
 mod segment;
 
@@ -398,7 +398,9 @@ impl PostgresProjection {
     async fn run_in_transaction(&mut self, sql: &str, doing: &str) -> Result<(), StorageError> {
         let result = match self.client.as_deref() {
             Some(client) => client.batch_execute(sql).await.map_err(DbFailure::from),
-            None => Err(DbFailure::Other("the projection has no connection".to_owned())),
+            None => Err(DbFailure::Other(
+                "the projection has no connection".to_owned(),
+            )),
         };
         if let Err(e) = result {
             self.discard();

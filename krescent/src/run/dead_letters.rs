@@ -267,7 +267,12 @@ impl<M: EventModel> Runner<M> {
             self.settle_retry(&applied, &failed).await?;
         }
         self.metrics.parked(self.parking.len(), 0);
-        info!(model = &*self.namespace, applied = applied.len(), failed = failed.len(), "parked events handled again");
+        info!(
+            model = &*self.namespace,
+            applied = applied.len(),
+            failed = failed.len(),
+            "parked events handled again"
+        );
         Ok(())
     }
 
@@ -380,7 +385,9 @@ const POLL_PARKED: Duration = Duration::from_secs(5);
 
 /// The event at `position`, read from `store`.
 async fn read_one<S: EventStore, M: EventModel>(
-    store: &S, position: Position) -> Result<RecordedEvent, Error> {
+    store: &S,
+    position: Position,
+) -> Result<RecordedEvent, Error> {
     let before = Position::new(position.get().saturating_sub(1));
     let events = store
         .read_after(before, 1)

@@ -65,19 +65,13 @@ impl<M: EventModel> Runner<M> {
                 Ok(uncommitted) => uncommitted,
                 Err(e) => return Err((e, model)),
             };
-        let parked = match Self::load_parked(&mut model, &origin, checkpointing.as_ref(), on_error).await
-        {
-            Ok(parked) => parked,
-            Err(e) => return Err((e, model)),
-        };
-        let mut runner = Self::started(
-            model,
-            origin,
-            position,
-            checkpointing,
-            trigger,
-            uncommitted,
-        );
+        let parked =
+            match Self::load_parked(&mut model, &origin, checkpointing.as_ref(), on_error).await {
+                Ok(parked) => parked,
+                Err(e) => return Err((e, model)),
+            };
+        let mut runner =
+            Self::started(model, origin, position, checkpointing, trigger, uncommitted);
         runner.parking = Parking::new(on_error, parked);
         runner.metrics.parked(runner.parking.len(), 0);
         Ok(runner)

@@ -237,10 +237,11 @@ impl CheckpointStorage for FileCheckpointStorage {
         for (namespace, events) in by_namespace {
             let path = self.parked_path_of(&namespace);
             self.blocking(move |_| {
-                let mut kept: std::collections::BTreeMap<Position, ParkedEvent> = read_parked(&path)?
-                    .into_iter()
-                    .map(|e| (e.position, e))
-                    .collect();
+                let mut kept: std::collections::BTreeMap<Position, ParkedEvent> =
+                    read_parked(&path)?
+                        .into_iter()
+                        .map(|e| (e.position, e))
+                        .collect();
                 for event in events {
                     kept.insert(event.position, event);
                 }

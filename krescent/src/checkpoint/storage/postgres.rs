@@ -417,9 +417,8 @@ impl PostgresCheckpointStorage {
             .await?;
         let origin = || format!("table `{}`, namespace `{namespace}`", self.names.parked);
         let position = |text: &str| {
-            text.parse::<Position>().map_err(|e| {
-                DbFailure::Other(format!("{}: position `{text}`: {e}", origin()))
-            })
+            text.parse::<Position>()
+                .map_err(|e| DbFailure::Other(format!("{}: position `{text}`: {e}", origin())))
         };
         let mut parked = Vec::with_capacity(rows.len());
         for row in rows {
