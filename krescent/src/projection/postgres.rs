@@ -110,6 +110,9 @@ pub struct PostgresProjection {
     fence: Option<Fence>,
     /// The open transaction has a `krescent_event` savepoint.
     savepoint: bool,
+    /// An event began: its savepoint is set before its first write (pipelined with it by
+    /// [`execute`](Self::execute)), or not at all when it writes nothing.
+    savepoint_due: bool,
 }
 
 impl PostgresProjection {
@@ -126,6 +129,7 @@ impl PostgresProjection {
             shapes: BTreeMap::new(),
             fence: None,
             savepoint: false,
+            savepoint_due: false,
         }
     }
 
@@ -186,6 +190,16 @@ impl PostgresProjection {
     /// # Errors
     /// When no connection can be had or `BEGIN` fails.
     pub async fn transaction(&mut self) -> Result<&ClientWrapper, ProjectionError> {
+        // The event's savepoint first: what the caller writes through the connection must be
+        // undoable alone.
+        if let Some(savepoint) = self.take_savepoint() {
+            self.open_client().await?.batch_execute(savepoint).await?;
+        }
+        self.open_client().await
+    }
+
+    /// The open transaction's connection, beginning a transaction if none is open.
+    async fn open_client(&mut self) -> Result<&ClientWrapper, ProjectionError> {
         let client = match self.client.take() {
             Some(client) => client,
             None => checkout(self.storage.transaction_pool(), PoolRole::Projections).await?,
@@ -201,6 +215,21 @@ impl PostgresProjection {
         Ok(&**self.client.insert(client))
     }
 
+    /// The statement that sets the event's savepoint, when one is due before the next write
+    /// (releasing the previous event's, so that one savepoint is kept at a time); counted as
+    /// set from now on.
+    fn take_savepoint(&mut self) -> Option<&'static str> {
+        if !std::mem::take(&mut self.savepoint_due) {
+            return None;
+        }
+        let released = std::mem::replace(&mut self.savepoint, true);
+        Some(if released {
+            "RELEASE SAVEPOINT krescent_event; SAVEPOINT krescent_event"
+        } else {
+            "SAVEPOINT krescent_event"
+        })
+    }
+
     /// Runs `sql` with `params` in the open transaction (beginning one if needed), as a
     /// statement prepared once per connection; the number of rows it changed.
     ///
@@ -211,9 +240,21 @@ impl PostgresProjection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, ProjectionError> {
-        let client = self.transaction().await?;
+        let savepoint = self.take_savepoint();
+        let client = self.open_client().await?;
         let statement = client.prepare_cached(sql).await?;
-        Ok(client.execute(&statement, params).await?)
+        match savepoint {
+            // Pipelined: the savepoint and the statement share one round trip.
+            Some(savepoint) => {
+                let (set, executed) = tokio::join!(
+                    client.batch_execute(savepoint),
+                    client.execute(&statement, params)
+                );
+                set?;
+                Ok(executed?)
+            }
+            None => Ok(client.execute(&statement, params).await?),
+        }
     }
 
     /// Deletes the model completely: drops its tables and deletes its checkpoint (of
@@ -376,7 +417,7 @@ impl PostgresProjection {
     }
 
     async fn open_transaction(&mut self) -> Result<(), StorageError> {
-        self.transaction()
+        self.open_client()
             .await
             .map(drop)
             .map_err(|e| StorageError::Database(Box::new(e)))
@@ -391,6 +432,7 @@ impl PostgresProjection {
         }
         self.open = false;
         self.savepoint = false;
+        self.savepoint_due = false;
     }
 
     /// Runs `sql` in the open transaction; a failure discards the connection (the server
@@ -573,6 +615,7 @@ impl CheckpointTransaction for PostgresProjection {
                 // Back to the pool: a projection holds a connection only inside a transaction.
                 self.open = false;
                 self.savepoint = false;
+                self.savepoint_due = false;
                 self.client = None;
                 Ok(())
             }
@@ -604,23 +647,19 @@ impl CheckpointTransaction for PostgresProjection {
         self.fence = fence;
     }
 
-    /// One round trip per event, `SAVEPOINT krescent_event` (the previous one released in the
-    /// same statement), only for models whose error policy retries or parks.
+    /// No round trip of its own: the event's savepoint is set with its first write
+    /// ([`execute`](Self::execute) pipelines the two), and not at all when it writes nothing.
     async fn begin_event(&mut self) -> Result<bool, StorageError> {
-        let first = !self.open;
         self.open_transaction().await?;
-        let sql = if first || !self.savepoint {
-            "SAVEPOINT krescent_event"
-        } else {
-            "RELEASE SAVEPOINT krescent_event; SAVEPOINT krescent_event"
-        };
-        self.run_in_transaction(sql, "mark the start of an event's writes")
-            .await?;
-        self.savepoint = true;
+        self.savepoint_due = true;
         Ok(true)
     }
 
     async fn undo_event(&mut self) -> Result<(), StorageError> {
+        if std::mem::take(&mut self.savepoint_due) {
+            // The event wrote nothing: nothing to take back.
+            return Ok(());
+        }
         if !self.open || !self.savepoint {
             return Err(StorageError::Database(
                 "no event's writes to take back: no savepoint in the open transaction".into(),
@@ -686,6 +725,7 @@ impl CheckpointTransaction for PostgresProjection {
         }
         self.open = false;
         self.savepoint = false;
+        self.savepoint_due = false;
         // Back to the pool: a projection holds a connection only inside a transaction.
         self.client = None;
         result
