@@ -58,7 +58,7 @@ impl Drop for Worker {
     }
 }
 
-/// The next pause of a kill loop, 100–600 ms, from the xorshift state `seed`.
+/// A random pause of 100–600 ms, from the xorshift state `seed`.
 fn random_pause(seed: &mut u64) -> Duration {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
@@ -135,29 +135,39 @@ async fn parked(client: &tokio_postgres::Client) -> (Vec<i64>, usize) {
     )
 }
 
-/// Kills the worker `kills` times at random moments, each time starting another with `env`;
-/// then waits (up to `within`) until `done` says the work is over, and kills the last one.
-/// How many kills came while `midway` said the work was under way.
+/// Kills the worker up to `kills` times, each time once it has made progress (more rows
+/// applied than when it started) and a random moment after, starting another with `env`; then
+/// waits (up to `within`) until `done` says the work is over, and kills the last one. How many
+/// kills came while `midway` said the work was under way.
 async fn kill_until_done(
     db: &TestDatabase,
     env: &[(&str, &str)],
     kills: usize,
     seed: &mut u64,
     within: Duration,
+    progress: impl AsyncFn() -> usize,
     midway: impl AsyncFn() -> bool,
     done: impl AsyncFn() -> bool,
 ) -> usize {
+    let started = Instant::now();
     let mut worker = Worker::spawn(db, env);
     let mut midway_kills = 0;
-    for _ in 0..kills {
-        tokio::time::sleep(random_pause(seed)).await;
+    'kills: for _ in 0..kills {
+        let before = progress().await;
+        while progress().await == before {
+            if done().await {
+                break 'kills;
+            }
+            assert!(started.elapsed() < within, "the workers made no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(random_pause(seed) / 4).await;
         if midway().await {
             midway_kills += 1;
         }
         worker.kill();
         worker = Worker::spawn(db, env);
     }
-    let started = Instant::now();
     while !done().await {
         assert!(started.elapsed() < within, "the workers did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -182,6 +192,7 @@ async fn kills_while_parking_and_while_replaying_lose_and_double_nothing() {
         8,
         &mut seed,
         Duration::from_mins(2),
+        async || applied(&client).await.len(),
         async || {
             checkpoint(&client).await.is_some_and(|p| p < head)
                 && !parked(&client).await.0.is_empty()
@@ -238,6 +249,7 @@ async fn kills_while_parking_and_while_replaying_lose_and_double_nothing() {
         5,
         &mut seed,
         Duration::from_mins(2),
+        async || applied(&client).await.len(),
         async || (1..total).contains(&parked(&client).await.0.len()),
         async || parked(&client).await.0.is_empty(),
     )
