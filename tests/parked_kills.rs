@@ -58,6 +58,9 @@ impl Drop for Worker {
     }
 }
 
+/// How long the workers of one phase may take in all.
+const WITHIN: Duration = Duration::from_mins(2);
+
 /// A random pause of 100–600 ms, from the xorshift state `seed`.
 fn random_pause(seed: &mut u64) -> Duration {
     *seed ^= *seed << 13;
@@ -137,14 +140,13 @@ async fn parked(client: &tokio_postgres::Client) -> (Vec<i64>, usize) {
 
 /// Kills the worker up to `kills` times, each time once it has made progress (more rows
 /// applied than when it started) and a random moment after, starting another with `env`; then
-/// waits (up to `within`) until `done` says the work is over, and kills the last one. How many
+/// waits (up to [`WITHIN`] in all) until `done` says the work is over, and kills the last one. How many
 /// kills came while `midway` said the work was under way.
 async fn kill_until_done(
     db: &TestDatabase,
     env: &[(&str, &str)],
     kills: usize,
     seed: &mut u64,
-    within: Duration,
     progress: impl AsyncFn() -> usize,
     midway: impl AsyncFn() -> bool,
     done: impl AsyncFn() -> bool,
@@ -158,7 +160,7 @@ async fn kill_until_done(
             if done().await {
                 break 'kills;
             }
-            assert!(started.elapsed() < within, "the workers made no progress");
+            assert!(started.elapsed() < WITHIN, "the workers made no progress");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(random_pause(seed) / 4).await;
@@ -169,7 +171,7 @@ async fn kill_until_done(
         worker = Worker::spawn(db, env);
     }
     while !done().await {
-        assert!(started.elapsed() < within, "the workers did not finish");
+        assert!(started.elapsed() < WITHIN, "the workers did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     worker.kill();
@@ -191,7 +193,6 @@ async fn kills_while_parking_and_while_replaying_lose_and_double_nothing() {
         &[("PARKING_SLOW_MS", "2")],
         8,
         &mut seed,
-        Duration::from_mins(2),
         async || applied(&client).await.len(),
         async || {
             checkpoint(&client).await.is_some_and(|p| p < head)
@@ -248,7 +249,6 @@ async fn kills_while_parking_and_while_replaying_lose_and_double_nothing() {
         &[("PARKING_SLOW_MS", "25"), ("PARKING_FIXED", "1")],
         5,
         &mut seed,
-        Duration::from_mins(2),
         async || applied(&client).await.len(),
         async || (1..total).contains(&parked(&client).await.0.len()),
         async || parked(&client).await.0.is_empty(),
