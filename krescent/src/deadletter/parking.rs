@@ -76,6 +76,12 @@ impl Parking {
             .filter(|first| *first < position)
     }
 
+    /// Whether a failure stops the model at once and nothing is parked: the runner handles
+    /// events as if there were no dead letters.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.parked.is_empty() && self.policy == ErrorPolicy::STOP
+    }
+
     /// Whether an operator asked for a parked event to be handled again.
     pub(crate) fn requested(&self) -> bool {
         self.parked.values().any(|e| e.retry)

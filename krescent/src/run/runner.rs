@@ -204,7 +204,24 @@ impl<M: EventModel> Runner<M> {
                 .segment
                 .is_none_or(|segment| segment.contains(&event.meta.stream_id));
             if ours && M::handles(event.event_type()) {
-                let applied = match self.handle(event).await {
+                // Without parked events and with `stop`, the handler alone (the hot path).
+                let handled = if self.parking.is_plain() {
+                    match self.model.handle(event).await {
+                        Ok(()) => Ok(true),
+                        Err(source) => {
+                            self.abandon().await;
+                            Err(Error::Handler {
+                                model: M::NAME,
+                                event_type: event.event_type().to_owned(),
+                                position: event.position(),
+                                source,
+                            })
+                        }
+                    }
+                } else {
+                    self.handle(event).await
+                };
+                let applied = match handled {
                     Ok(applied) => applied,
                     Err(error) => {
                         self.metrics
