@@ -331,7 +331,7 @@ async fn a_row_of_the_previous_release_migrates_and_restores() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let (checkpoint, integrity) = storage
         .load_checked("fixture.counts")
         .await

@@ -287,7 +287,7 @@ async fn postgres_migrate_is_idempotent_and_safe_concurrently() {
     assert_eq!(
         versions,
         [
-            ("checkpoints:krescent_checkpoints".to_owned(), 5),
+            ("checkpoints:krescent_checkpoints".to_owned(), 6),
             ("events:krescent_events".to_owned(), 2)
         ]
     );

@@ -69,6 +69,42 @@ pub enum Command {
     /// Read events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// List, retry and drop the events models parked (`#[model(on_error = "park")]`).
+    #[command(subcommand)]
+    Parked(ParkedCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ParkedCommand {
+    /// The parked events, in position order: namespace, position, stream, type, attempts,
+    /// when, whether a retry was asked for, and the error with its causes.
+    List {
+        /// Only this namespace's (the model's name; a segment's is `<model>#i/N`).
+        namespace: Option<String>,
+    },
+    /// Ask the model to handle its parked events again, once its handler is fixed: a running
+    /// model does within seconds, in position order (one stream's events in their order); a
+    /// stopped one when it starts. Events that fail again stay parked with one more attempt.
+    Retry(ParkedArgs),
+    /// Drop parked events for good: the model never applies them (the events stay in the
+    /// store). A stream's later parked events still wait behind those that stay.
+    Drop(ParkedArgs),
+}
+
+/// The parked events a command changes, and its safeguards.
+#[derive(Debug, Args)]
+pub struct ParkedArgs {
+    /// The namespace (the model's name; a segment's is `<model>#i/N`).
+    pub namespace: String,
+    /// Only the event at this position; may be repeated. All of the namespace's when absent.
+    #[arg(long = "position", value_name = "P", value_parser = parse_position)]
+    pub positions: Vec<Position>,
+    /// Say what would change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (`drop`).
+    #[arg(long, short)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,6 +41,22 @@ pub enum CliError {
         /// Why the file store cannot.
         why: &'static str,
     },
+    /// The namespace has no parked events.
+    #[error("no parked events of `{namespace}`; {known}")]
+    NothingParked {
+        /// The namespace asked for.
+        namespace: String,
+        /// The namespaces that have some, as a phrase.
+        known: String,
+    },
+    /// No event of the namespace is parked at the position.
+    #[error("no parked event of `{namespace}` at position {position}; `krescent parked list {namespace}` shows those there are; nothing was changed")]
+    NotParked {
+        /// The namespace.
+        namespace: String,
+        /// The position asked for.
+        position: krescent::Position,
+    },
     /// The checkpoint refers to no projection tables.
     #[error("the checkpoint of `{0}` names no `PostgresProjection` tables; `krescent checkpoints delete {0}` deletes a checkpoint alone")]
     NoProjection(String),
@@ -67,7 +83,7 @@ pub enum CliError {
         epoch: u64,
     },
     /// The operator did not confirm a destructive step.
-    #[error("not confirmed (no answer, or stdin is not a terminal); nothing was deleted; pass `--yes` to skip the question")]
+    #[error("not confirmed (no answer, or stdin is not a terminal); nothing was changed; pass `--yes` to skip the question")]
     NotConfirmed,
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod models;
 mod output;
+mod parked;
 mod stats;
 mod time;
 
@@ -53,6 +54,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Models(command) => models::run(&backend, command, json).await,
         Command::Store(command) => stats::run(&backend, command, json).await,
         Command::Events(command) => events::run(&backend, command).await,
+        Command::Parked(command) => parked::run(&backend, command, json).await,
     }
 }
 

@@ -35,6 +35,9 @@ pub(crate) struct Model {
     pub(crate) exclusive: bool,
     /// `segments = N`: the model runs as N segments, 1 unless given.
     pub(crate) segments: u32,
+    /// `on_error = "retry(3) | park"`: what a failed handler does, as the runtime prints the
+    /// policy; `None`: `stop`.
+    pub(crate) on_error: Option<String>,
     /// `#[checkpoint(...)]`, when the model checkpoints.
     pub(crate) checkpoint: Option<Checkpointing>,
 }
@@ -188,6 +191,7 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
     let mut krate = Slot::new(cx, "#[model]", "crate");
     let mut exclusive = Slot::new(cx, "#[model]", "exclusive");
     let mut segments = Slot::new(cx, "#[model]", "segments");
+    let mut on_error = Slot::new(cx, "#[model]", "on_error");
     let mut seen = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident("model")) {
         seen = true;
@@ -207,6 +211,17 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
             // `segments = N`: 1 to 1024 segments, by a stable hash of the stream id.
             } else if meta.path.is_ident("segments") {
                 segments.set(&meta.path, integer(&meta).and_then(segment_count));
+            // `on_error = "retry(3) | park"`: parsed now by the runtime's grammar, spanned at
+            // the literal.
+            } else if meta.path.is_ident("on_error") {
+                on_error.set(
+                    &meta.path,
+                    string(&meta).and_then(|lit| {
+                        krescent_strategy::ErrorPolicy::parse(&lit.value())
+                            .map(|policy| policy.to_string())
+                            .map_err(|e| syn::Error::new(lit.span(), e))
+                    }),
+                );
             // `crate = "path"`: a renamed runtime crate.
             } else if meta.path.is_ident("crate") {
                 krate.set(&meta.path, crate_path(&meta));
@@ -215,7 +230,7 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
                     cx,
                     &meta,
                     "#[model]",
-                    "`name`, `version`, `exclusive`, `segments`, `crate`",
+                    "`name`, `version`, `exclusive`, `segments`, `on_error`, `crate`",
                 )?;
             }
             Ok(())
@@ -244,6 +259,7 @@ pub(crate) fn model(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Model
         krate: krate.value.unwrap_or_else(default_krate),
         exclusive: exclusive.value.is_some(),
         segments: segments.value.map_or(1, |(n, _)| n),
+        on_error: on_error.value,
         checkpoint,
     }
 }

@@ -46,6 +46,19 @@ fn model() {
 }
 
 #[test]
+fn model_with_an_error_policy() {
+    insta::assert_snapshot!(derive_model(quote! {
+        #[derive(EventModel, Default)]
+        #[model(name = "books.shelved", on_error = " retry(3)|park ")]
+        #[checkpoint(strategy = "always", storage = "memory")]
+        struct Shelved {
+            #[checkpoint]
+            shelves: u32,
+        }
+    }));
+}
+
+#[test]
 fn model_without_checkpoints() {
     insta::assert_snapshot!(derive_model(quote! {
         #[derive(EventModel)]

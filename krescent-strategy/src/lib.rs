@@ -1,5 +1,6 @@
 //! The checkpoint strategy grammar of [krescent](https://docs.rs/krescent): the [`Strategy`]
-//! value and its one parser, [`Strategy::parse`].
+//! value and its one parser, [`Strategy::parse`]; and the error policy grammar
+//! ([`ErrorPolicy::parse`], `#[model(on_error = "...")]`).
 //!
 //! This crate is an implementation detail of `krescent`, which re-exports its items as
 //! `krescent::checkpoint::{Strategy, StrategyError}`. It exists so that the derive (which
@@ -22,9 +23,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod on_error;
 mod parse;
 mod strategy;
 
+pub use on_error::{ErrorPolicy, ErrorPolicyError, Then, EXPECTED_POLICIES};
 pub use parse::StrategyError;
 pub use strategy::Strategy;
 

@@ -50,6 +50,7 @@
 //! | `#[model(name = "...", version = N)]` | model struct | checkpoint namespace; model version |
 //! | `#[model(crate = "path")]` | model struct | where the `krescent` crate is, when renamed |
 //! | `#[model(exclusive)]` | model struct | one instance at a time runs it, holding its lease (PostgreSQL; see [`fleet`]) |
+//! | `#[model(on_error = "...")]` | model struct | what a handler's failure does: `stop` (default), `retry(N)`, `park`, `park(unordered)`, `retry(N) \| park` (see [`deadletter`]) |
 //! | `#[checkpoint(strategy = "...", storage = "...")]` | model struct | when and where to checkpoint; without it the model replays everything on every start |
 //! | `#[checkpoint(on_invalid = "rebuild" \| "fail")]` | model struct | what an unusable checkpoint does (default `rebuild`) |
 //! | `#[checkpoint]` | field | serialized into the checkpoint under the field's name |
@@ -104,6 +105,7 @@
 // storages, the stores, projection, error, run, the API (krescent, decide), supervisor.
 // A module uses only the layers below it: docs/architecture.md, checked by .ci/layers.py.
 pub mod checkpoint;
+pub mod deadletter;
 pub mod decide;
 mod durable;
 mod error;

@@ -15,6 +15,8 @@
 //! | `krescent_checkpoint_bytes` | gauge | size of the last checkpoint's bucket as JSON |
 //! | `krescent_lag_events` | gauge | the store's head minus the model's position; 0 when caught up |
 //! | `krescent_lag_seconds` | gauge | now minus the recorded-at time of the last event processed while events were waiting; 0 when caught up |
+//! | `krescent_events_parked` | gauge | the model's parked events ([`crate::deadletter`]), as the running model knows them |
+//! | `krescent_parkings_total` | counter | events the model parked (a failed one, or one parked behind it) |
 //!
 //! The lag is updated after every batch, while catching up and live. The head it subtracts
 //! from is read when the model starts and again at most once a second while events arrive, so
@@ -42,6 +44,10 @@ pub const CHECKPOINT_BYTES: &str = "krescent_checkpoint_bytes";
 pub const LAG_EVENTS: &str = "krescent_lag_events";
 /// Gauge: seconds between now and the recorded-at time of the last processed event.
 pub const LAG_SECONDS: &str = "krescent_lag_seconds";
+/// Gauge: the model's parked events.
+pub const EVENTS_PARKED: &str = "krescent_events_parked";
+/// Counter: events the model parked.
+pub const PARKINGS_TOTAL: &str = "krescent_parkings_total";
 /// The label that names the model: its name, or for one segment of a model split by
 /// `#[model(segments = N)]` the segment's namespace (`<model>#<index>/<count>`).
 pub const MODEL_LABEL: &str = "model";
@@ -79,6 +85,8 @@ pub fn describe() {
         Unit::Count,
         "The store's head minus the model's position."
     );
+    describe_gauge!(EVENTS_PARKED, Unit::Count, "The model's parked events.");
+    describe_counter!(PARKINGS_TOTAL, Unit::Count, "Events the model parked.");
     describe_gauge!(
         LAG_SECONDS,
         Unit::Seconds,
@@ -95,6 +103,8 @@ pub(crate) struct ModelMetrics {
     checkpoint_bytes: Gauge,
     lag_events: Gauge,
     lag_seconds: Gauge,
+    events_parked: Gauge,
+    parkings: Counter,
     /// The last head read from the store, or a later position seen since.
     head: Position,
     /// When the head was last read; `None` before the first read.
@@ -113,6 +123,8 @@ impl ModelMetrics {
             checkpoint_bytes: metrics::gauge!(CHECKPOINT_BYTES, &labels),
             lag_events: metrics::gauge!(LAG_EVENTS, &labels),
             lag_seconds: metrics::gauge!(LAG_SECONDS, &labels),
+            events_parked: metrics::gauge!(EVENTS_PARKED, &labels),
+            parkings: metrics::counter!(PARKINGS_TOTAL, &labels),
             head: Position::START,
             head_read: None,
         }
@@ -125,6 +137,15 @@ impl ModelMetrics {
         }
         #[allow(clippy::cast_precision_loss)] // a gauge is a float; exact up to 2^53 events
         self.after_restart.set(processed as f64);
+    }
+
+    /// The model holds `parked` parked events, `new` of them just parked.
+    pub(crate) fn parked(&self, parked: usize, new: u64) {
+        if new > 0 {
+            self.parkings.increment(new);
+        }
+        #[allow(clippy::cast_precision_loss)] // a gauge is a float
+        self.events_parked.set(parked as f64);
     }
 
     /// A checkpoint of `bytes` ([`json_len`]) was taken; `spent` on the model's task.

@@ -26,6 +26,11 @@ pub trait EventModel: Handlers + CheckpointSupport + Send + 'static {
     /// processes the events of the streams a stable hash assigns to it, with a checkpoint and a
     /// lease of its own. 1 (the default): not split. See [`Segment`](crate::fleet::Segment).
     const SEGMENTS: u32 = 1;
+    /// What a handler's failure on an event does, set by `#[model(on_error = "...")]` (or
+    /// [`Configure::on_error`](crate::Configure::on_error) at start-up), in the grammar of
+    /// [`ErrorPolicy`](crate::deadletter::ErrorPolicy): `stop` (the default), `retry(N)`,
+    /// `park`, `park(unordered)`, `retry(N) | park`. See [`crate::deadletter`].
+    const ON_ERROR: &'static str = "stop";
 
     /// How the model checkpoints, or `None` when it replays the whole stream on every start.
     fn checkpointing() -> Option<CheckpointConfig>;

@@ -7,8 +7,21 @@ use std::str::FromStr;
 ///
 /// Positions start at 1 for the first event; [`Position::START`] (0) is "before every event" and is
 /// where a model without a checkpoint begins. A position encodes to text as its decimal number, which
-/// is how checkpoints store it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// is how checkpoints store it; with serde, as the number.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Position(u64);
 
 impl Position {

@@ -53,6 +53,11 @@ fn generate(c: &Container) -> TokenStream {
             const SEGMENTS: ::core::primitive::u32 = #n;
         )
     });
+    let on_error = c.attrs.on_error.as_ref().map(|policy| {
+        quote!(
+            const ON_ERROR: &'static ::core::primitive::str = #policy;
+        )
+    });
     quote! {
         const _: () = {
             #guard
@@ -64,6 +69,7 @@ fn generate(c: &Container) -> TokenStream {
                 const FINGERPRINT: &'static ::core::primitive::str = #fingerprint;
                 #exclusive
                 #segments
+                #on_error
 
                 fn checkpointing() -> ::core::option::Option<#p::CheckpointConfig> {
                     #checkpointing

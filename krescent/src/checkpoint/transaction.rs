@@ -1,6 +1,8 @@
 //! Checkpoints that commit in the same database transaction as a model's writes.
 
 use super::{StorageError, StoredCheckpoint};
+use crate::deadletter::ParkedEvent;
+use crate::Position;
 
 /// A model extension whose writes go into a database transaction that the runner commits
 /// together with the checkpoint, so that a crash can never separate the two (a Postgres
@@ -64,5 +66,43 @@ pub trait CheckpointTransaction: Send {
     /// it: an extension that keeps its data outside the lease's database cannot be fenced.
     fn set_fence(&mut self, fence: Option<crate::fleet::Fence>) {
         let _ = fence;
+    }
+
+    /// Marks where the next event's writes begin, so that [`undo_event`](Self::undo_event)
+    /// can take back that event's writes alone (a savepoint); whether it can. The runner calls
+    /// it before each event of a model whose error policy retries or parks. The default
+    /// cannot: such a model then stops on a handler error, as with `stop`.
+    async fn begin_event(&mut self) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
+    /// Takes back the writes since the last [`begin_event`](Self::begin_event), keeping the
+    /// earlier ones of the open transaction.
+    async fn undo_event(&mut self) -> Result<(), StorageError> {
+        Err(StorageError::Database(
+            "this checkpoint transaction cannot take back one event's writes".into(),
+        ))
+    }
+
+    /// Writes `parked` in the open transaction, to commit with the next checkpoint, replacing
+    /// events parked at the same places.
+    async fn park(&mut self, parked: &[ParkedEvent]) -> Result<(), StorageError> {
+        let _ = parked;
+        Err(StorageError::Database(
+            "this checkpoint transaction keeps no parked events".into(),
+        ))
+    }
+
+    /// Removes the parked events of `namespace` at `positions` (all of them when `None`) in
+    /// the open transaction, to commit with the next checkpoint.
+    async fn unpark(
+        &mut self,
+        namespace: &str,
+        positions: Option<&[Position]>,
+    ) -> Result<(), StorageError> {
+        let _ = (namespace, positions);
+        Err(StorageError::Database(
+            "this checkpoint transaction keeps no parked events".into(),
+        ))
     }
 }

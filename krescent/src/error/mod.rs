@@ -4,6 +4,7 @@
 mod transient;
 
 use crate::checkpoint::{CheckpointError, StorageError, StrategyError};
+use crate::deadletter::ErrorPolicyError;
 use crate::model::HandlerError;
 use crate::store::StoreError;
 use crate::Position;
@@ -29,6 +30,16 @@ pub enum Error {
         /// What is wrong with the strategy.
         #[source]
         source: StrategyError,
+    },
+    /// An error policy given to [`Configure::on_error`](crate::Configure::on_error) (or a
+    /// hand-written [`EventModel::ON_ERROR`](crate::EventModel::ON_ERROR)) does not parse.
+    #[error("invalid error policy `{}` for model `{model}`: {source}", source.text())]
+    InvalidErrorPolicy {
+        /// The model.
+        model: &'static str,
+        /// What is wrong with the policy.
+        #[source]
+        source: ErrorPolicyError,
     },
     /// A model whose projection commits its checkpoints itself is registered with a storage
     /// somewhere else, where it would never find them; it does not start.
@@ -172,6 +183,7 @@ impl Error {
             Error::Store { source, .. } => source.is_transient(),
             Error::UnknownStorage { .. }
             | Error::InvalidStrategy { .. }
+            | Error::InvalidErrorPolicy { .. }
             | Error::StorageMismatch { .. }
             | Error::DuplicateEventName { .. }
             | Error::NotCheckpointed { .. }

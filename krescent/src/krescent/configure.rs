@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use super::{Krescent, Override};
 use crate::checkpoint::Strategy;
+use crate::deadletter::ErrorPolicy;
 use crate::fleet::LeaseConfig;
 use crate::model::EventModel;
 use crate::store::EventStore;
@@ -98,6 +99,21 @@ impl<'a, S, M: EventModel> Configure<'a, S, M> {
     pub fn storage(self, name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         self.update(|o| o.storage = Some(name))
+    }
+
+    /// Handles `M`'s failing events as `policy` says instead of as its
+    /// `#[model(on_error = "...")]` does; parsed by the same grammar: `stop`, `retry(N)`,
+    /// `park`, `park(unordered)`, `retry(N) | park`. See [`crate::deadletter`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidErrorPolicy`] naming the mistake; [`Error::NotCheckpointed`] when `M`
+    /// has no `#[checkpoint]` attribute.
+    pub fn on_error(self, policy: &str) -> Result<Self, Error> {
+        let policy = ErrorPolicy::parse(policy).map_err(|source| Error::InvalidErrorPolicy {
+            model: M::NAME,
+            source,
+        })?;
+        self.update(|o| o.on_error = Some(policy))
     }
 
     /// Makes `M` exclusive: [`Krescent::stream`] runs it only while it holds its lease, as it

@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 use crate::checkpoint::{
     CheckpointStorage, CheckpointTrigger, InMemoryCheckpointStorage, Strategy,
 };
+use crate::deadletter::{ErrorPolicy, ParkedEvent};
 use crate::fleet::LeaseConfig;
 use crate::fleet::Segment;
 use crate::model::{EventModel, Origin};
@@ -54,6 +55,8 @@ pub(crate) struct Override {
     pub(crate) exclusive: bool,
     /// The lease's timing, when not the default.
     pub(crate) lease: Option<LeaseConfig>,
+    /// What a handler's failure does, when not the attribute's `on_error`.
+    pub(crate) on_error: Option<ErrorPolicy>,
 }
 
 impl<S> Clone for Krescent<S> {
@@ -185,6 +188,10 @@ impl<S: EventStore> Krescent<S> {
             until,
             policy,
             trigger: CheckpointTrigger::default(),
+            on_error: changed
+                .and_then(|o| o.on_error)
+                .map_or_else(|| ErrorPolicy::parse(M::ON_ERROR), Ok),
+            retry_parked: false,
         }
     }
 
@@ -309,6 +316,93 @@ impl<S: EventStore> Krescent<S> {
         attempts: watch::Sender<Attempts>,
     ) -> Running<M> {
         run::spawn(self.plan::<M>(Until::Stopped, policy), models, attempts)
+    }
+
+    /// Handles the parked events of `M` again, once its handler is fixed, and catches up:
+    /// restores `model` from its checkpoint, handles each parked event in position order
+    /// (one stream's events in their order) before reading anything else, then replays the
+    /// events after the checkpoint, like [`catch_up`](Self::catch_up). An event that
+    /// succeeds is applied and removed from the parked set — for a
+    /// [`PostgresProjection`](crate::projection::PostgresProjection), in one transaction with
+    /// a checkpoint, so exactly once even across a crash; for other models the checkpoint is
+    /// written before the parked set changes (a crash in between handles it again on the next
+    /// retry). One that fails again stays parked with one more attempt, and so do the later
+    /// parked events of its stream.
+    ///
+    /// Run it while no other instance runs the model (stop it first): the running model
+    /// holds its own parked set and state. See [`crate::deadletter`].
+    pub async fn retry_parked<M: EventModel>(&self, model: M) -> Result<CaughtUp<M>, Error> {
+        let span = tracing::info_span!("retry_parked", model = M::NAME);
+        let mut plan = self.plan::<M>(Until::Head, RestartPolicy::never());
+        plan.retry_parked = true;
+        run::catch_up(plan, model).instrument(span).await
+    }
+
+    /// The events `M` parked, in position order (for a model split in segments, those of
+    /// this clone's segment, or of every segment).
+    pub async fn parked<M: EventModel>(&self) -> Result<Vec<ParkedEvent>, Error> {
+        let Some(checkpointing) = self.checkpointing_of::<M>()? else {
+            return Ok(Vec::new());
+        };
+        let mut parked = Vec::new();
+        for namespace in self.namespaces_of::<M>(&checkpointing) {
+            parked.extend(
+                checkpointing
+                    .storage
+                    .parked(&namespace)
+                    .await
+                    .map_err(|source| Error::Storage { namespace, source })?,
+            );
+        }
+        parked.sort_by_key(|e| e.position);
+        Ok(parked)
+    }
+
+    /// Drops parked events of `M` for good: those at `positions`, or all of them when `None`;
+    /// how many there were. The model never applies them. Stop the model first: a running
+    /// model keeps parking the later events of a stream whose parked events it knows.
+    pub async fn drop_parked<M: EventModel>(
+        &self,
+        positions: Option<&[crate::Position]>,
+    ) -> Result<u64, Error> {
+        let Some(checkpointing) = self.checkpointing_of::<M>()? else {
+            return Ok(0);
+        };
+        let mut dropped = 0;
+        for namespace in self.namespaces_of::<M>(&checkpointing) {
+            let storage = &checkpointing.storage;
+            let positions: Vec<crate::Position> = if let Some(positions) = positions {
+                positions.to_vec()
+            } else {
+                storage
+                    .parked(&namespace)
+                    .await
+                    .map_err(|source| Error::Storage {
+                        namespace: namespace.clone(),
+                        source,
+                    })?
+                    .iter()
+                    .map(|e| e.position)
+                    .collect()
+            };
+            dropped += storage
+                .unpark(&namespace, &positions)
+                .await
+                .map_err(|source| Error::Storage { namespace, source })?;
+        }
+        Ok(dropped)
+    }
+
+    /// The namespaces of `M` in this clone's scope: its name, its segment's, or every
+    /// segment's.
+    fn namespaces_of<M: EventModel>(&self, checkpointing: &Checkpointing) -> Vec<String> {
+        if self.segment.is_none() && M::SEGMENTS > 1 {
+            Segment::all(M::SEGMENTS)
+                .map(|s| s.namespace(M::NAME))
+                .collect()
+        } else {
+            vec![checkpointing.namespace.to_string()]
+        }
     }
 
     /// Deletes the checkpoint of `M`, so that its next start replays the whole stream; whether

@@ -96,6 +96,7 @@ impl PostgresConfig {
             checkpoints: format!("{schema}.{checkpoints}"),
             migrations: format!("{schema}.\"{MIGRATIONS_TABLE}\""),
             leases: format!("{schema}.\"{LEASES_TABLE}\""),
+            parked: format!("{schema}.\"{PARKED_TABLE}\""),
             schema,
             listen: format!("LISTEN {channel}"),
             channel: self.notify_channel.clone(),
@@ -121,6 +122,9 @@ pub(crate) struct Names {
     pub(crate) migrations: String,
     /// `"schema"."krescent_leases"`: the leases of the models checkpointing in this schema.
     pub(crate) leases: String,
+    /// `"schema"."krescent_parked"`: the events parked by the models checkpointing in this
+    /// schema ([`crate::deadletter`]).
+    pub(crate) parked: String,
     /// `LISTEN "channel"`.
     pub(crate) listen: String,
     /// The channel, as `pg_notify` takes it.
@@ -143,6 +147,9 @@ const MIGRATIONS_TABLE: &str = "krescent_schema_migrations";
 /// The table of the leases of the models that checkpoint in a schema (see [`crate::fleet`]).
 pub(crate) const LEASES_TABLE: &str = "krescent_leases";
 
+/// The table of the events parked by the models that checkpoint in a schema.
+pub(crate) const PARKED_TABLE: &str = "krescent_parked";
+
 impl Names {
     /// Why `table` (in this schema) is taken: it is one of the store's or the storage's own
     /// tables; `None` when it is free.
@@ -155,6 +162,8 @@ impl Names {
             Some("it is the table `migrate()` records schema versions in")
         } else if table == LEASES_TABLE {
             Some("it is the table models' leases are kept in")
+        } else if table == PARKED_TABLE {
+            Some("it is the table models' parked events are kept in")
         } else {
             None
         }

@@ -121,6 +121,26 @@ impl Component {
                 "ALTER TABLE {checkpoints} ADD COLUMN checksum bigint
                      CHECK (checksum BETWEEN 0 AND 4294967295)",
                 checkpoints = names.checkpoints
+            ), format!(
+                // Step 6: the events models parked (`crate::deadletter`), one table per schema
+                // shared by its checkpoint tables, keyed by the checkpoints table, the
+                // namespace and the position. A new table: no existing row changes.
+                "CREATE TABLE IF NOT EXISTS {parked} (
+                     checkpoints text COLLATE \"C\" NOT NULL,
+                     namespace text COLLATE \"C\" NOT NULL,
+                     position numeric(20, 0) NOT NULL CHECK (position > 0),
+                     stream_id text NOT NULL,
+                     event_type text NOT NULL,
+                     error text NOT NULL,
+                     chain jsonb NOT NULL,
+                     attempts integer NOT NULL CHECK (attempts >= 0),
+                     parked_at timestamptz NOT NULL,
+                     behind numeric(20, 0),
+                     retry boolean NOT NULL DEFAULT false,
+                     PRIMARY KEY (checkpoints, namespace, position)
+                 );
+                 COMMENT ON TABLE {parked} IS 'krescent parked events: what a model did not apply, and why'",
+                parked = names.parked
             )],
         }
     }

@@ -10,12 +10,14 @@ use crate::checkpoint::{
     CheckpointBucket, CheckpointError, CheckpointSupport, CheckpointTransaction, CheckpointVersion,
     StorageError, StoredCheckpoint,
 };
+use crate::deadletter::ParkedEvent;
 use crate::fleet::{Fence, Segment};
 use crate::postgres::{
     check_fence, checkout, identifier, store_connection, transient_cause, DbFailure, FenceFailure,
     PoolRole,
 };
 use crate::store::StoreError;
+use crate::Position;
 
 mod segment;
 
@@ -106,6 +108,11 @@ pub struct PostgresProjection {
     shapes: BTreeMap<String, String>,
     /// The lease each commit must still hold (see [`crate::fleet`]).
     fence: Option<Fence>,
+    /// The open transaction has a `krescent_event` savepoint.
+    savepoint: bool,
+    /// An event began: its savepoint is set before its first write (pipelined with it by
+    /// [`execute`](Self::execute)), or not at all when it writes nothing.
+    savepoint_due: bool,
 }
 
 impl PostgresProjection {
@@ -121,6 +128,8 @@ impl PostgresProjection {
             open: false,
             shapes: BTreeMap::new(),
             fence: None,
+            savepoint: false,
+            savepoint_due: false,
         }
     }
 
@@ -181,6 +190,16 @@ impl PostgresProjection {
     /// # Errors
     /// When no connection can be had or `BEGIN` fails.
     pub async fn transaction(&mut self) -> Result<&ClientWrapper, ProjectionError> {
+        // The event's savepoint first: what the caller writes through the connection must be
+        // undoable alone.
+        if let Some(savepoint) = self.take_savepoint() {
+            self.open_client().await?.batch_execute(savepoint).await?;
+        }
+        self.open_client().await
+    }
+
+    /// The open transaction's connection, beginning a transaction if none is open.
+    async fn open_client(&mut self) -> Result<&ClientWrapper, ProjectionError> {
         let client = match self.client.take() {
             Some(client) => client,
             None => checkout(self.storage.transaction_pool(), PoolRole::Projections).await?,
@@ -196,6 +215,21 @@ impl PostgresProjection {
         Ok(&**self.client.insert(client))
     }
 
+    /// The statement that sets the event's savepoint, when one is due before the next write
+    /// (releasing the previous event's, so that one savepoint is kept at a time); counted as
+    /// set from now on.
+    fn take_savepoint(&mut self) -> Option<&'static str> {
+        if !std::mem::take(&mut self.savepoint_due) {
+            return None;
+        }
+        let released = std::mem::replace(&mut self.savepoint, true);
+        Some(if released {
+            "RELEASE SAVEPOINT krescent_event; SAVEPOINT krescent_event"
+        } else {
+            "SAVEPOINT krescent_event"
+        })
+    }
+
     /// Runs `sql` with `params` in the open transaction (beginning one if needed), as a
     /// statement prepared once per connection; the number of rows it changed.
     ///
@@ -206,9 +240,21 @@ impl PostgresProjection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, ProjectionError> {
-        let client = self.transaction().await?;
+        let savepoint = self.take_savepoint();
+        let client = self.open_client().await?;
         let statement = client.prepare_cached(sql).await?;
-        Ok(client.execute(&statement, params).await?)
+        match savepoint {
+            // Pipelined: the savepoint and the statement share one round trip.
+            Some(savepoint) => {
+                let (set, executed) = tokio::join!(
+                    client.batch_execute(savepoint),
+                    client.execute(&statement, params)
+                );
+                set?;
+                Ok(executed?)
+            }
+            None => Ok(client.execute(&statement, params).await?),
+        }
     }
 
     /// Deletes the model completely: drops its tables and deletes its checkpoint (of
@@ -371,7 +417,7 @@ impl PostgresProjection {
     }
 
     async fn open_transaction(&mut self) -> Result<(), StorageError> {
-        self.transaction()
+        self.open_client()
             .await
             .map(drop)
             .map_err(|e| StorageError::Database(Box::new(e)))
@@ -385,6 +431,24 @@ impl PostgresProjection {
             drop(Object::take(client));
         }
         self.open = false;
+        self.savepoint = false;
+        self.savepoint_due = false;
+    }
+
+    /// Runs `sql` in the open transaction; a failure discards the connection (the server
+    /// rolls the transaction back).
+    async fn run_in_transaction(&mut self, sql: &str, doing: &str) -> Result<(), StorageError> {
+        let result = match self.client.as_deref() {
+            Some(client) => client.batch_execute(sql).await.map_err(DbFailure::from),
+            None => Err(DbFailure::Other(
+                "the projection has no connection".to_owned(),
+            )),
+        };
+        if let Err(e) = result {
+            self.discard();
+            return Err(e.storage(doing));
+        }
+        Ok(())
     }
 }
 
@@ -487,8 +551,10 @@ impl CheckpointTransaction for PostgresProjection {
         };
         let run = async {
             self.recreate_tables(client).await?;
-            // The old checkpoint goes in the same transaction: it described the dropped rows.
+            // The old checkpoint goes in the same transaction: it described the dropped rows;
+            // so do the events it parked, which the rebuild meets (and parks) again.
             self.storage.delete_in(client, namespace).await?;
+            self.storage.unpark_in(client, namespace, None).await?;
             self.read_shapes(client).await
         };
         let result = run.await;
@@ -548,6 +614,8 @@ impl CheckpointTransaction for PostgresProjection {
             Ok(()) => {
                 // Back to the pool: a projection holds a connection only inside a transaction.
                 self.open = false;
+                self.savepoint = false;
+                self.savepoint_due = false;
                 self.client = None;
                 Ok(())
             }
@@ -579,6 +647,67 @@ impl CheckpointTransaction for PostgresProjection {
         self.fence = fence;
     }
 
+    /// No round trip of its own: the event's savepoint is set with its first write
+    /// ([`execute`](Self::execute) pipelines the two), and not at all when it writes nothing.
+    async fn begin_event(&mut self) -> Result<bool, StorageError> {
+        self.open_transaction().await?;
+        self.savepoint_due = true;
+        Ok(true)
+    }
+
+    async fn undo_event(&mut self) -> Result<(), StorageError> {
+        if std::mem::take(&mut self.savepoint_due) {
+            // The event wrote nothing: nothing to take back.
+            return Ok(());
+        }
+        if !self.open || !self.savepoint {
+            return Err(StorageError::Database(
+                "no event's writes to take back: no savepoint in the open transaction".into(),
+            ));
+        }
+        self.run_in_transaction(
+            "ROLLBACK TO SAVEPOINT krescent_event",
+            "take back the failed event's writes",
+        )
+        .await
+    }
+
+    async fn park(&mut self, parked: &[ParkedEvent]) -> Result<(), StorageError> {
+        self.open_transaction().await?;
+        let Some(client) = self.client.as_deref() else {
+            return Err(StorageError::Database(
+                "the projection has no connection".into(),
+            ));
+        };
+        let result = self.storage.park_in(client, parked).await;
+        if let Err(e) = result {
+            self.discard();
+            return Err(e.storage("park events in the projection's transaction"));
+        }
+        Ok(())
+    }
+
+    async fn unpark(
+        &mut self,
+        namespace: &str,
+        positions: Option<&[Position]>,
+    ) -> Result<(), StorageError> {
+        self.open_transaction().await?;
+        let Some(client) = self.client.as_deref() else {
+            return Err(StorageError::Database(
+                "the projection has no connection".into(),
+            ));
+        };
+        let result = self.storage.unpark_in(client, namespace, positions).await;
+        if let Err(e) = result {
+            self.discard();
+            return Err(e.storage(format!(
+                "remove parked events of `{namespace}` in the projection's transaction"
+            )));
+        }
+        Ok(())
+    }
+
     async fn rollback(&mut self) -> Result<(), StorageError> {
         if !self.open {
             return Ok(());
@@ -595,6 +724,8 @@ impl CheckpointTransaction for PostgresProjection {
             self.discard();
         }
         self.open = false;
+        self.savepoint = false;
+        self.savepoint_due = false;
         // Back to the pool: a projection holds a connection only inside a transaction.
         self.client = None;
         result

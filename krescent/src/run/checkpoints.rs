@@ -34,6 +34,8 @@ const SNAPSHOT_SPACING: u32 = 39;
 
 /// The checkpointing part of a runner: strategy state, writer and the pending flag.
 pub(super) struct Checkpoints {
+    /// The storage, for what the writer does not write (parked events).
+    pub(super) storage: std::sync::Arc<dyn crate::checkpoint::CheckpointStorage>,
     pub(super) state: StrategyState,
     pub(super) writer: Writer,
     pub(super) version: CheckpointVersion,
@@ -174,7 +176,7 @@ impl<M: EventModel> Runner<M> {
 }
 
 /// The model's state as a checkpoint of `namespace` at `position`, in the storage's format.
-fn snapshot<M: EventModel>(
+pub(super) fn snapshot<M: EventModel>(
     model: &M,
     c: &Checkpoints,
     namespace: &str,

@@ -35,6 +35,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
     // The batch after the one applied last, read while it was applied.
     let mut read_ahead = None;
     control.set_status(Status::Running);
+    control.set_parked(runner.parked());
     while !*control.stop.borrow() {
         let read = match read_ahead.take() {
             Some((after, read)) if after == runner.position => read,
@@ -74,6 +75,7 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
                 read_ahead = Some((after, next));
             }
             control.progress.send_replace(runner.position);
+            control.set_parked(runner.parked());
             continue;
         }
         runner.caught_up();
@@ -88,7 +90,13 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
         if runner.due_when_idle() {
             runner.checkpoint_idle().await?;
         }
-        let deadline = runner.idle_deadline();
+        // Parked events an operator dropped or asked to retry meanwhile.
+        runner.poll_parked(store).await?;
+        control.set_parked(runner.parked());
+        let deadline = [runner.idle_deadline(), runner.parked_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
         let position = runner.position;
         let wake = async {
             tokio::select! {

@@ -12,11 +12,14 @@
 //!       (again per policy)   ├─ Runner::begin              checks, a reset without a checkpoint
 //!                            ├─ follow::follow             replay to the head, then follow appends
 //!                            │    └─ Runner::apply ─ checkpoints.rs: snapshot → writer, or commit
+//!                            │         └─ dead_letters.rs: a failed event retried or parked, as
+//!                            │            the model's error policy says (`crate::deadletter`)
 //!                            └─ Runner::finish             the final checkpoint, every write done
 //!     ─ lease::settle ───────── released, or the run was fenced
 //! ```
 
 mod checkpoints;
+mod dead_letters;
 mod follow;
 mod lease;
 mod plan;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::policy::RestartPolicy;
 use crate::checkpoint::{CheckpointStorage, CheckpointTrigger, Strategy};
+use crate::deadletter::{ErrorPolicy, ErrorPolicyError};
 use crate::fleet::LeaseConfig;
 use crate::fleet::Segment;
 use crate::model::Origin;
@@ -69,6 +70,12 @@ pub(crate) struct Plan<S> {
     pub(crate) policy: RestartPolicy,
     /// Asks for a checkpoint (`manual`); shared with the `Running` handle.
     pub(crate) trigger: CheckpointTrigger,
+    /// What a handler's failure does (the attribute's policy, or its override); a policy that
+    /// does not parse fails every start.
+    pub(crate) on_error: Result<ErrorPolicy, ErrorPolicyError>,
+    /// Handle the model's parked events again when it starts, before any other event
+    /// ([`Krescent::retry_parked`](crate::Krescent::retry_parked)).
+    pub(crate) retry_parked: bool,
 }
 
 /// A model that has processed every event the store held.

@@ -55,14 +55,33 @@ pub(crate) enum Models<M> {
 }
 
 /// Restores `model` as `plan` says and makes it a runner, handing the model back on failure
-/// (for a restart in place).
-async fn start<S, M: EventModel>(plan: &Plan<S>, model: M) -> Result<Runner<M>, (Error, M)> {
+/// (for a restart in place); handles its parked events again first when the plan says so.
+async fn start<S: EventStore, M: EventModel>(
+    plan: &Plan<S>,
+    model: M,
+) -> Result<Runner<M>, (Error, M)> {
     let checkpointing = match &plan.checkpointing {
         Ok(checkpointing) => checkpointing.clone(),
         Err(unregistered) => return Err((unregistered.error(M::NAME), model)),
     };
+    let on_error = match &plan.on_error {
+        Ok(policy) => *policy,
+        Err(source) => {
+            let error = Error::InvalidErrorPolicy {
+                model: M::NAME,
+                source: source.clone(),
+            };
+            return Err((error, model));
+        }
+    };
     let start = restore_keeping(model, checkpointing.as_ref()).await?;
-    Runner::begin(start, checkpointing, plan.trigger.clone()).await
+    let mut runner = Runner::begin(start, checkpointing, plan.trigger.clone(), on_error).await?;
+    if plan.retry_parked || runner.parking.requested() {
+        if let Err(error) = runner.retry_parked(&*plan.store, !plan.retry_parked).await {
+            return Err((error, runner.into_caught_up().model));
+        }
+    }
+    Ok(runner)
 }
 
 /// Runs the models `models` gives until they end as `plan.until` says: restores one, replays

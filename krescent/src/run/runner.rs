@@ -10,6 +10,7 @@ use super::plan::{CaughtUp, Checkpointing};
 use super::restore::Start;
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{CheckpointTrigger, CheckpointVersion, SnapshotBudget, StrategyState};
+use crate::deadletter::{ErrorPolicy, ParkedEvent, Parking};
 use crate::event::RecordedEvent;
 use crate::fleet::Segment;
 use crate::metrics::ModelMetrics;
@@ -35,6 +36,13 @@ pub(crate) struct Runner<M> {
     pub(super) uncommitted: bool,
     /// The model's metrics, recorded once per batch.
     pub(super) metrics: ModelMetrics,
+    /// Its error policy and parked events (`dead_letters.rs`).
+    pub(super) parking: Parking,
+    /// Events parked since the last flush, for a model that is not transactional: written to
+    /// the storage before the next checkpoint is taken.
+    pub(super) unflushed: Vec<ParkedEvent>,
+    /// When the parked set was last read from the storage.
+    pub(super) parked_polled: std::time::Instant,
 }
 
 impl<M: EventModel> Runner<M> {
@@ -45,6 +53,7 @@ impl<M: EventModel> Runner<M> {
         start: Start<M>,
         checkpointing: Option<Checkpointing>,
         trigger: CheckpointTrigger,
+        on_error: ErrorPolicy,
     ) -> Result<Self, (Error, M)> {
         let Start {
             mut model,
@@ -56,14 +65,42 @@ impl<M: EventModel> Runner<M> {
                 Ok(uncommitted) => uncommitted,
                 Err(e) => return Err((e, model)),
             };
-        Ok(Self::started(
-            model,
-            origin,
-            position,
-            checkpointing,
-            trigger,
-            uncommitted,
-        ))
+        let parked =
+            match Self::load_parked(&mut model, &origin, checkpointing.as_ref(), on_error).await {
+                Ok(parked) => parked,
+                Err(e) => return Err((e, model)),
+            };
+        let mut runner =
+            Self::started(model, origin, position, checkpointing, trigger, uncommitted);
+        runner.parking = Parking::new(on_error, parked);
+        runner.metrics.parked(runner.parking.len(), 0);
+        Ok(runner)
+    }
+
+    /// The events the model parked before, as its storage keeps them; none for a
+    /// transactional model that starts over (its reset deletes them in the open transaction).
+    async fn load_parked(
+        model: &mut M,
+        origin: &Origin,
+        checkpointing: Option<&Checkpointing>,
+        on_error: ErrorPolicy,
+    ) -> Result<Vec<ParkedEvent>, Error> {
+        let Some(c) = checkpointing else {
+            if on_error.parks() {
+                return Err(Error::InvalidCheckpoint {
+                    namespace: M::NAME.to_owned(),
+                    reason: format!("the error policy `{on_error}` parks events where the checkpoints are; the model needs `#[checkpoint(strategy = ..., storage = ...)]`"),
+                });
+            }
+            return Ok(Vec::new());
+        };
+        if model.transaction().is_some() && origin.restored_from().is_none() {
+            return Ok(Vec::new());
+        }
+        c.storage
+            .parked(&c.namespace)
+            .await
+            .map_err(|e| Error::storage(&c.namespace, e))
     }
 
     /// What [`begin`](Self::begin) checks and does before the runner exists; whether it left
@@ -131,6 +168,7 @@ impl<M: EventModel> Runner<M> {
             .map_or_else(|| M::NAME.into(), |c| c.namespace.clone());
         let segment = checkpointing.as_ref().and_then(|c| c.segment);
         let checkpoints = checkpointing.map(|c| Checkpoints {
+            storage: c.storage.clone(),
             state: StrategyState::new(&c.strategy, trigger),
             format: c.storage.format(),
             writer: Writer::new(c.storage),
@@ -151,6 +189,9 @@ impl<M: EventModel> Runner<M> {
             checkpoints,
             transactional,
             uncommitted,
+            parking: Parking::default(),
+            unflushed: Vec::new(),
+            parked_polled: std::time::Instant::now(),
         }
     }
 
@@ -163,18 +204,34 @@ impl<M: EventModel> Runner<M> {
                 .segment
                 .is_none_or(|segment| segment.contains(&event.meta.stream_id));
             if ours && M::handles(event.event_type()) {
-                if let Err(source) = self.model.handle(event).await {
-                    self.metrics
-                        .processed(self.processed - processed_before, self.processed);
-                    self.abandon().await;
-                    return Err(Error::Handler {
-                        model: M::NAME,
-                        event_type: event.event_type().to_owned(),
-                        position: event.position(),
-                        source,
-                    });
+                // Without parked events and with `stop`, the handler alone (the hot path).
+                let handled = if self.parking.is_plain() {
+                    match self.model.handle(event).await {
+                        Ok(()) => Ok(true),
+                        Err(source) => {
+                            self.abandon().await;
+                            Err(Error::Handler {
+                                model: M::NAME,
+                                event_type: event.event_type().to_owned(),
+                                position: event.position(),
+                                source,
+                            })
+                        }
+                    }
+                } else {
+                    self.handle(event).await
+                };
+                let applied = match handled {
+                    Ok(applied) => applied,
+                    Err(error) => {
+                        self.metrics
+                            .processed(self.processed - processed_before, self.processed);
+                        return Err(error);
+                    }
+                };
+                if applied {
+                    self.processed += 1;
                 }
-                self.processed += 1;
                 self.position = event.position();
                 self.uncommitted = self.transactional;
                 let Some(c) = &mut self.checkpoints else {
@@ -188,12 +245,15 @@ impl<M: EventModel> Runner<M> {
                 } else if c.pending && !c.writer.is_busy() && !c.budget.waits(self.processed) {
                     // Checked here first: while the writer or the budget holds a pending
                     // checkpoint back, every event passes this way.
+                    self.flush_parked().await?;
                     self.checkpoint_if_free().await?;
                 }
             } else {
                 self.position = event.position();
             }
         }
+        // Parked events are durable before any checkpoint covers them.
+        self.flush_parked().await?;
         // Once per batch, not per event.
         self.metrics
             .processed(self.processed - processed_before, self.processed);
@@ -220,7 +280,7 @@ impl<M: EventModel> Runner<M> {
 
     /// After a handler failed: rolls back the open transaction, or waits for the write in
     /// flight, so that the next run finds the last checkpoint in place.
-    async fn abandon(&mut self) {
+    pub(super) async fn abandon(&mut self) {
         let result = match self.model.transaction() {
             Some(transaction) => transaction.rollback().await,
             None => match &mut self.checkpoints {

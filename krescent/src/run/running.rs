@@ -43,6 +43,7 @@ pub struct Running<M> {
     stop: watch::Sender<bool>,
     progress: watch::Receiver<Position>,
     status: watch::Receiver<Status>,
+    parked: watch::Receiver<usize>,
     trigger: CheckpointTrigger,
     task: JoinHandle<Result<CaughtUp<M>, Error>>,
 }
@@ -52,6 +53,8 @@ pub(crate) struct Control {
     pub(super) stop: watch::Receiver<bool>,
     pub(super) progress: watch::Sender<Position>,
     status: watch::Sender<Status>,
+    /// How many events the model has parked.
+    parked: watch::Sender<usize>,
 }
 
 impl Control {
@@ -63,6 +66,7 @@ impl Control {
             stop: stop_rx,
             progress: watch::channel(Position::START).0,
             status: watch::channel(Status::Starting).0,
+            parked: watch::channel(0).0,
         };
         (stop, control)
     }
@@ -78,6 +82,15 @@ impl Control {
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;
+            changed
+        });
+    }
+
+    /// Publishes how many events the model has parked.
+    pub(crate) fn set_parked(&self, parked: usize) {
+        self.parked.send_if_modified(|current| {
+            let changed = *current != parked;
+            *current = parked;
             changed
         });
     }
@@ -101,12 +114,14 @@ impl<M: EventModel> Running<M> {
         let (stop, stop_rx) = watch::channel(false);
         let (progress_tx, progress) = watch::channel(Position::START);
         let (status_tx, status) = watch::channel(Status::Starting);
+        let (parked_tx, parked) = watch::channel(0);
         let span = tracing::info_span!("stream", model = M::NAME);
         let ended = status_tx.clone();
         let run = run(Control {
             stop: stop_rx,
             progress: progress_tx,
             status: status_tx,
+            parked: parked_tx,
         });
         let task = tokio::spawn(
             async move {
@@ -120,6 +135,7 @@ impl<M: EventModel> Running<M> {
             stop,
             progress,
             status,
+            parked,
             trigger,
             task,
         }
@@ -135,6 +151,13 @@ impl<M: EventModel> Running<M> {
     #[must_use]
     pub fn status_changes(&self) -> watch::Receiver<Status> {
         self.status.clone()
+    }
+
+    /// How many events the model has parked ([`crate::deadletter`]), as it last knew when
+    /// it read a batch or its parked set; 0 for a model that parks nothing.
+    #[must_use]
+    pub fn parked(&self) -> usize {
+        *self.parked.borrow()
     }
 
     /// A receiver of the model's position, for the supervisor.

@@ -97,6 +97,10 @@ struct Entry {
 trait Supervised: Send + Sync {
     fn status(&self) -> Status;
     fn position(&self) -> Position;
+    /// How many events it has parked; a split model's segments do not say (0).
+    fn parked(&self) -> usize {
+        0
+    }
     /// Waits until the model has processed every event up to `position`, or ended.
     fn reached(&self, position: Position) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     fn shutdown(
@@ -111,6 +115,10 @@ impl<M: EventModel> Supervised for Running<M> {
 
     fn position(&self) -> Position {
         Running::position(self)
+    }
+
+    fn parked(&self) -> usize {
+        Running::parked(self)
     }
 
     fn reached(&self, position: Position) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -190,7 +198,10 @@ impl<S> Supervisor<S> {
                     },
                     (Some(Setback::Failed { error }), _) => ModelState::Failed { error },
                     (None, Status::Standby) => ModelState::Standby,
-                    (None, Status::Running) => ModelState::Running,
+                    (None, Status::Running) => match entry.running.parked() {
+                        0 => ModelState::Running,
+                        parked => ModelState::Parking { parked },
+                    },
                     (None, Status::Stopped) => ModelState::Stopped,
                     (None, _) => ModelState::Starting,
                 };

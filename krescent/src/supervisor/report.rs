@@ -15,6 +15,12 @@ pub enum ModelState {
     Standby,
     /// Processing events: catching up or following live appends.
     Running,
+    /// Processing events, with `parked` events parked ([`crate::deadletter`]): a handler
+    /// failed on them and the model went on; `krescent parked list` shows them.
+    Parking {
+        /// How many events are parked.
+        parked: usize,
+    },
     /// Failed transiently; restarts from its last checkpoint at `next_attempt`.
     BackingOff {
         /// The consecutive failure this is (1 for the first).
@@ -41,6 +47,7 @@ impl fmt::Display for ModelState {
             ModelState::Starting => f.write_str("starting"),
             ModelState::Standby => f.write_str("standby"),
             ModelState::Running => f.write_str("running"),
+            ModelState::Parking { parked } => write!(f, "running, {parked} events parked"),
             ModelState::BackingOff { attempt, error, .. } => {
                 write!(f, "backing off (failure {attempt}: {error})")
             }

@@ -8,14 +8,21 @@ use std::sync::Arc;
 
 use super::{checkpoint_only, replaces, CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::Integrity;
+use crate::deadletter::ParkedEvent;
+use crate::Position;
 
 const SUFFIX: &str = ".checkpoint.json";
+/// The file of a namespace's parked events, beside its checkpoint.
+const PARKED_SUFFIX: &str = ".parked.json";
 
 /// Checkpoints as files in a directory: `<namespace>.checkpoint.json`, each replaced atomically
 /// (written to a temporary file, synced, renamed over the old one, directory synced), so a crash
 /// leaves either the old or the new checkpoint, never a torn one. Each file is one JSON document
 /// ([`StoredCheckpoint::encode`]) with the checkpoint's checksum, checked when it is loaded; files
 /// of krescent 0.1 (format 1, without one) are read as before.
+///
+/// A namespace's parked events ([`crate::deadletter`]) are one JSON array in
+/// `<namespace>.parked.json`, replaced atomically the same way.
 #[derive(Debug, Clone)]
 pub struct FileCheckpointStorage {
     dir: Arc<Path>,
@@ -49,6 +56,16 @@ impl FileCheckpointStorage {
     /// The file of `namespace`: the name with every byte outside `[A-Za-z0-9._-]` percent-encoded.
     #[must_use]
     pub fn path_of(&self, namespace: &str) -> PathBuf {
+        self.file_of(namespace, SUFFIX)
+    }
+
+    /// The file of `namespace`'s parked events, named like [`path_of`](Self::path_of)'s.
+    #[must_use]
+    pub fn parked_path_of(&self, namespace: &str) -> PathBuf {
+        self.file_of(namespace, PARKED_SUFFIX)
+    }
+
+    fn file_of(&self, namespace: &str, suffix: &str) -> PathBuf {
         let mut name = String::with_capacity(namespace.len() + SUFFIX.len());
         for byte in namespace.bytes() {
             if byte.is_ascii_alphanumeric()
@@ -59,7 +76,7 @@ impl FileCheckpointStorage {
                 let _ = write!(name, "%{byte:02X}");
             }
         }
-        name.push_str(SUFFIX);
+        name.push_str(suffix);
         self.dir.join(name)
     }
 
@@ -100,7 +117,39 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 }
 
 fn namespace_of(file_name: &str) -> Option<String> {
-    let encoded = file_name.strip_suffix(SUFFIX)?;
+    namespace_with(file_name, SUFFIX)
+}
+
+/// The parked events in `path`, in position order; none when it does not exist.
+fn read_parked(path: &Path) -> Result<Vec<ParkedEvent>, StorageError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+            origin: format!("file `{}`", path.display()),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
+/// Replaces the parked events in `path` with `events` (the file goes when there are none).
+fn write_parked(path: &Path, events: &[ParkedEvent]) -> Result<(), StorageError> {
+    if events.is_empty() {
+        return match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(path)(e)),
+        };
+    }
+    let bytes = serde_json::to_vec_pretty(events).map_err(|e| StorageError::Encode {
+        namespace: events[0].namespace.clone(),
+        reason: e.to_string(),
+    })?;
+    write_atomically(path, &bytes)
+}
+
+fn namespace_with(file_name: &str, suffix: &str) -> Option<String> {
+    let encoded = file_name.strip_suffix(suffix)?;
     let mut bytes = Vec::with_capacity(encoded.len());
     let mut rest = encoded.as_bytes();
     while let Some((&first, tail)) = rest.split_first() {
@@ -166,6 +215,83 @@ impl CheckpointStorage for FileCheckpointStorage {
             for entry in fs::read_dir(dir).map_err(io_error(dir))? {
                 let entry = entry.map_err(io_error(dir))?;
                 if let Some(namespace) = entry.file_name().to_str().and_then(namespace_of) {
+                    namespaces.push(namespace);
+                }
+            }
+            namespaces.sort();
+            Ok(namespaces)
+        })
+        .await
+    }
+
+    async fn park(&self, parked: &[ParkedEvent]) -> Result<(), StorageError> {
+        let mut by_namespace: std::collections::BTreeMap<String, Vec<ParkedEvent>> =
+            std::collections::BTreeMap::new();
+        for event in parked {
+            by_namespace
+                .entry(event.namespace.clone())
+                .or_default()
+                .push(event.clone());
+        }
+        let _guard = self.write_lock.lock().await;
+        for (namespace, events) in by_namespace {
+            let path = self.parked_path_of(&namespace);
+            self.blocking(move |_| {
+                let mut kept: std::collections::BTreeMap<Position, ParkedEvent> =
+                    read_parked(&path)?
+                        .into_iter()
+                        .map(|e| (e.position, e))
+                        .collect();
+                for event in events {
+                    kept.insert(event.position, event);
+                }
+                write_parked(&path, &kept.into_values().collect::<Vec<_>>())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn parked(&self, namespace: &str) -> Result<Vec<ParkedEvent>, StorageError> {
+        let path = self.parked_path_of(namespace);
+        self.blocking(move |_| {
+            let mut events = read_parked(&path)?;
+            events.sort_by_key(|e| e.position);
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn unpark(&self, namespace: &str, positions: &[Position]) -> Result<u64, StorageError> {
+        let path = self.parked_path_of(namespace);
+        let positions = positions.to_vec();
+        let _guard = self.write_lock.lock().await;
+        self.blocking(move |_| {
+            let events = read_parked(&path)?;
+            let before = events.len();
+            let kept: Vec<ParkedEvent> = events
+                .into_iter()
+                .filter(|e| !positions.contains(&e.position))
+                .collect();
+            let removed = before - kept.len();
+            if removed > 0 {
+                write_parked(&path, &kept)?;
+            }
+            Ok(removed as u64)
+        })
+        .await
+    }
+
+    async fn parked_namespaces(&self) -> Result<Vec<String>, StorageError> {
+        self.blocking(|dir| {
+            let mut namespaces = Vec::new();
+            for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+                let entry = entry.map_err(io_error(dir))?;
+                if let Some(namespace) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| namespace_with(name, PARKED_SUFFIX))
+                {
                     namespaces.push(namespace);
                 }
             }

@@ -5,6 +5,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{checkpoint_only, replaces, CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::Integrity;
+use crate::deadletter::ParkedEvent;
+use crate::Position;
 
 /// Checkpoints in memory: for tests and models whose state need not survive the process.
 /// Registered as `"memory"` in every [`Krescent`](crate::Krescent).
@@ -14,6 +16,8 @@ use crate::checkpoint::Integrity;
 #[derive(Debug, Default)]
 pub struct InMemoryCheckpointStorage {
     checkpoints: Mutex<BTreeMap<String, Entry>>,
+    /// The parked events, by namespace and position.
+    parked: Mutex<BTreeMap<String, BTreeMap<Position, ParkedEvent>>>,
 }
 
 /// A checkpoint and the checksum taken when it was stored.
@@ -87,6 +91,44 @@ impl CheckpointStorage for InMemoryCheckpointStorage {
     async fn clear(&self) -> Result<(), StorageError> {
         self.lock().clear();
         Ok(())
+    }
+
+    async fn park(&self, parked: &[ParkedEvent]) -> Result<(), StorageError> {
+        let mut kept = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        for event in parked {
+            kept.entry(event.namespace.clone())
+                .or_default()
+                .insert(event.position, event.clone());
+        }
+        Ok(())
+    }
+
+    async fn parked(&self, namespace: &str) -> Result<Vec<ParkedEvent>, StorageError> {
+        let kept = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(kept
+            .get(namespace)
+            .map(|events| events.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn unpark(&self, namespace: &str, positions: &[Position]) -> Result<u64, StorageError> {
+        let mut kept = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(events) = kept.get_mut(namespace) else {
+            return Ok(0);
+        };
+        let removed = positions
+            .iter()
+            .filter(|p| events.remove(p).is_some())
+            .count();
+        if events.is_empty() {
+            kept.remove(namespace);
+        }
+        Ok(removed as u64)
+    }
+
+    async fn parked_namespaces(&self) -> Result<Vec<String>, StorageError> {
+        let kept = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(kept.keys().cloned().collect())
     }
 }
 

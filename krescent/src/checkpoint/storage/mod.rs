@@ -19,6 +19,8 @@ pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 // cycle: `StoredCheckpoint` (`../stored.rs`) encodes and decodes with `StorageError`; both are
 // the checkpoint contract, of which this file is the storage's part.
 use super::{CheckpointFormat, Integrity, StoredCheckpoint};
+use crate::deadletter::ParkedEvent;
+use crate::Position;
 
 /// Keeps one checkpoint per namespace.
 ///
@@ -131,6 +133,36 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
     fn fenced(&self, fence: &crate::fleet::Fence) -> Option<std::sync::Arc<dyn CheckpointStorage>> {
         let _ = fence;
         None
+    }
+
+    /// Keeps `parked`, the events models parked ([`crate::deadletter`]), each under its
+    /// namespace and position, replacing one kept at the same place. The default refuses (a
+    /// storage of your own keeps no parked events unless it says how): a model whose error
+    /// policy parks then stops with this error when it would park.
+    async fn park(&self, parked: &[ParkedEvent]) -> Result<(), StorageError> {
+        if parked.is_empty() {
+            return Ok(());
+        }
+        Err(StorageError::Database(
+            format!("{self:?} keeps no parked events").into(),
+        ))
+    }
+
+    /// The events parked under `namespace`, in position order; by default none.
+    async fn parked(&self, namespace: &str) -> Result<Vec<ParkedEvent>, StorageError> {
+        let _ = namespace;
+        Ok(Vec::new())
+    }
+
+    /// Removes the parked events of `namespace` at `positions`; how many there were.
+    async fn unpark(&self, namespace: &str, positions: &[Position]) -> Result<u64, StorageError> {
+        let _ = (namespace, positions);
+        Ok(0)
+    }
+
+    /// The namespaces that have parked events, sorted; by default none.
+    async fn parked_namespaces(&self) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
     }
 
     /// Deletes every checkpoint.

@@ -14,6 +14,7 @@ use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion, Integrity,
 };
+use crate::deadletter::ParkedEvent;
 use crate::fleet::{Fence, LeaseHolder, Leases};
 use crate::postgres::{
     check_fence, migrate, store_connection, Component, DbFailure, FenceFailure, Names,
@@ -317,6 +318,130 @@ impl PostgresCheckpointStorage {
         Ok(client.execute(&statement, &[&namespace]).await?)
     }
 
+    /// Upserts `parked` through `client`, in whatever transaction it has open.
+    pub(crate) async fn park_in(
+        &self,
+        client: &ClientWrapper,
+        parked: &[ParkedEvent],
+    ) -> Result<(), DbFailure> {
+        if parked.is_empty() {
+            return Ok(());
+        }
+        let statement = client
+            .prepare_cached(&format!(
+                "INSERT INTO {} (checkpoints, namespace, position, stream_id, event_type, error, chain, attempts, parked_at, behind, retry)
+                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6, $7, $8, $9, $10::text::numeric, $11)
+                 ON CONFLICT (checkpoints, namespace, position) DO UPDATE
+                 SET stream_id = excluded.stream_id, event_type = excluded.event_type, error = excluded.error,
+                     chain = excluded.chain, attempts = excluded.attempts, parked_at = excluded.parked_at,
+                     behind = excluded.behind, retry = excluded.retry",
+                self.names.parked
+            ))
+            .await?;
+        for event in parked {
+            let attempts = i32::try_from(event.attempts).unwrap_or(i32::MAX);
+            let behind = event.behind.map(|p| p.to_string());
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &self.names.checkpoints_table_plain,
+                        &event.namespace,
+                        &event.position.to_string(),
+                        &event.stream_id,
+                        &event.event_type,
+                        &event.error,
+                        &Json(&event.chain),
+                        &attempts,
+                        &truncate_to_micros(event.parked_at),
+                        &behind,
+                        &event.retry,
+                    ],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the parked events of `namespace` at `positions` (all of them when `None`)
+    /// through `client`, in whatever transaction it has open.
+    pub(crate) async fn unpark_in(
+        &self,
+        client: &ClientWrapper,
+        namespace: &str,
+        positions: Option<&[Position]>,
+    ) -> Result<u64, DbFailure> {
+        let table = &self.names.parked;
+        let Some(positions) = positions else {
+            let statement = client
+                .prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE checkpoints = $1 AND namespace = $2"
+                ))
+                .await?;
+            return Ok(client
+                .execute(
+                    &statement,
+                    &[&self.names.checkpoints_table_plain, &namespace],
+                )
+                .await?);
+        };
+        let positions: Vec<String> = positions.iter().map(ToString::to_string).collect();
+        let statement = client
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE checkpoints = $1 AND namespace = $2 AND position = ANY($3::text[]::numeric[])"
+            ))
+            .await?;
+        Ok(client
+            .execute(
+                &statement,
+                &[&self.names.checkpoints_table_plain, &namespace, &positions],
+            )
+            .await?)
+    }
+
+    /// The parked events of `namespace`, in position order.
+    async fn try_parked(&self, namespace: &str) -> Result<Vec<ParkedEvent>, DbFailure> {
+        let client = store_connection(&self.pool).await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT position::text, stream_id, event_type, error, chain, attempts, parked_at, behind::text, retry
+                 FROM {} WHERE checkpoints = $1 AND namespace = $2 ORDER BY position",
+                self.names.parked
+            ))
+            .await?;
+        let rows = client
+            .query(
+                &statement,
+                &[&self.names.checkpoints_table_plain, &namespace],
+            )
+            .await?;
+        let origin = || format!("table `{}`, namespace `{namespace}`", self.names.parked);
+        let position = |text: &str| {
+            text.parse::<Position>()
+                .map_err(|e| DbFailure::Other(format!("{}: position `{text}`: {e}", origin())))
+        };
+        let mut parked = Vec::with_capacity(rows.len());
+        for row in rows {
+            let at: String = row.try_get(0)?;
+            let chain: Json<Vec<String>> = row.try_get(4)?;
+            let attempts: i32 = row.try_get(5)?;
+            let behind: Option<String> = row.try_get(7)?;
+            parked.push(ParkedEvent {
+                namespace: namespace.to_owned(),
+                position: position(&at)?,
+                stream_id: row.try_get(1)?,
+                event_type: row.try_get(2)?,
+                error: row.try_get(3)?,
+                chain: chain.0,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                parked_at: row.try_get::<_, SystemTime>(6)?,
+                behind: behind.as_deref().map(position).transpose()?,
+                retry: row.try_get(8)?,
+            });
+        }
+        Ok(parked)
+    }
+
     /// Where a namespace's row is, for error messages.
     fn origin(&self, namespace: &str) -> String {
         format!(
@@ -485,6 +610,69 @@ impl CheckpointStorage for PostgresCheckpointStorage {
             .await
             .map(drop)
             .map_err(|e| e.storage(format!("clear `{}`", self.names.checkpoints_plain)))
+    }
+
+    async fn park(&self, parked: &[ParkedEvent]) -> Result<(), StorageError> {
+        let run = async {
+            let client = store_connection(&self.pool).await?;
+            let result = async {
+                client.batch_execute("BEGIN").await?;
+                self.park_in(&client, parked).await?;
+                client.batch_execute("COMMIT").await?;
+                Ok::<_, DbFailure>(())
+            }
+            .await;
+            if result.is_err() {
+                // Inside a failed transaction: closed (the server rolls it back), not handed
+                // back to the pool.
+                drop(deadpool_postgres::Object::take(client));
+            }
+            result
+        };
+        run.await
+            .map_err(|e| e.storage(format!("park events in `{}`", self.names.parked)))
+    }
+
+    async fn parked(&self, namespace: &str) -> Result<Vec<ParkedEvent>, StorageError> {
+        self.try_parked(namespace).await.map_err(|e| {
+            e.storage(format!(
+                "read the parked events of `{namespace}` in `{}`",
+                self.names.parked
+            ))
+        })
+    }
+
+    async fn unpark(&self, namespace: &str, positions: &[Position]) -> Result<u64, StorageError> {
+        let run = async {
+            let client = store_connection(&self.pool).await?;
+            self.unpark_in(&client, namespace, Some(positions)).await
+        };
+        run.await.map_err(|e| {
+            e.storage(format!(
+                "remove parked events of `{namespace}` from `{}`",
+                self.names.parked
+            ))
+        })
+    }
+
+    async fn parked_namespaces(&self) -> Result<Vec<String>, StorageError> {
+        let run = async {
+            let client = store_connection(&self.pool).await?;
+            let statement = client
+                .prepare_cached(&format!(
+                    "SELECT DISTINCT namespace FROM {} WHERE checkpoints = $1 ORDER BY namespace",
+                    self.names.parked
+                ))
+                .await?;
+            let rows = client
+                .query(&statement, &[&self.names.checkpoints_table_plain])
+                .await?;
+            rows.iter()
+                .map(|row| row.try_get(0).map_err(DbFailure::from))
+                .collect::<Result<Vec<String>, _>>()
+        };
+        run.await
+            .map_err(|e| e.storage(format!("list `{}`", self.names.parked)))
     }
 }
 

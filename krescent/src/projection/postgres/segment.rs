@@ -71,6 +71,14 @@ impl PostgresProjection {
                     names.checkpoints
                 );
                 client.execute(&delete, &[&checkpoints]).await?;
+                // The events they parked go too: the rebuild meets (and parks) them again.
+                let unpark = format!(
+                    "DELETE FROM {} WHERE checkpoints = $1 AND namespace = ANY($2)",
+                    names.parked
+                );
+                client
+                    .execute(&unpark, &[&names.checkpoints_table_plain, &checkpoints])
+                    .await?;
             }
         }
         Ok(())

@@ -1,0 +1,24 @@
+use krescent::prelude::*;
+
+#[derive(Event, Serialize, Deserialize)]
+#[event(name = "book.added")]
+struct BookAdded {
+    copies: u32,
+}
+
+#[derive(EventModel, Default)]
+#[model(name = "books", on_error = "retry(3) | skip")]
+#[checkpoint(strategy = "always", storage = "memory")]
+struct Books {
+    #[checkpoint]
+    copies: u32,
+}
+
+#[krescent::handlers]
+impl Books {
+    fn added(&mut self, e: &BookAdded) {
+        let _ = e.copies;
+    }
+}
+
+fn main() {}
