@@ -1,12 +1,11 @@
 //! Checkpoints kept as files, one per namespace, replaced atomically.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{checkpoint_only, replaces, CheckpointStorage, StorageError, StoredCheckpoint};
+use super::{checkpoint_only, name, replaces, CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::Integrity;
 use crate::deadletter::ParkedEvent;
 use crate::Position;
@@ -66,18 +65,7 @@ impl FileCheckpointStorage {
     }
 
     fn file_of(&self, namespace: &str, suffix: &str) -> PathBuf {
-        let mut name = String::with_capacity(namespace.len() + SUFFIX.len());
-        for byte in namespace.bytes() {
-            if byte.is_ascii_alphanumeric()
-                || matches!(byte, b'.' | b'_' | b'-') && !(name.is_empty() && byte == b'.')
-            {
-                name.push(char::from(byte));
-            } else {
-                let _ = write!(name, "%{byte:02X}");
-            }
-        }
-        name.push_str(suffix);
-        self.dir.join(name)
+        self.dir.join(name::encode(namespace, suffix))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -117,7 +105,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 }
 
 fn namespace_of(file_name: &str) -> Option<String> {
-    namespace_with(file_name, SUFFIX)
+    name::decode(file_name, SUFFIX)
 }
 
 /// The parked events in `path`, in position order; none when it does not exist.
@@ -146,23 +134,6 @@ fn write_parked(path: &Path, events: &[ParkedEvent]) -> Result<(), StorageError>
         reason: e.to_string(),
     })?;
     write_atomically(path, &bytes)
-}
-
-fn namespace_with(file_name: &str, suffix: &str) -> Option<String> {
-    let encoded = file_name.strip_suffix(suffix)?;
-    let mut bytes = Vec::with_capacity(encoded.len());
-    let mut rest = encoded.as_bytes();
-    while let Some((&first, tail)) = rest.split_first() {
-        if first == b'%' {
-            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = &tail[2..];
-        } else {
-            bytes.push(first);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok()
 }
 
 #[async_trait::async_trait]
@@ -290,7 +261,7 @@ impl CheckpointStorage for FileCheckpointStorage {
                 if let Some(namespace) = entry
                     .file_name()
                     .to_str()
-                    .and_then(|name| namespace_with(name, PARKED_SUFFIX))
+                    .and_then(|name| name::decode(name, PARKED_SUFFIX))
                 {
                     namespaces.push(namespace);
                 }

@@ -2,6 +2,7 @@
 
 mod file;
 mod memory;
+mod name;
 #[cfg(feature = "object-store")]
 mod object;
 #[cfg(feature = "postgres")]

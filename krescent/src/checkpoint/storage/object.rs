@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use object_store::path::Path;
@@ -12,7 +11,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{CheckpointStorage, StorageError, StoredCheckpoint};
+use super::{name, CheckpointStorage, StorageError, StoredCheckpoint};
 use crate::checkpoint::bucket::packed;
 use crate::checkpoint::{
     from_micros, to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion, Integrity,
@@ -351,7 +350,7 @@ impl ObjectStoreCheckpointStorage {
     /// # Errors
     /// [`StorageError::Encode`] when the key would be longer than [`MAX_KEY_BYTES`].
     pub fn key_of(&self, namespace: &str) -> Result<Path, StorageError> {
-        let segment = encode_segment(namespace);
+        let segment = name::encode(namespace, "");
         let path = self.path(&segment);
         if path.as_ref().len() > MAX_KEY_BYTES {
             return Err(StorageError::Encode {
@@ -718,40 +717,9 @@ fn fenced(fence: &Fence, current: u64) -> StorageError {
     }
 }
 
-/// `namespace` as one path segment: every byte outside `[A-Za-z0-9._-]`, and a leading `.`,
-/// as `%XX`.
-fn encode_segment(namespace: &str) -> String {
-    let mut segment = String::with_capacity(namespace.len());
-    for byte in namespace.bytes() {
-        if byte.is_ascii_alphanumeric()
-            || matches!(byte, b'.' | b'_' | b'-') && !(segment.is_empty() && byte == b'.')
-        {
-            segment.push(char::from(byte));
-        } else {
-            let _ = write!(segment, "%{byte:02X}");
-        }
-    }
-    segment
-}
-
 /// The namespace of an object's file name, if it is a checkpoint's.
-fn namespace_of(name: &str) -> Option<String> {
-    let encoded = name.strip_suffix(SUFFIX)?;
-    let mut bytes = Vec::with_capacity(encoded.len());
-    let mut rest = encoded.as_bytes();
-    while let Some((&first, tail)) = rest.split_first() {
-        if first == b'%' {
-            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = tail.get(2..)?;
-        } else {
-            bytes.push(first);
-            rest = tail;
-        }
-    }
-    let namespace = String::from_utf8(bytes).ok()?;
-    // Only the canonical name of a namespace is a checkpoint's (the probe's is not).
-    (encode_segment(&namespace) == encoded).then_some(namespace)
+fn namespace_of(file_name: &str) -> Option<String> {
+    name::decode(file_name, SUFFIX)
 }
 
 /// An object's header and its bucket's bytes.
@@ -1003,7 +971,7 @@ mod tests {
             "%2F",
             long.as_str(),
         ] {
-            let segment = encode_segment(namespace);
+            let segment = name::encode(namespace, "");
             assert!(
                 !segment.contains('/') && !segment.starts_with('.'),
                 "{segment}"
