@@ -10,6 +10,7 @@
 
 mod decide;
 mod file;
+mod large;
 mod measure;
 mod memory;
 mod object;

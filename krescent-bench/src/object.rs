@@ -9,13 +9,11 @@ use std::error::Error;
 
 use krescent::checkpoint::storage::object_store::path::Path;
 use krescent::checkpoint::storage::object_store::{ObjectStoreExt as _, PutPayload};
-use krescent::checkpoint::{
-    CheckpointBucket, CheckpointStorage, CheckpointSupport, CheckpointVersion, StoredCheckpoint,
-};
+use krescent::checkpoint::CheckpointStorage;
 use krescent::prelude::*;
-use krescent::Position;
-use krescent_testkit::workload::{DocumentCreated, DocumentEvent, Workload, SEED};
+use krescent_testkit::workload::DocumentCreated;
 
+use crate::large;
 use crate::measure::median;
 use crate::Options;
 
@@ -38,27 +36,12 @@ impl Large {
 
 pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     let storage = krescent_testkit::s3::fresh_storage().await;
-    let mut model = Large::default();
-    for (i, event) in Workload::new(SEED)
-        .filter_map(|e| match e {
-            DocumentEvent::Created(c) => Some(c),
-            _ => None,
-        })
-        .take(options.events)
-        .enumerate()
-    {
-        model.entries.insert(event.document_id, i as u64);
-    }
+    let model = Large {
+        entries: large::entries(options.events),
+    };
     // The checkpoint as a running model writes it: the snapshot into a bucket, then the store.
     let checkpoint = median(options.reps, || async {
-        let mut bucket = CheckpointBucket::with_format(storage.format());
-        model.create_checkpoint(&mut bucket)?;
-        let stored = StoredCheckpoint::new(
-            "bench.object",
-            CheckpointVersion::of::<Large>(),
-            Position::new(options.events as u64),
-            bucket,
-        );
+        let stored = large::snapshot(&model, storage.format(), options.events)?;
         storage.store(&stored).await?;
         Ok::<_, Box<dyn Error>>(())
     })
@@ -67,7 +50,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     // key of the bucket.
     let by_hand = Path::from("bench/by-hand");
     let baseline = median(options.reps, || async {
-        let document = crate::postgres::encode_by_hand(&model.entries)?;
+        let document = large::encode_by_hand(&model.entries)?;
         storage
             .object_store()
             .put(&by_hand, PutPayload::from(document))
@@ -90,19 +73,10 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     .await?;
     // Where the difference goes: the snapshot alone, and the store of a snapshot taken.
     let snapshot = median(options.reps, || async {
-        let mut bucket = CheckpointBucket::with_format(storage.format());
-        model.create_checkpoint(&mut bucket)?;
-        Ok::<_, Box<dyn Error>>(bucket)
+        large::snapshot(&model, storage.format(), options.events)
     })
     .await?;
-    let mut bucket = CheckpointBucket::with_format(storage.format());
-    model.create_checkpoint(&mut bucket)?;
-    let stored = StoredCheckpoint::new(
-        "bench.object",
-        CheckpointVersion::of::<Large>(),
-        Position::new(options.events as u64),
-        bucket,
-    );
+    let stored = large::snapshot(&model, storage.format(), options.events)?;
     let store = median(options.reps, || async {
         storage.store(&stored).await?;
         Ok::<_, Box<dyn Error>>(())

@@ -7,12 +7,10 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
-use krescent::checkpoint::{
-    CheckpointBucket, CheckpointStorage, CheckpointSupport, CheckpointVersion, StoredCheckpoint,
-};
+use krescent::checkpoint::{CheckpointBucket, CheckpointStorage, CheckpointSupport};
 use krescent::prelude::*;
 use krescent::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore};
-use krescent::{CaughtUp, Position};
+use krescent::CaughtUp;
 use krescent_testkit::all_documents_model;
 use krescent_testkit::workload::{
     apply_by_hand_bytes, DocumentCreated, DocumentEvent, Documents, Workload, SEED,
@@ -22,6 +20,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{FromSql, Json, Type};
 use tokio_postgres::{Client, NoTls};
 
+use crate::large;
 use crate::measure::{median, rate, throughput};
 use crate::Options;
 
@@ -358,26 +357,11 @@ async fn large_state(
     client: &Client,
     checkpoints: &str,
 ) -> Result<(), Box<dyn Error>> {
-    let mut model = Large::default();
-    for (i, event) in Workload::new(SEED)
-        .filter_map(|e| match e {
-            DocumentEvent::Created(c) => Some(c),
-            _ => None,
-        })
-        .take(options.events)
-        .enumerate()
-    {
-        model.entries.insert(event.document_id, i as u64);
-    }
+    let model = Large {
+        entries: large::entries(options.events),
+    };
     let checkpoint = median(options.reps, || async {
-        let mut bucket = CheckpointBucket::with_format(storage.format());
-        model.create_checkpoint(&mut bucket)?;
-        let stored = StoredCheckpoint::new(
-            "bench.large",
-            CheckpointVersion::of::<Large>(),
-            Position::new(options.events as u64),
-            bucket,
-        );
+        let stored = large::snapshot(&model, storage.format(), options.events)?;
         storage.store(&stored).await?;
         Ok::<_, Box<dyn Error>>(())
     })
@@ -390,7 +374,7 @@ async fn large_state(
          ON CONFLICT (namespace) DO UPDATE SET data_binary = excluded.data_binary"
     );
     let checkpoint_floor = median(options.reps, || async {
-        let document = encode_by_hand(&model.entries)?;
+        let document = large::encode_by_hand(&model.entries)?;
         client.execute(&upsert, &[&document]).await?;
         Ok::<_, Box<dyn Error>>(())
     })
@@ -482,25 +466,6 @@ async fn checksum_time(
         Ok::<_, Box<dyn Error>>(std::hint::black_box(loaded.checksum()))
     })
     .await
-}
-
-/// The map as the bucket's `MessagePack` document holds it (`{"entries": {"MessagePack":
-/// <bin>}}`), written by hand into a buffer allocated once: the checkpoint floor's encoding.
-pub(crate) fn encode_by_hand(entries: &HashMap<String, u64>) -> Result<Vec<u8>, Box<dyn Error>> {
-    let size = entries.keys().map(|k| k.len() + 2 + 9).sum::<usize>() + 64;
-    let mut field = Vec::with_capacity(size);
-    rmp::encode::write_map_len(&mut field, u32::try_from(entries.len())?)?;
-    for (key, value) in entries {
-        rmp::encode::write_str(&mut field, key)?;
-        rmp::encode::write_uint(&mut field, *value)?;
-    }
-    let mut document = Vec::with_capacity(field.len() + 64);
-    rmp::encode::write_map_len(&mut document, 1)?;
-    rmp::encode::write_str(&mut document, "entries")?;
-    rmp::encode::write_map_len(&mut document, 1)?;
-    rmp::encode::write_str(&mut document, "MessagePack")?;
-    rmp::encode::write_bin(&mut document, &field)?;
-    Ok(document)
 }
 
 /// The restore floor: the map rebuilt by hand from the row's `MessagePack` document (the bucket
