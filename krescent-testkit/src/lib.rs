@@ -13,4 +13,6 @@ pub mod postgres;
 pub mod recording;
 #[cfg(feature = "object-store")]
 pub mod s3;
+#[cfg(any(feature = "postgres", feature = "object-store"))]
+mod watchdog;
 pub mod workload;

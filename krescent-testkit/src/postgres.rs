@@ -406,40 +406,28 @@ impl TestServer {
     }
 
     /// A process that waits for this test process to end, then stops the server and removes
-    /// its directory. It runs in its own process group, so a Ctrl-C of the tests reaches it not.
+    /// its directory.
     fn spawn_watchdog(&self) -> Child {
-        use std::os::unix::process::CommandExt as _;
-        let mut stop: Vec<String> = Vec::new();
+        // `$1` the directory, then the command that stops the server.
+        let mut args = vec![path_str(&self.dir).to_owned()];
         if let Some(user) = &self.run_as {
-            stop.extend(["runuser".into(), "-u".into(), user.clone(), "--".into()]);
+            args.extend(["runuser".into(), "-u".into(), user.clone(), "--".into()]);
         }
-        stop.push(path_str(&self.bindir.join("pg_ctl")).to_owned());
-        stop.extend([
+        args.push(path_str(&self.bindir.join("pg_ctl")).to_owned());
+        args.extend([
             "stop".into(),
             "-m".into(),
             "immediate".into(),
             "-D".into(),
             path_str(&self.dir.join("data")).to_owned(),
         ]);
-        let script = r#"pid=$1; dir=$2; shift 2
-while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+        crate::watchdog::spawn(
+            "krescent-pg-watchdog",
+            r#"dir=$1; shift
 [ -d "$dir/data" ] && "$@"
-rm -rf "$dir""#;
-        Command::new("sh")
-            .args([
-                "-c",
-                script,
-                "krescent-pg-watchdog",
-                &std::process::id().to_string(),
-                path_str(&self.dir),
-            ])
-            .args(&stop)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("spawn the test server's watchdog")
+rm -rf "$dir""#,
+            &args,
+        )
     }
 
     fn pg_ctl(&self, args: &[&str]) -> std::process::Output {

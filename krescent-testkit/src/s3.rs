@@ -192,25 +192,11 @@ fn find_moto() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A process that waits for this test process to end, then kills the server `pid`. It runs in
-/// its own process group, so a Ctrl-C of the tests reaches it not.
+/// A process that waits for this test process to end, then kills the server `pid`.
 fn spawn_watchdog(pid: u32) -> Child {
-    use std::os::unix::process::CommandExt as _;
-    let script = r#"test=$1; server=$2
-while kill -0 "$test" 2>/dev/null; do sleep 1; done
-kill "$server" 2>/dev/null"#;
-    Command::new("sh")
-        .args([
-            "-c",
-            script,
-            "krescent-moto-watchdog",
-            &std::process::id().to_string(),
-            &pid.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn the test server's watchdog")
+    crate::watchdog::spawn(
+        "krescent-moto-watchdog",
+        r#"kill "$1" 2>/dev/null"#,
+        &[pid.to_string()],
+    )
 }

@@ -136,13 +136,14 @@ async fn counted(
     let mut krescent = Krescent::new(store).with_storage("bucket", bucket);
     krescent.configure::<Counted>().lease(lease)?;
     loop {
-        let running = krescent.stream(Counted::default());
-        report(running).await;
+        // Stopped cleanly or not, it runs again: the bucket worker ends only when killed.
+        report(krescent.stream(Counted::default())).await;
     }
 }
 
-/// Prints `running`'s status changes until it stops, then how it ended.
-async fn report<M: EventModel>(running: krescent::Running<M>) {
+/// Prints `running`'s status changes until it stops, then how it ended; whether it ended
+/// without an error.
+async fn report<M: EventModel>(running: krescent::Running<M>) -> bool {
     let mut status = running.status_changes();
     loop {
         let now = *status.borrow_and_update();
@@ -157,8 +158,9 @@ async fn report<M: EventModel>(running: krescent::Running<M>) {
             println!("error {e}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(_) => {}
+        Ok(_) => return true,
     }
+    false
 }
 
 /// The projection of `table` (the columns of a projected event, and `extra`).
@@ -260,22 +262,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
             ),
             slow,
         };
-        let running = krescent.stream(model);
-        let mut status = running.status_changes();
-        loop {
-            let now = *status.borrow_and_update();
-            println!("status={now}");
-            if now == krescent::Status::Stopped || status.changed().await.is_err() {
-                break;
-            }
-        }
-        match running.shutdown().await {
-            Err(krescent::Error::Fenced { epoch, .. }) => println!("fenced epoch={epoch}"),
-            Err(e) => {
-                println!("error {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(_) => return Ok(()),
+        if report(krescent.stream(model)).await {
+            return Ok(());
         }
     }
 }
