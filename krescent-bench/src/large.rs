@@ -9,7 +9,25 @@ use krescent::checkpoint::{
     CheckpointBucket, CheckpointFormat, CheckpointSupport, CheckpointVersion, StoredCheckpoint,
 };
 use krescent::{EventModel, Position};
-use krescent_testkit::workload::{DocumentEvent, Workload, SEED};
+use krescent_testkit::workload::{DocumentCreated, DocumentEvent, Workload, SEED};
+
+/// A model with one large checkpointed map, checkpointed to the storage `postgres` by
+/// `large_state`; `object_store_checkpoint` snapshots it and stores it in a bucket itself.
+#[derive(EventModel, Default)]
+#[model(name = "bench.large", version = 1)]
+#[checkpoint(strategy = "never", storage = "postgres")]
+pub(crate) struct Large {
+    #[checkpoint]
+    pub(crate) entries: HashMap<String, u64>,
+}
+
+#[krescent::handlers]
+impl Large {
+    fn created(&mut self, e: &DocumentCreated) {
+        let next = self.entries.len() as u64;
+        self.entries.insert(e.document_id.clone(), next);
+    }
+}
 
 /// Document id → the order it was created in, for the first `events` created documents.
 pub(crate) fn entries(events: usize) -> HashMap<String, u64> {

@@ -4,39 +4,19 @@
 //! the same bucket. `store_ratio` compares the store alone, of a snapshot already taken, with
 //! the `PUT` of its very bytes.
 
-use std::collections::HashMap;
 use std::error::Error;
 
 use krescent::checkpoint::storage::object_store::path::Path;
 use krescent::checkpoint::storage::object_store::{ObjectStoreExt as _, PutPayload};
 use krescent::checkpoint::CheckpointStorage;
-use krescent::prelude::*;
-use krescent_testkit::workload::DocumentCreated;
 
 use crate::large;
 use crate::measure::median;
 use crate::Options;
 
-/// A model with one large checkpointed map (as `large_state`'s).
-#[derive(EventModel, Default)]
-#[model(name = "bench.object", version = 1)]
-#[checkpoint(strategy = "never", storage = "bucket")]
-struct Large {
-    #[checkpoint]
-    entries: HashMap<String, u64>,
-}
-
-#[krescent::handlers]
-impl Large {
-    fn created(&mut self, e: &DocumentCreated) {
-        let next = self.entries.len() as u64;
-        self.entries.insert(e.document_id.clone(), next);
-    }
-}
-
 pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     let storage = krescent_testkit::s3::fresh_storage().await;
-    let model = Large {
+    let model = large::Large {
         entries: large::entries(options.events),
     };
     // The checkpoint as a running model writes it: the snapshot into a bucket, then the store.
@@ -59,7 +39,7 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     })
     .await?;
     // The bytes of krescent's object, `PUT` by hand: what the store alone is compared with.
-    let key = storage.key_of("bench.object")?;
+    let key = storage.key_of(<large::Large as krescent::EventModel>::NAME)?;
     let bytes = storage.object_store().get(&key).await?.bytes().await?;
     let size = bytes.len();
     let payload = PutPayload::from(bytes);

@@ -66,23 +66,6 @@ impl Latency {
     }
 }
 
-/// A model with one large checkpointed map.
-#[derive(EventModel, Default)]
-#[model(name = "bench.large", version = 1)]
-#[checkpoint(strategy = "never", storage = "postgres")]
-struct Large {
-    #[checkpoint]
-    entries: HashMap<String, u64>,
-}
-
-#[krescent::handlers]
-impl Large {
-    fn created(&mut self, e: &DocumentCreated) {
-        let next = self.entries.len() as u64;
-        self.entries.insert(e.document_id.clone(), next);
-    }
-}
-
 const BATCH: usize = 1_000;
 
 /// A row as the `COPY` baseline writes it: stream, version, id, type, payload.
@@ -357,7 +340,7 @@ async fn large_state(
     client: &Client,
     checkpoints: &str,
 ) -> Result<(), Box<dyn Error>> {
-    let model = Large {
+    let model = large::Large {
         entries: large::entries(options.events),
     };
     let checkpoint = median(options.reps, || async {
@@ -401,7 +384,7 @@ async fn large_state(
         load.as_millis()
     );
     let restore = median(options.reps, || async {
-        let restored = krescent.restore_only(Large::default()).await?;
+        let restored = krescent.restore_only(large::Large::default()).await?;
         assert_eq!(
             restored.model.entries.len(),
             model.entries.len(),
