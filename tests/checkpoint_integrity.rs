@@ -331,7 +331,10 @@ async fn a_row_of_the_previous_release_migrates_and_restores() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 6);
+    assert_eq!(
+        version, 8,
+        "every step, to the projection versions table of step 8"
+    );
     let (checkpoint, integrity) = storage
         .load_checked("fixture.counts")
         .await

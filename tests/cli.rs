@@ -116,6 +116,35 @@ fn lent(n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
+/// `lent(n)`, the first with odd metadata.
+fn lent_with_metadata(n: usize) -> Vec<NewEvent> {
+    let mut events = lent(n);
+    events[0] = events[0].clone().with_metadata(
+        krescent::Metadata::new()
+            .with("correlation_id", "c-1")
+            .with(
+                "odd \"key\" ✓",
+                serde_json::json!({"nested": [1, "é\n", null]}),
+            ),
+    );
+    events
+}
+
+/// `events tail` shows the revision and metadata of the events of `lent_with_metadata`.
+fn assert_envelopes_shown(lines: &[Value]) {
+    assert_eq!(lines[0]["revision"], 1);
+    assert_eq!(lines[0]["metadata"]["correlation_id"], "c-1");
+    assert_eq!(
+        lines[0]["metadata"]["odd \"key\" ✓"],
+        serde_json::json!({"nested": [1, "é\n", null]})
+    );
+    assert_eq!(
+        lines[1]["metadata"],
+        serde_json::json!({}),
+        "none shows as empty"
+    );
+}
+
 /// Every file under `dir` with its bytes, to show that nothing changed.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
@@ -209,7 +238,7 @@ async fn checkpoints_of_a_bookstore_data_dir_are_listed_deleted_and_replayed() {
     {
         let store = FileEventStore::open(data.join("events")).expect("open the store");
         store
-            .append("extra", ExpectedVersion::NoStream, lent(7))
+            .append("extra", ExpectedVersion::NoStream, lent_with_metadata(7))
             .await
             .expect("append");
     }
@@ -242,6 +271,7 @@ async fn checkpoints_of_a_bookstore_data_dir_are_listed_deleted_and_replayed() {
     assert_eq!(lines[0]["position"], 301);
     assert_eq!(lines[0]["stream_id"], "extra");
     assert_eq!(lines[6]["payload"]["user_id"], "user-6");
+    assert_envelopes_shown(&lines);
     let limited = ok(on_dir(data).args(["events", "tail", "--limit", "2"]));
     assert_eq!(limited.lines().count(), 2);
 

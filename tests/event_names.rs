@@ -30,14 +30,8 @@ struct ByHand {
 
 impl Handlers for ByHand {
     const EVENTS: &'static [EventType] = &[
-        EventType {
-            name: "book.added",
-            revision: 1,
-        },
-        EventType {
-            name: "book.added",
-            revision: 2,
-        },
+        EventType::new("book.added", 1),
+        EventType::new("book.added", 2),
     ];
 
     async fn handle(&mut self, event: &RecordedEvent) -> Result<(), HandlerError> {

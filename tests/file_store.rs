@@ -287,14 +287,14 @@ async fn another_format_is_refused_not_misread() {
     drop(store);
     let segment = &segments(dir.path())[0];
     let mut bytes = std::fs::read(segment).expect("read");
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..20]);
     bytes[20..24].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(segment, &bytes).expect("write");
     match FileEventStore::open(dir.path()) {
         Err(StoreError::UnsupportedFormat {
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
             ..
         }) => {}
         other => panic!("expected an unsupported format, got {other:?}"),

@@ -926,3 +926,95 @@ async fn the_cli_lists_shows_and_deletes_checkpoints_in_a_bucket() {
     assert_eq!(deleted["deleted"], true);
     assert_eq!(storage.list().await.expect("list"), ["books.available"]);
 }
+
+/// Retention: the last `keep` replaced checkpoints stay beside the current one, oldest deleted
+/// first, out of `list`'s sight; a rollback makes one current again (retaining the one it
+/// replaces), checks it first, and keeps the highest epoch so a paused ex-holder stays fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_checkpoints_are_kept_trimmed_and_rolled_back_to() {
+    let storage = fresh_storage().await.with_retention(2);
+    let ns = "kept/model #1";
+    let old = storage.fenced(&fence(ns, "old", 1)).expect("fences");
+    for position in [10, 20, 30, 40, 50] {
+        old.store(&checkpoint(ns, position)).await.expect("store");
+    }
+    let retained = storage.retained(ns).await.expect("retained");
+    let positions: Vec<u64> = retained.iter().map(|r| r.position.get()).collect();
+    assert_eq!(positions, [30, 40], "the newest two replaced, oldest first");
+    assert_eq!(
+        retained[0].taken_at,
+        checkpoint(ns, 30).taken_at,
+        "named after the checkpoint's time"
+    );
+    assert_eq!(storage.list().await.expect("list"), [ns]);
+    let keys = all_keys(&storage).await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.starts_with(storage.prefix())),
+        "{keys:?}"
+    );
+
+    // A new holder takes the lease; the operator rolls back to position 30 (written at epoch 1).
+    let new = storage.fenced(&fence(ns, "new", 2)).expect("fences");
+    assert_eq!(
+        new.load(ns).await.expect("load").map(|c| c.position.get()),
+        Some(50)
+    );
+    let restored = storage
+        .roll_back(ns, &retained[0])
+        .await
+        .expect("roll back");
+    assert_eq!(restored, checkpoint(ns, 30));
+    assert_eq!(
+        storage.load(ns).await.expect("load"),
+        Some(checkpoint(ns, 30))
+    );
+    let positions: Vec<u64> = storage
+        .retained(ns)
+        .await
+        .expect("retained")
+        .iter()
+        .map(|r| r.position.get())
+        .collect();
+    assert_eq!(positions, [40, 50], "the replaced 50 retained, 30 trimmed");
+    // The ex-holder is still fenced: the rolled-back object kept epoch 2.
+    assert!(matches!(
+        old.store(&checkpoint(ns, 60)).await,
+        Err(StorageError::Fenced {
+            epoch: 1,
+            current: Some(2),
+            ..
+        })
+    ));
+    // A damaged retained checkpoint is refused, and the current one stays.
+    let damaged = storage.retained(ns).await.expect("retained").remove(0);
+    let mut bytes = storage
+        .object_store()
+        .get(&damaged.key)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes")
+        .to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    storage
+        .object_store()
+        .put(&damaged.key, PutPayload::from(bytes))
+        .await
+        .expect("put");
+    let error = storage.roll_back(ns, &damaged).await.expect_err("corrupt");
+    assert!(matches!(error, StorageError::Corrupt { .. }), "{error:?}");
+    assert_eq!(stored_position(&storage, ns).await, 30);
+    // Without retention nothing is kept.
+    let plain = fresh_storage().await;
+    for position in [1, 2, 3] {
+        plain
+            .store(&checkpoint("plain", position))
+            .await
+            .expect("store");
+    }
+    assert!(plain.retained("plain").await.expect("retained").is_empty());
+    assert_eq!(all_keys(&plain).await.len(), 1);
+}

@@ -374,7 +374,10 @@ async fn a_table_at_schema_5_migrates_and_keeps_parked_events() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 6);
+    assert_eq!(
+        version, 8,
+        "every step, to the projection versions table of step 8"
+    );
     let (checkpoint, integrity) = storage
         .load_checked("fixture.counts")
         .await
@@ -635,4 +638,61 @@ async fn a_parking_model_is_reported_and_counted() {
     for exit in supervisor.shutdown().await {
         exit.result.expect("stopped");
     }
+}
+
+/// Steps written with queued writes, parked unordered: a poison step breaks the table's
+/// check, which only the flush after its handler finds.
+#[derive(EventModel)]
+#[model(name = "queued_steps", on_error = "park(unordered)")]
+#[checkpoint(strategy = "fixed_events(100)", storage = "postgres")]
+struct QueuedSteps {
+    #[checkpoint(support)]
+    table: PostgresProjection,
+}
+
+#[krescent::handlers]
+impl QueuedSteps {
+    async fn step(&mut self, e: &Step, meta: &EventMeta) -> Result<(), StepError> {
+        let stream: &str = &meta.stream_id;
+        self.table
+            .queue(
+                "INSERT INTO steps (stream, seq, poison) VALUES ($1, $2, $3)",
+                &[&stream, &e.seq, &e.poison],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_queued_write_that_fails_parks_its_event_alone_and_keeps_the_batch() {
+    let (_database, krescent, client) = setup().await;
+    let poison = [(5, 40), (7, 3)];
+    append_steps(krescent.store(), &poison).await;
+    let table = PostgresProjection::new(&krescent.store().checkpoint_storage(), 1)
+        .table(
+            "steps",
+            "CREATE TABLE {table} (stream text, seq integer, poison boolean CHECK (NOT poison), PRIMARY KEY (stream, seq))",
+        )
+        .expect("a valid table name");
+    let caught_up = krescent
+        .catch_up(QueuedSteps { table })
+        .await
+        .expect("the model goes on past its poison events");
+    assert_eq!(caught_up.processed, 10_000 - 2);
+    let mut wanted = expected_rows(&BTreeMap::new());
+    wanted.retain(|(s, seq)| !poison.iter().any(|(p, q)| stream(*p) == *s && q == seq));
+    assert_eq!(
+        rows(&client).await,
+        wanted,
+        "each failed write is taken back alone; the rest of its batch commits"
+    );
+    let storage = krescent.storage("postgres").expect("registered");
+    let parked = storage.parked("queued_steps").await.expect("parked");
+    let mut parked: Vec<(String, u32)> = parked
+        .iter()
+        .map(|p| (p.stream_id.clone(), p.attempts))
+        .collect();
+    parked.sort();
+    assert_eq!(parked, vec![(stream(5), 1), (stream(7), 1)]);
 }

@@ -2,20 +2,25 @@
 //! run, several repetitions each, medians.
 //!
 //! ```text
-//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only memory|file|postgres|large_state|decide|segments|object_store]
+//! cargo run --release -p krescent-bench -- [--events N] [--reps R] [--only PART]
 //! ```
+//!
+//! where `PART` is one of [`PARTS`].
 //!
 //! It prints one line per figure:
 //! `bench <figure> ratio=<krescent/baseline> krescent=<events/s> baseline=<events/s>`.
 
 mod decide;
 mod file;
+mod incremental;
 mod large;
 mod measure;
 mod memory;
 mod object;
 mod postgres;
+mod rebuild;
 mod segments;
+mod upcast;
 
 use std::error::Error;
 
@@ -25,10 +30,26 @@ pub(crate) struct Options {
     pub(crate) events: usize,
     /// Repetitions of each measurement; the median is reported.
     pub(crate) reps: usize,
-    /// Only the in-memory, the file store, the Postgres, the write-model (`decide`), the
-    /// segments or the object-store figures, or only `large_state`.
+    /// Only the figures of one of [`PARTS`].
     pub(crate) only: Option<String>,
 }
+
+/// The parts `--only` selects: the in-memory, the file store, the Postgres, the write-model
+/// (`decide`), the segments, the object-store, the projection rebuild or the upcasting
+/// figures, or only `large_state`, `large_state_incremental` or `incremental_replay`.
+const PARTS: &[&str] = &[
+    "memory",
+    "file",
+    "postgres",
+    "large_state",
+    "large_state_incremental",
+    "incremental_replay",
+    "decide",
+    "segments",
+    "object_store",
+    "projection_rebuild",
+    "upcast",
+];
 
 fn options() -> Result<Options, String> {
     let mut options = Options {
@@ -42,18 +63,10 @@ fn options() -> Result<Options, String> {
             .next()
             .ok_or_else(|| format!("`{arg}` needs a value"))?;
         if arg == "--only" {
-            if !matches!(
-                value.as_str(),
-                "memory"
-                    | "file"
-                    | "postgres"
-                    | "large_state"
-                    | "decide"
-                    | "segments"
-                    | "object_store"
-            ) {
+            if !PARTS.contains(&value.as_str()) {
                 return Err(format!(
-                    "`--only {value}`: expected `memory`, `file`, `postgres`, `large_state`, `decide`, `segments` or `object_store`"
+                    "`--only {value}`: expected one of {}",
+                    PARTS.join(", ")
                 ));
             }
             options.only = Some(value);
@@ -67,7 +80,8 @@ fn options() -> Result<Options, String> {
             "--reps" => options.reps = number.max(1),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only memory|file|postgres|large_state|decide|segments|object_store`"
+                    "unknown argument `{other}`; expected `--events N`, `--reps R` or `--only {}`",
+                    PARTS.join("|")
                 ))
             }
         }
@@ -103,6 +117,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if runs("postgres") || runs("large_state") {
         postgres::run(&options).await?;
     }
+    if runs("large_state_incremental") || runs("incremental_replay") {
+        incremental::run(&options).await?;
+    }
     if runs("decide") {
         decide::run(&options).await?;
     }
@@ -111,6 +128,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     if runs("object_store") {
         object::run(&options).await?;
+    }
+    if runs("projection_rebuild") {
+        Box::pin(rebuild::run(&options)).await?;
+    }
+    if runs("upcast") {
+        upcast::run(&options).await?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use krescent::checkpoint::storage::object_store::{ObjectStoreExt as _, PutPayloa
 use krescent::checkpoint::CheckpointStorage;
 
 use crate::large;
-use crate::measure::median;
+use crate::measure::{median, medians_in_turns};
 use crate::Options;
 
 pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
@@ -19,48 +19,52 @@ pub(crate) async fn run(options: &Options) -> Result<(), Box<dyn Error>> {
     let model = large::Large {
         entries: large::entries(options.events),
     };
-    // The checkpoint as a running model writes it: the snapshot into a bucket, then the store.
-    let checkpoint = median(options.reps, || async {
-        let stored = large::snapshot(&model, storage.format(), options.events)?;
-        storage.store(&stored).await?;
-        Ok::<_, Box<dyn Error>>(())
-    })
-    .await?;
-    // The baseline: the same job by hand, the map encoded into one buffer and `PUT` to another
-    // key of the bucket.
+    // The checkpoint as a running model writes it: the snapshot into a bucket, then the store;
+    // against the baseline, the same job by hand: the map encoded into one buffer and `PUT` to
+    // another key of the bucket. In turns, so that the machine's load weighs on both alike.
     let by_hand = Path::from("bench/by-hand");
-    let baseline = median(options.reps, || async {
-        let document = large::encode_by_hand(&model.entries)?;
-        storage
-            .object_store()
-            .put(&by_hand, PutPayload::from(document))
-            .await?;
-        Ok::<_, Box<dyn Error>>(())
-    })
+    let (checkpoint, baseline) = medians_in_turns(
+        options.reps,
+        || async {
+            let stored = large::snapshot(&model, storage.format(), options.events)?;
+            storage.store(&stored).await?;
+            Ok::<_, Box<dyn Error>>(())
+        },
+        || async {
+            let document = large::encode_by_hand(&model.entries)?;
+            storage
+                .object_store()
+                .put(&by_hand, PutPayload::from(document))
+                .await?;
+            Ok::<_, Box<dyn Error>>(())
+        },
+    )
     .await?;
     // The bytes of krescent's object, `PUT` by hand: what the store alone is compared with.
     let key = storage.key_of(<large::Large as krescent::EventModel>::NAME)?;
     let bytes = storage.object_store().get(&key).await?.bytes().await?;
     let size = bytes.len();
     let payload = PutPayload::from(bytes);
-    let put = median(options.reps, || async {
-        storage
-            .object_store()
-            .put(&by_hand, payload.clone())
-            .await?;
-        Ok::<_, Box<dyn Error>>(())
-    })
-    .await?;
     // Where the difference goes: the snapshot alone, and the store of a snapshot taken.
     let snapshot = median(options.reps, || async {
         large::snapshot(&model, storage.format(), options.events)
     })
     .await?;
     let stored = large::snapshot(&model, storage.format(), options.events)?;
-    let store = median(options.reps, || async {
-        storage.store(&stored).await?;
-        Ok::<_, Box<dyn Error>>(())
-    })
+    let (store, put) = medians_in_turns(
+        options.reps,
+        || async {
+            storage.store(&stored).await?;
+            Ok::<_, Box<dyn Error>>(())
+        },
+        || async {
+            storage
+                .object_store()
+                .put(&by_hand, payload.clone())
+                .await?;
+            Ok::<_, Box<dyn Error>>(())
+        },
+    )
     .await?;
     let checksum = median(options.reps, || async {
         Ok::<_, Box<dyn Error>>(std::hint::black_box(stored.checksum()))

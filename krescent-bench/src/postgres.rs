@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
 use krescent::checkpoint::{CheckpointBucket, CheckpointStorage, CheckpointSupport};
+use krescent::fleet::Slice;
 use krescent::prelude::*;
 use krescent::store::{EventStore, ExpectedVersion, PostgresConfig, PostgresEventStore};
 use krescent::CaughtUp;
@@ -21,7 +22,7 @@ use tokio_postgres::types::{FromSql, Json, Type};
 use tokio_postgres::{Client, NoTls};
 
 use crate::large;
-use crate::measure::{median, rate, throughput};
+use crate::measure::{latency, median, rate, throughput};
 use crate::Options;
 
 all_documents_model! {
@@ -37,7 +38,7 @@ all_documents_model! {
 
 /// A `jsonb` value's JSON bytes as the binary protocol sends them (a version byte, then the
 /// text), borrowed from the row: what a careful hand-written client decodes from.
-struct JsonbBytes<'a>(&'a [u8]);
+pub(crate) struct JsonbBytes<'a>(pub(crate) &'a [u8]);
 
 impl<'a> FromSql<'a> for JsonbBytes<'a> {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
@@ -68,8 +69,8 @@ impl Latency {
 
 const BATCH: usize = 1_000;
 
-/// A row as the `COPY` baseline writes it: stream, version, id, type, payload.
-type CopyRow = (String, i64, uuid::Uuid, String, Box<RawValue>);
+/// A row as the `COPY` baseline writes it: stream, version, id, type, payload, slice.
+type CopyRow = (String, i64, uuid::Uuid, String, Box<RawValue>, i16);
 
 /// The database: `DATABASE_URL` when set, else a throwaway server started as the tests start it.
 pub(crate) async fn database_url() -> (String, Option<krescent_testkit::postgres::TestDatabase>) {
@@ -140,12 +141,15 @@ async fn append(
                 .iter()
                 .zip(1..)
                 .map(|(e, v)| {
+                    let stream = format!("bench-{b}");
+                    let slice = i16::try_from(Slice::of(&stream).get()).unwrap_or(i16::MAX);
                     Ok((
-                        format!("bench-{b}"),
+                        stream,
                         v,
                         e.event_id,
                         e.event_type.to_string(),
                         RawValue::from_string(e.payload.to_string())?,
+                        slice,
                     ))
                 })
                 .collect::<Result<_, serde_json::Error>>()
@@ -163,14 +167,21 @@ async fn append(
             client
                 .batch_execute(&format!("TRUNCATE krescent_bench.{table} RESTART IDENTITY"))
                 .await?;
-            let types = [Type::TEXT, Type::INT8, Type::UUID, Type::TEXT, Type::JSONB];
+            let types = [
+                Type::TEXT,
+                Type::INT8,
+                Type::UUID,
+                Type::TEXT,
+                Type::JSONB,
+                Type::INT2,
+            ];
             for batch in rows {
-                let sink = client.copy_in(&format!("COPY krescent_bench.{table} (stream_id, stream_version, event_id, event_type, payload) FROM STDIN BINARY")).await?;
+                let sink = client.copy_in(&format!("COPY krescent_bench.{table} (stream_id, stream_version, event_id, event_type, payload, slice) FROM STDIN BINARY")).await?;
                 let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-                for (stream, version, id, event_type, payload) in batch {
+                for (stream, version, id, event_type, payload, slice) in batch {
                     writer
                         .as_mut()
-                        .write(&[stream, version, id, event_type, &Json(&**payload)])
+                        .write(&[stream, version, id, event_type, &Json(&**payload), slice])
                         .await?;
                 }
                 writer.finish().await?;
@@ -312,22 +323,7 @@ async fn live_latency(options: &Options, url: &str) -> Result<(), Box<dyn Error>
         running.reached(appended.position).await?;
     }
     let model = running.shutdown().await?.model;
-    let mut latencies: Vec<Duration> = model
-        .handled
-        .iter()
-        .zip(&sent)
-        .map(|(handled, sent)| handled.saturating_duration_since(*sent))
-        .collect();
-    latencies.sort_unstable();
-    let percentile =
-        |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_micros();
-    println!(
-        "bench live_latency p50_us={} p99_us={} p90_us={} max_us={}",
-        percentile(50),
-        percentile(99),
-        percentile(90),
-        latencies.last().map_or(0, Duration::as_micros)
-    );
+    latency("live_latency", &sent, &model.handled);
     Ok(())
 }
 

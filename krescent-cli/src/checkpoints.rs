@@ -1,6 +1,6 @@
 //! `krescent checkpoints list | show | delete`.
 
-use krescent::checkpoint::{BucketValue, CheckpointBucket, Integrity, StoredCheckpoint};
+use krescent::checkpoint::{BucketValue, CheckpointBucket, Integrity, Piece, StoredCheckpoint};
 use krescent::projection::PostgresProjection;
 use krescent::Position;
 use serde::Serialize;
@@ -167,8 +167,44 @@ fn keys_of(bucket: &CheckpointBucket) -> Vec<Key> {
 struct Shown<'a> {
     #[serde(flatten)]
     summary: Summary,
+    /// A checkpoint made of a base and deltas: its pieces, base first (absent for a whole one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pieces: Option<Vec<ShownPiece>>,
     keys: Vec<Key>,
     bucket: &'a CheckpointBucket,
+}
+
+/// A piece of an incremental checkpoint as `show` reports it.
+#[derive(Serialize)]
+struct ShownPiece {
+    /// `base`, or `delta N`.
+    piece: String,
+    position: u64,
+    size_bytes: u64,
+}
+
+/// The pieces of `namespace`'s checkpoint when it has deltas.
+async fn pieces_of(
+    backend: &Backend,
+    namespace: &str,
+) -> Result<Option<Vec<ShownPiece>>, CliError> {
+    let pieces = backend.storage().pieces(namespace).await?;
+    if pieces.len() < 2 {
+        return Ok(None);
+    }
+    Ok(Some(
+        pieces
+            .iter()
+            .map(|p| ShownPiece {
+                piece: match p.piece {
+                    Piece::Whole => "base".to_owned(),
+                    Piece::Delta(link) => format!("delta {}", link.sequence),
+                },
+                position: p.position.get(),
+                size_bytes: p.bytes,
+            })
+            .collect(),
+    ))
 }
 
 async fn show(backend: &Backend, namespace: &str, json: bool) -> Result<(), CliError> {
@@ -176,6 +212,7 @@ async fn show(backend: &Backend, namespace: &str, json: bool) -> Result<(), CliE
     let (checkpoint, integrity) = backend.checkpoint(namespace).await?;
     let shown = Shown {
         summary: Summary::of(&checkpoint, integrity, head),
+        pieces: pieces_of(backend, namespace).await?,
         keys: keys_of(&checkpoint.bucket),
         bucket: &checkpoint.bucket,
     };
@@ -199,6 +236,20 @@ async fn show(backend: &Backend, namespace: &str, json: bool) -> Result<(), CliE
         ),
     ] {
         output::line(&format!("{name:<10} {value}"))?;
+    }
+    if let Some(pieces) = &shown.pieces {
+        output::line("")?;
+        let rows: Vec<Vec<String>> = pieces
+            .iter()
+            .map(|p| {
+                vec![
+                    p.piece.clone(),
+                    p.position.to_string(),
+                    p.size_bytes.to_string(),
+                ]
+            })
+            .collect();
+        output::table(&["PIECE", "POSITION", "SIZE"], &rows)?;
     }
     output::line("")?;
     let mut rows = Vec::new();

@@ -72,6 +72,67 @@ pub enum Command {
     /// List, retry and drop the events models parked (`#[model(on_error = "park")]`).
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// The blue/green versions of a `PostgresProjection` model (`versioned`): list, promote,
+    /// roll back, drop (PostgreSQL).
+    #[command(subcommand)]
+    Versions(VersionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VersionsCommand {
+    /// The model's versions, oldest first: id, state (building, active, previous, retired),
+    /// checkpoint position, lag behind the active version, namespace, schema, checkpoint
+    /// version.
+    List {
+        /// The model's name.
+        model: String,
+    },
+    /// Switch readers to a version (building, or previous) in one transaction, when it has
+    /// caught up with the active one (within the lag it was deployed with). Safe while the
+    /// versions' processes run: the switch waits for their commits in flight, so no lease is
+    /// checked.
+    Promote(VersionArgs),
+    /// Switch readers back to the previous version (within its grace period), as promote
+    /// does.
+    Rollback(ModelArgs),
+    /// Drop a version that is not the active one: its tables, schema and checkpoint go in one
+    /// transaction, and a build of it refuses to start. Refused while a running instance holds
+    /// the version's lease, unless `--force`.
+    Drop(VersionArgs),
+}
+
+/// A change of one version of a model, and its safeguards.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// The model's name.
+    pub model: String,
+    /// The version's id, as `versions list` shows it.
+    pub version: String,
+    #[command(flatten)]
+    pub safeguards: Safeguards,
+}
+
+/// A change of a model's versions, and its safeguards.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// The model's name.
+    pub model: String,
+    #[command(flatten)]
+    pub safeguards: Safeguards,
+}
+
+/// The safeguards of a change of versions.
+#[derive(Debug, Args)]
+pub struct Safeguards {
+    /// Say what would change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Drop even while a running instance holds the version's lease.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

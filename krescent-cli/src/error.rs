@@ -82,6 +82,13 @@ pub enum CliError {
         /// The lease's epoch.
         epoch: u64,
     },
+    /// A change of a model's versions was refused (an unknown version, the active one
+    /// dropped, a version behind).
+    #[error(transparent)]
+    Version(#[from] krescent::projection::VersionError),
+    /// The model has no blue/green versions.
+    #[error("model `{0}` has no projection versions (it never ran with `PostgresProjection::versioned`)")]
+    NoVersions(String),
     /// The operator did not confirm a destructive step.
     #[error("not confirmed (no answer, or stdin is not a terminal); nothing was changed; pass `--yes` to skip the question")]
     NotConfirmed,
@@ -107,6 +114,14 @@ impl CliError {
         CliError::NeedsPostgres {
             what: "`models delete`",
             why: "projections keep their tables in PostgreSQL",
+        }
+    }
+
+    /// `versions` on a data directory.
+    pub fn versions_need_postgres() -> Self {
+        CliError::NeedsPostgres {
+            what: "`versions`",
+            why: "projection versions are PostgreSQL schemas",
         }
     }
 

@@ -1,4 +1,4 @@
-//! `krescent events tail`: events as JSON lines.
+//! `krescent events tail`: events as JSON lines, with their revision and metadata.
 
 use krescent::RecordedEvent;
 use serde::Serialize;
@@ -22,7 +22,10 @@ struct Line<'a> {
     event_id: String,
     #[serde(rename = "type")]
     event_type: &'a str,
+    revision: u32,
     recorded_at: String,
+    /// The event's metadata, an object; `{}` for none.
+    metadata: serde_json::Map<String, serde_json::Value>,
     payload: &'a RawValue,
 }
 
@@ -80,7 +83,13 @@ fn print(event: &RecordedEvent) -> Result<(), CliError> {
         stream_version: meta.stream_version,
         event_id: meta.event_id.to_string(),
         event_type: &meta.event_type,
+        revision: meta.revision,
         recorded_at: rfc3339(meta.recorded_at),
+        metadata: meta
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         payload,
     })
 }

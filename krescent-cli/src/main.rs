@@ -18,6 +18,7 @@ mod output;
 mod parked;
 mod stats;
 mod time;
+mod versions;
 
 use std::process::ExitCode;
 
@@ -55,6 +56,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Store(command) => stats::run(&backend, command, json).await,
         Command::Events(command) => events::run(&backend, command).await,
         Command::Parked(command) => parked::run(&backend, command, json).await,
+        Command::Versions(command) => versions::run(&backend, command, json).await,
     }
 }
 
@@ -74,6 +76,7 @@ fn refuse_on_a_data_dir(cli: &Cli) -> Result<(), CliError> {
         Command::Models(cli::ModelsCommand::Delete(_)) => {
             Err(CliError::models_delete_needs_postgres())
         }
+        Command::Versions(_) => Err(CliError::versions_need_postgres()),
         _ => Ok(()),
     }
 }

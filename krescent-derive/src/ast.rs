@@ -42,6 +42,8 @@ pub(crate) enum Kind {
     Bytes,
     /// `#[checkpoint(support)]`: its own `CheckpointSupport`, as a nested bucket.
     Support,
+    /// `#[checkpoint(incremental)]`: a change-tracked collection, whole or its changes.
+    Incremental,
 }
 
 impl<'a> Container<'a> {
@@ -102,6 +104,7 @@ impl Field<'_> {
     pub(crate) fn kind(&self) -> Kind {
         match &self.checkpoint {
             Some(c) if c.support => Kind::Support,
+            Some(c) if c.incremental.is_some() => Kind::Incremental,
             _ if is_bytes(self.ty) => Kind::Bytes,
             _ => Kind::Serde,
         }
@@ -133,6 +136,20 @@ pub(crate) struct HandlerImpl {
     pub(crate) handlers: Vec<Handler>,
     /// The `#[on_start]` and `#[on_caught_up]` methods, in declaration order.
     pub(crate) hooks: Vec<Hook>,
+    /// The `#[group(...)]` handlers, in declaration order (one is right).
+    pub(crate) groups: Vec<GroupHandler>,
+}
+
+/// A group handler: `#[group(A, B)] fn name(&mut self, group: Group<'_>) [-> Output]`.
+pub(crate) struct GroupHandler {
+    /// The method's name.
+    pub(crate) method: Ident,
+    /// The event types it receives, as listed.
+    pub(crate) events: Vec<Type>,
+    /// Whether it is `async`.
+    pub(crate) asyncness: bool,
+    /// Its return type.
+    pub(crate) output: ReturnType,
 }
 
 /// A handler method: `fn name(&mut self, e: &Event[, meta: &EventMeta]) [-> Output]`, or with
@@ -202,6 +219,7 @@ impl HandlerImpl {
         }
         let mut handlers = Vec::new();
         let mut hooks = Vec::new();
+        let mut groups = Vec::new();
         for method in item.items.iter_mut().filter_map(|i| {
             if let ImplItem::Fn(f) = i {
                 Some(f)
@@ -209,21 +227,108 @@ impl HandlerImpl {
                 None
             }
         }) {
+            let group_events = take_group(cx, method);
             let hook_kind = take_hook(cx, method);
             if is_trait_impl {
                 continue;
             }
-            match hook_kind {
-                Some(kind) => hooks.extend(hook(cx, kind, method)),
-                None => handlers.extend(handler(cx, method)),
+            match (hook_kind, group_events) {
+                (Some(kind), None) => hooks.extend(hook(cx, kind, method)),
+                (None, Some(events)) => groups.extend(group_handler(cx, method, events)),
+                (Some(kind), Some(_)) => cx.error_spanned_by(
+                    &method.sig.ident,
+                    format!(
+                        "a method is either `#[{}]` or a `#[group(...)]` handler, not both",
+                        kind.name()
+                    ),
+                ),
+                (None, None) => handlers.extend(handler(cx, method)),
             }
         }
         HandlerImpl {
             krate: args.krate,
             handlers,
             hooks,
+            groups,
         }
     }
+
+    /// Every event type the block handles, with the method that handles it, in declaration
+    /// order.
+    pub(crate) fn events(&self) -> Vec<(&Type, &Ident)> {
+        let each = self.handlers.iter().map(|h| (&h.event, &h.method));
+        let grouped = self
+            .groups
+            .iter()
+            .flat_map(|g| g.events.iter().map(move |e| (e, &g.method)));
+        each.chain(grouped).collect()
+    }
+}
+
+/// Removes the `#[group(...)]` attribute of `method`; the event types it lists, if it has one.
+fn take_group(cx: &Ctxt, method: &mut ImplItemFn) -> Option<Vec<Type>> {
+    let mut events = None;
+    method.attrs.retain(|attr| {
+        if !attr.path().is_ident("group") {
+            return true;
+        }
+        let example = "`#[group(...)]` names the event types its handler receives, as in `#[group(BookAdded, BookLent)]`";
+        let listed = match &attr.meta {
+            syn::Meta::List(list) => list
+                .parse_args_with(
+                    syn::punctuated::Punctuated::<Type, syn::Token![,]>::parse_terminated,
+                )
+                .map(|types| types.into_iter().collect::<Vec<_>>()),
+            _ => Ok(Vec::new()),
+        };
+        match listed {
+            Ok(listed) if listed.is_empty() => cx.error_spanned_by(attr, example),
+            Ok(listed) => {
+                if events.replace(listed).is_some() {
+                    cx.error_spanned_by(attr, "duplicate `#[group(...)]` attribute");
+                }
+            }
+            Err(e) => cx.syn_error(syn::Error::new(e.span(), format!("{e}; {example}"))),
+        }
+        false
+    });
+    events
+}
+
+/// The group handler `method`, receiving `events`, if its signature fits.
+fn group_handler(cx: &Ctxt, method: &ImplItemFn, events: Vec<Type>) -> Option<GroupHandler> {
+    let sig = &method.sig;
+    let name = &sig.ident;
+    let mut fits = true;
+    let mut fail = |tokens: &dyn ToTokens, message: String| {
+        cx.error_spanned_by(tokens, message);
+        fits = false;
+    };
+    check_method(sig, &mut fail);
+    let params: Vec<&syn::PatType> = sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(pat) => Some(pat),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let expected = format!("a group handler takes `&mut self` and the group, as in `fn {name}(&mut self, group: Group<'_>)`");
+    match params.as_slice() {
+        [only] if last_segment_is(&only.ty, "Group") => {}
+        [only] => fail(
+            &only.ty,
+            format!("{expected}, found `{}`", type_string(&only.ty)),
+        ),
+        [] => fail(name, expected),
+        [_, extra, ..] => fail(extra, expected),
+    }
+    fits.then(|| GroupHandler {
+        method: name.clone(),
+        events,
+        asyncness: sig.asyncness.is_some(),
+        output: sig.output.clone(),
+    })
 }
 
 /// Removes the hook attributes of `method`; which hook it is, if any.

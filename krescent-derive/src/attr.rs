@@ -12,6 +12,7 @@ use syn::{Attribute, Expr, Lit, LitStr, Path, Token};
 
 use crate::ctxt::Ctxt;
 use crate::strategy::{self, Strategy};
+use crate::upcast::{self, Upcast};
 
 /// `#[event(...)]` on an event type.
 pub(crate) struct Event {
@@ -21,6 +22,12 @@ pub(crate) struct Event {
     pub(crate) revision: u32,
     /// `crate = "path"`: where the runtime crate is.
     pub(crate) krate: Path,
+    /// `upcast(1 = BookAddedV1, 2 = json(path))`: the older revisions and their hops.
+    pub(crate) upcast: Option<Upcast>,
+    /// `old_names("books.added", ...)`: names the type was recorded under before.
+    pub(crate) old_names: Vec<LitStr>,
+    /// `compatible_since = N`: the revision from which bumps keep checkpoints.
+    pub(crate) compatible_since: Option<(u32, syn::LitInt)>,
 }
 
 /// `#[model(...)]` and `#[checkpoint(...)]` on a model struct.
@@ -50,6 +57,9 @@ pub(crate) struct Checkpointing {
     pub(crate) storage: LitStr,
     /// What an unusable checkpoint does.
     pub(crate) on_invalid: OnInvalid,
+    /// `compact_at = "N%"`: a new base once the deltas exceed N % of the base; `None`: the
+    /// runtime's default.
+    pub(crate) compact_at: Option<u32>,
 }
 
 /// `on_invalid = "rebuild" | "fail"`.
@@ -69,6 +79,9 @@ pub(crate) struct FieldCheckpoint {
     pub(crate) key_span: Span,
     /// Whether the field writes itself through its own `CheckpointSupport`.
     pub(crate) support: bool,
+    /// `incremental`: a change-tracked collection whose checkpoints write what changed; where
+    /// the key was written, for errors.
+    pub(crate) incremental: Option<Span>,
 }
 
 /// The arguments of `#[handlers(...)]`.
@@ -149,6 +162,9 @@ pub(crate) fn event(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Event
     let mut name = Slot::new(cx, "#[event]", "name");
     let mut revision = Slot::new(cx, "#[event]", "revision");
     let mut krate = Slot::new(cx, "#[event]", "crate");
+    let mut upcasts = Slot::new(cx, "#[event]", "upcast");
+    let mut old_names = Slot::new(cx, "#[event]", "old_names");
+    let mut compatible_since = Slot::new(cx, "#[event]", "compatible_since");
     let mut seen = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
         seen = true;
@@ -163,24 +179,55 @@ pub(crate) fn event(cx: &Ctxt, ident: &syn::Ident, attrs: &[Attribute]) -> Event
             } else if meta.path.is_ident("revision") {
                 let value = integer(&meta).and_then(|(n, lit)| match n {
                     0 => Err(syn::Error::new_spanned(lit, "event revisions start at 1")),
-                    n => Ok(n),
+                    n => Ok((n, lit)),
                 });
                 revision.set(&meta.path, value);
             // `crate = "path"`: a renamed runtime crate.
             } else if meta.path.is_ident("crate") {
                 krate.set(&meta.path, crate_path(&meta));
+            // `upcast(1 = BookAddedV1, 2 = json(path))`: the hops from the older revisions;
+            // checked against `revision` in `check::event`.
+            } else if meta.path.is_ident("upcast") {
+                let span = syn::spanned::Spanned::span(&meta.path);
+                upcasts.set(&meta.path, upcast::parse(span, meta.input));
+            // `old_names("books.added", ...)`: names recorded before a rename, not empty.
+            } else if meta.path.is_ident("old_names") {
+                let names = (|| {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    let names = syn::punctuated::Punctuated::<LitStr, Token![,]>::parse_terminated(
+                        &content,
+                    )?;
+                    names
+                        .into_iter()
+                        .map(|n| not_empty(&n, "an old event name"))
+                        .collect::<syn::Result<Vec<_>>>()
+                })();
+                old_names.set(&meta.path, names);
+            // `compatible_since = N`: the revision from which bumps keep checkpoints.
+            } else if meta.path.is_ident("compatible_since") {
+                compatible_since.set(&meta.path, integer(&meta));
             } else {
-                unknown(cx, &meta, "#[event]", "`name`, `revision`, `crate`")?;
+                unknown(
+                    cx,
+                    &meta,
+                    "#[event]",
+                    "`name`, `revision`, `upcast`, `old_names`, `compatible_since`, `crate`",
+                )?;
             }
             Ok(())
         });
         parsed.unwrap_or_else(|e| cx.syn_error(e));
     }
     require_name(cx, ident, attrs, "event", seen && name.given, "book.added");
+    let revision = revision.value.map_or(1, |(n, _): (u32, syn::LitInt)| n);
     Event {
         name: name.value.map(|s| s.value()).unwrap_or_default(),
-        revision: revision.value.unwrap_or(1),
+        revision,
         krate: krate.value.unwrap_or_else(default_krate),
+        upcast: upcasts.value,
+        old_names: old_names.value.unwrap_or_default(),
+        compatible_since: compatible_since.value,
     }
 }
 
@@ -284,6 +331,7 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
     let mut strategy = Slot::new(cx, "#[checkpoint]", "strategy");
     let mut storage = Slot::new(cx, "#[checkpoint]", "storage");
     let mut on_invalid = Slot::new(cx, "#[checkpoint]", "on_invalid");
+    let mut compact_at = Slot::new(cx, "#[checkpoint]", "compact_at");
     let mut first = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("checkpoint")) {
         if first.is_some() {
@@ -327,12 +375,27 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
                     )),
                 });
                 on_invalid.set(&meta.path, value);
+            // `compact_at = "50%"`: when incremental fields write a new base.
+            } else if meta.path.is_ident("compact_at") {
+                let value = string(&meta).and_then(|lit| {
+                    let text = lit.value();
+                    text.strip_suffix('%')
+                        .and_then(|n| n.trim().parse::<u32>().ok())
+                        .filter(|n| (1..=10_000).contains(n))
+                        .ok_or_else(|| {
+                            syn::Error::new(
+                                lit.span(),
+                                format!("`compact_at` is a percentage from `1%` to `10000%`, as in `\"50%\"`, not `{text}`"),
+                            )
+                        })
+                });
+                compact_at.set(&meta.path, value);
             } else {
                 unknown(
                     cx,
                     &meta,
                     "#[checkpoint]",
-                    "`strategy`, `storage`, `on_invalid`",
+                    "`strategy`, `storage`, `on_invalid`, `compact_at`",
                 )?;
             }
             Ok(())
@@ -356,6 +419,7 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
         strategy: strategy.value?,
         storage: storage.value?,
         on_invalid: on_invalid.value.unwrap_or(OnInvalid::Rebuild),
+        compact_at: compact_at.value,
     })
 }
 
@@ -363,6 +427,7 @@ fn checkpointing(cx: &Ctxt, attrs: &[Attribute]) -> Option<Checkpointing> {
 pub(crate) fn field(cx: &Ctxt, field: &syn::Ident, attrs: &[Attribute]) -> Option<FieldCheckpoint> {
     let mut key = Slot::new(cx, "#[checkpoint]", "key");
     let mut support = Slot::new(cx, "#[checkpoint]", "support");
+    let mut incremental = Slot::new(cx, "#[checkpoint]", "incremental");
     let mut first = None;
     for attr in attrs.iter().filter(|a| a.path().is_ident("checkpoint")) {
         if first.is_some() {
@@ -397,8 +462,24 @@ pub(crate) fn field(cx: &Ctxt, field: &syn::Ident, attrs: &[Attribute]) -> Optio
                             );
                         }
                         support.set(&meta.path, Ok(()));
+                    // `incremental`: a change-tracked collection (`TrackedMap`, `TrackedSet`),
+                    // checkpointed as a base and deltas.
+                    } else if meta.path.is_ident("incremental") {
+                        if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+                            skip_value(&meta)?;
+                            cx.error_spanned_by(
+                                &meta.path,
+                                "`incremental` takes no value; write `#[checkpoint(incremental)]`",
+                            );
+                        }
+                        incremental.set(&meta.path, Ok(syn::spanned::Spanned::span(&meta.path)));
                     } else {
-                        unknown(cx, &meta, "#[checkpoint]", "`key`, `support`")?;
+                        unknown(
+                            cx,
+                            &meta,
+                            "#[checkpoint]",
+                            "`key`, `support`, `incremental`",
+                        )?;
                     }
                     Ok(())
                 });
@@ -415,6 +496,7 @@ pub(crate) fn field(cx: &Ctxt, field: &syn::Ident, attrs: &[Attribute]) -> Optio
         key,
         key_span,
         support: support.value.is_some(),
+        incremental: incremental.value,
     })
 }
 

@@ -26,6 +26,24 @@ fn event() {
 }
 
 #[test]
+fn event_with_upcasts() {
+    let input = quote! {
+        #[derive(Event, Serialize, Deserialize)]
+        #[event(
+            name = "book.added",
+            revision = 4,
+            upcast(1 = json(v2_from_v1), 2 = v2::BookAdded, 3 = BookAddedV3),
+            old_names("library.book_added"),
+            compatible_since = 3,
+        )]
+        struct BookAdded { book_id: String, copies: u32 }
+    };
+    insta::assert_snapshot!(pretty(crate::expand::derive_event(
+        &syn::parse2(input).unwrap()
+    )));
+}
+
+#[test]
 fn model() {
     insta::assert_snapshot!(derive_model(quote! {
         #[derive(EventModel, Default)]
@@ -41,6 +59,23 @@ fn model() {
             #[checkpoint(support, key = "other")]
             other_index: Index,
             lookups: u64,
+        }
+    }));
+}
+
+#[test]
+fn model_with_incremental_fields() {
+    insta::assert_snapshot!(derive_model(quote! {
+        #[derive(EventModel, Default)]
+        #[model(name = "books.counted")]
+        #[checkpoint(strategy = "fixed_events(25)", storage = "memory", compact_at = "25%")]
+        struct Counted {
+            #[checkpoint(incremental)]
+            counts: TrackedMap<String, u64>,
+            #[checkpoint(incremental, key = "seen_ids")]
+            seen: TrackedSet<u64>,
+            #[checkpoint]
+            total: u64,
         }
     }));
 }

@@ -33,6 +33,37 @@ mod shadowed {
         n: u64,
     }
 
+    #[derive(Deserialize)]
+    pub struct EvolvedV2 {
+        n: u64,
+    }
+
+    /// Every kind of hop, an old name and the opt-in, with the prelude shadowed.
+    #[derive(Event, Serialize, Deserialize)]
+    #[event(
+        name = "shadowed.evolved",
+        revision = 3,
+        upcast(1 = json(v2_from_v1), 2 = EvolvedV2),
+        old_names("shadowed.grown"),
+        compatible_since = 2
+    )]
+    pub struct Evolved {
+        n: u64,
+    }
+
+    #[allow(clippy::unnecessary_wraps)] // a JSON hop's signature
+    fn v2_from_v1(
+        v1: serde_json::Value,
+    ) -> std::result::Result<serde_json::Value, std::string::String> {
+        std::result::Result::Ok(v1)
+    }
+
+    impl std::convert::From<EvolvedV2> for Evolved {
+        fn from(v2: EvolvedV2) -> Self {
+            Evolved { n: v2.n }
+        }
+    }
+
     #[derive(Debug)]
     pub struct Failure;
 
@@ -98,6 +129,23 @@ mod shadowed {
     #[derive(Event, Serialize, Deserialize)]
     #[event(name = "shadowed.again", revision = 3)]
     pub struct Again;
+
+    /// A group handler, with the prelude shadowed.
+    #[derive(EventModel, Default)]
+    #[model(name = "shadowed.grouped")]
+    pub struct Grouped {
+        n: usize,
+    }
+
+    #[krescent::handlers]
+    impl Grouped {
+        #[group(Happened, Again)]
+        async fn all(&mut self, group: Group<'_>) -> std::result::Result<(), Failure> {
+            std::future::ready(()).await;
+            self.n += group.len();
+            std::result::Result::Ok(())
+        }
+    }
 }
 
 /// No prelude at all: every path the generated code uses is absolute.

@@ -625,3 +625,244 @@ fn the_checkpoint_version_follows_fields_and_event_revisions() {
         "only an unannotated field changed"
     );
 }
+
+/// `AvailableBooks` with a group handler: the same name, events and checkpointed fields, so
+/// the two share their checkpoints. Records the positions of every group it receives.
+#[derive(EventModel, Default, Debug)]
+#[model(name = "books.available", version = 1)]
+#[checkpoint(strategy = "fixed_events(2)", storage = "memory")]
+struct GroupedBooks {
+    #[checkpoint]
+    available: HashMap<String, u32>,
+    #[checkpoint(key = "lenders")]
+    lent_by_stream: BTreeMap<String, Vec<String>>,
+    groups: Vec<Vec<u64>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum GroupError {
+    #[error("a payload did not decode")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    NoCopyLeft(#[from] NoCopyLeft),
+}
+
+#[krescent::handlers]
+impl GroupedBooks {
+    #[group(BookAdded, BookLent)]
+    async fn books(&mut self, group: Group<'_>) -> Result<(), GroupError> {
+        tokio::task::yield_now().await;
+        self.groups
+            .push(group.iter().map(|e| e.position().get()).collect());
+        for event in group {
+            if let Some(e) = event.decode::<BookAdded>()? {
+                *self.available.entry(e.book_id).or_default() += e.copies;
+            } else if let Some(e) = event.decode::<BookLent>()? {
+                let copies = self
+                    .available
+                    .get_mut(&e.book_id)
+                    .filter(|n| **n > 0)
+                    .ok_or_else(|| NoCopyLeft(e.book_id.clone()))?;
+                *copies -= 1;
+                self.lent_by_stream
+                    .entry(event.meta().stream_id.to_string())
+                    .or_default()
+                    .push(e.user_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_group_handler_receives_the_events_up_to_each_checkpoint_and_shares_the_checkpoints() {
+    /// The design's events, with an unhandled one at position 3.
+    async fn append(store: &InMemoryEventStore) {
+        let streams = [
+            ("book-dune", vec![added("dune", 2), lent("dune", "ada")]),
+            (
+                "unrelated",
+                vec![NewEvent::from_json("member.joined", "{}").unwrap()],
+            ),
+            (
+                "book-emma",
+                vec![added("emma", 1), lent("emma", "bob"), lent("dune", "cy")],
+            ),
+        ];
+        for (stream, events) in streams {
+            store
+                .append(stream, ExpectedVersion::Any, events)
+                .await
+                .unwrap();
+        }
+    }
+    let krescent = Krescent::new(InMemoryEventStore::new());
+    let store = krescent.store();
+    append(store).await;
+    const { assert!(<GroupedBooks as Handlers>::GROUPED && !<AvailableBooks as Handlers>::GROUPED) };
+    assert_eq!(
+        CheckpointVersion::of::<GroupedBooks>(),
+        CheckpointVersion::of::<AvailableBooks>()
+    );
+
+    let grouped = krescent.catch_up(GroupedBooks::default()).await.unwrap();
+    assert_eq!(
+        grouped.model.groups,
+        vec![vec![1, 2], vec![4, 5], vec![6]],
+        "each group ends where `fixed_events(2)` falls due; the unhandled event 3 is in none"
+    );
+    assert_eq!(grouped.processed, 5);
+    let per_event = Krescent::new(InMemoryEventStore::new());
+    append(per_event.store()).await;
+    let reference = per_event.catch_up(AvailableBooks::default()).await.unwrap();
+    assert_eq!(grouped.model.available, reference.model.available);
+    assert_eq!(grouped.model.lent_by_stream, reference.model.lent_by_stream);
+
+    // The per-event model resumes from the group handler's checkpoint, and back.
+    store
+        .append("book-dune", ExpectedVersion::Any, vec![added("dune", 1)])
+        .await
+        .unwrap();
+    let resumed = krescent.catch_up(AvailableBooks::default()).await.unwrap();
+    assert_eq!(resumed.origin.restored_from(), Some(grouped.position));
+    assert_eq!((resumed.processed, resumed.model.available["dune"]), (1, 1));
+    let again = krescent.catch_up(GroupedBooks::default()).await.unwrap();
+    assert_eq!(again.origin.restored_from(), Some(resumed.position));
+    assert_eq!(again.processed, 0);
+}
+
+#[tokio::test]
+async fn a_group_fails_at_its_last_event_or_at_the_event_that_does_not_decode() {
+    let krescent = Krescent::new(InMemoryEventStore::new());
+    krescent
+        .store()
+        .append(
+            "book-dune",
+            ExpectedVersion::NoStream,
+            vec![lent("dune", "ada"), added("dune", 1)],
+        )
+        .await
+        .unwrap();
+    let error = krescent
+        .catch_up(GroupedBooks::default())
+        .await
+        .unwrap_err();
+    let krescent::Error::Handler {
+        position, source, ..
+    } = &error
+    else {
+        panic!("expected a handler error, got {error:?}")
+    };
+    assert_eq!(
+        *position,
+        Position::new(2),
+        "the group's failure is named after its last event"
+    );
+    assert_eq!(source.to_string(), "no copy of `dune` left");
+
+    let krescent = Krescent::new(InMemoryEventStore::new());
+    krescent
+        .store()
+        .append(
+            "book-dune",
+            ExpectedVersion::NoStream,
+            vec![
+                NewEvent::from_json("book.added", r#"{"book_id": 3}"#).unwrap(),
+                added("dune", 1),
+            ],
+        )
+        .await
+        .unwrap();
+    let error = krescent
+        .catch_up(GroupedBooks::default())
+        .await
+        .unwrap_err();
+    let krescent::Error::Handler {
+        position, source, ..
+    } = &error
+    else {
+        panic!("expected a handler error, got {error:?}")
+    };
+    assert_eq!(
+        *position,
+        Position::new(1),
+        "a decode error names its own event"
+    );
+    assert!(
+        matches!(source, krescent::model::HandlerError::Failed(_)),
+        "{source:?}"
+    );
+}
+
+/// A split model with a group handler: records the stream of every event it receives.
+#[derive(EventModel, Default)]
+#[model(name = "books.split", segments = 4)]
+#[checkpoint(strategy = "fixed_events(3)", storage = "memory")]
+struct SplitBooks {
+    #[checkpoint]
+    copies: u64,
+    streams: Vec<String>,
+}
+
+#[krescent::handlers]
+impl SplitBooks {
+    #[group(BookAdded)]
+    fn added(&mut self, group: Group<'_>) -> Result<(), DecodeError> {
+        for event in group {
+            if let Some(e) = event.decode::<BookAdded>()? {
+                self.copies += u64::from(e.copies);
+                self.streams.push(event.meta().stream_id.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_segment_s_groups_hold_its_own_streams_only() {
+    use krescent::fleet::Segment;
+    let krescent = Krescent::new(InMemoryEventStore::new());
+    let books: Vec<String> = (0..40).map(|i| format!("book-{i}")).collect();
+    for book in &books {
+        krescent
+            .store()
+            .append(
+                book,
+                ExpectedVersion::NoStream,
+                vec![added(book, 1), added(book, 2)],
+            )
+            .await
+            .unwrap();
+    }
+    let head = krescent.store().head().await.unwrap();
+    let running = krescent.stream_segments(|_segment: Segment| SplitBooks::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.held().len() < 4 || running.position() < head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the segments catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let segments = running.shutdown().await.unwrap();
+    let mut seen = Vec::new();
+    for (segment, ended) in &segments {
+        for stream in &ended.model.streams {
+            assert_eq!(
+                Segment::of(stream, 4),
+                *segment,
+                "{stream} is its segment's alone"
+            );
+        }
+        seen.extend(ended.model.streams.iter().cloned());
+    }
+    seen.sort();
+    seen.dedup_by(|a, b| a == b);
+    assert_eq!(
+        seen.len(),
+        books.len(),
+        "every stream is handled by a segment"
+    );
+    let copies: u64 = segments.iter().map(|(_, s)| s.model.copies).sum();
+    assert_eq!(copies, 3 * 40);
+}

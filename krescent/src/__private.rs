@@ -5,14 +5,21 @@ pub use core::num::NonZeroU32;
 pub use core::time::Duration;
 
 pub use crate::checkpoint::field::{Field, RestoreAny, RestoreSized};
+pub use crate::checkpoint::incremental::{
+    present as incremental_present, put as incremental_put, restore as incremental_restore,
+    Incremental,
+};
 pub use crate::checkpoint::{
     BucketValue, CheckpointBucket, CheckpointConfig, CheckpointError, CheckpointSupport,
     CheckpointTransaction, OnInvalid, Strategy,
 };
-pub use crate::event::{Event, EventType, RecordedEvent};
+pub use crate::event::{is_named, Event, EventType, RecordedEvent};
+pub use crate::group::Group;
 pub use crate::model::{EventModel, HandlerError, HandlerOutput, Handlers};
+pub use crate::upcast::{from_value, hop, json_hop, parse, DecodeFailure};
 pub use crate::{EventMeta, Origin, Position};
 pub use serde;
+pub use serde_json::Value as JsonValue;
 
 /// `future`, required to be `Send`: wraps each async handler's call, so that a handler future
 /// that is not `Send` is reported at the handler rather than at `#[handlers]`.

@@ -62,7 +62,10 @@
 //! without cloning it. It may also take `&EventMeta`, be `async`, and return `()` or
 //! `Result<(), E>`. Two hooks may join them: `#[on_start] fn started(&mut self, origin: &Origin)`
 //! and `#[on_caught_up] fn caught_up(&mut self, position: Position)`. Other methods belong in
-//! another `impl` block.
+//! another `impl` block. Instead of per-event handlers, a block may have one group handler,
+//! `#[group(BookAdded, BookLent)] async fn books(&mut self, group: Group<'_>)`, which receives
+//! the model's events a [`Group`] at a time (up to each checkpoint), for set-based writes: see
+//! the [`group`] module.
 //!
 //! Strategies: `fixed_events(N)`, `fixed_time(D)` (`ms`, `s`, `m`, `h`), `always`, `manual`,
 //! `on_shutdown`, `never`, and any of them joined with `|`.
@@ -100,7 +103,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-// The modules are layered, lowest first: values (position, event, hash, durable, transient),
+// The modules are layered, lowest first: values (position, event, group, hash, durable, transient),
 // fleet, model (model, metrics, checkpoint, the store's contract), postgres, the checkpoint
 // storages, the stores, projection, error, run, the API (krescent, decide), supervisor.
 // A module uses only the layers below it: docs/architecture.md, checked by .ci/layers.py.
@@ -111,8 +114,10 @@ mod durable;
 mod error;
 pub mod event;
 pub mod fleet;
+pub mod group;
 mod hash;
 mod krescent;
+pub mod metadata;
 pub mod metrics;
 pub mod model;
 mod position;
@@ -123,13 +128,16 @@ mod run;
 pub mod store;
 pub mod supervisor;
 mod transient;
+pub mod upcast;
 
 pub use checkpoint::{CheckpointBucket, CheckpointSupport};
 pub use decide::{Decide, DecideError, Decided, Loaded};
 pub use error::Error;
 pub use event::{DecodeError, Event, EventMeta, EventType, NewEvent, RecordedEvent};
+pub use group::{Group, GroupEvent};
 pub use krescent::{Configure, Krescent};
 pub use krescent_derive::{handlers, Event, EventModel};
+pub use metadata::Metadata;
 pub use model::{EventModel, HandlerError, Handlers, Origin};
 pub use position::{Position, PositionParseError};
 pub use run::{CaughtUp, Restored, Running, Status};
@@ -155,13 +163,13 @@ pub use deadpool_postgres;
 /// `#[handlers]`, the entry point and what it returns ([`Krescent`], [`Origin`], [`Position`],
 /// [`Error`] and its [`HandlerError`] and [`DecodeError`]), the store trait with the in-memory
 /// store and [`ExpectedVersion`](store::ExpectedVersion), a streaming model's [`Running`] and
-/// its [`Status`], the write side ([`DecideError`],
+/// its [`Status`], event [`Metadata`], the write side ([`DecideError`],
 /// [`Decided`], [`Query`](store::Query)), and serde's derives.
 pub mod prelude {
     pub use crate::store::{EventStore, ExpectedVersion, InMemoryEventStore, Query};
     pub use crate::{
         handlers, CaughtUp, DecideError, Decided, DecodeError, Error, Event, EventMeta, EventModel,
-        HandlerError, Krescent, NewEvent, Origin, Position, Running, Status,
+        Group, HandlerError, Krescent, Metadata, NewEvent, Origin, Position, Running, Status,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -218,17 +218,22 @@ fn value_kind(value: &BucketValue) -> &'static str {
     }
 }
 
-fn value_len(value: &BucketValue) -> usize {
+/// The length of `value` serialized as JSON (see [`json_len`]).
+pub(crate) fn value_len(value: &BucketValue) -> usize {
     match value {
         BucketValue::Json(raw) => raw.get().len(),
-        BucketValue::Bytes(bytes) | BucketValue::MessagePack(bytes) => {
-            bytes.len().div_ceil(3) * 4 + 2
-        }
+        BucketValue::Bytes(bytes) => base64_len(bytes.len()),
+        BucketValue::MessagePack(packed) => base64_len(packed.len()),
         BucketValue::Bucket(nested) => json_len(nested),
         // Small values: serialized (a value that cannot be is counted as nothing).
         small => serde_json::to_vec(small)
             .map_or(0, |json| json.len() - quoted_len(value_kind(small)) - 3),
     }
+}
+
+/// The length of `len` bytes as a base64 JSON string.
+fn base64_len(len: usize) -> usize {
+    len.div_ceil(3) * 4 + 2
 }
 
 /// The length of `text` as a JSON string.

@@ -4,6 +4,7 @@ use std::future::Future;
 
 use crate::checkpoint::{CheckpointConfig, CheckpointSupport, CheckpointVersion};
 use crate::event::{DecodeError, EventType, RecordedEvent};
+use crate::group::Group;
 use crate::hash::stable_hash;
 use crate::Position;
 
@@ -31,6 +32,11 @@ pub trait EventModel: Handlers + CheckpointSupport + Send + 'static {
     /// [`ErrorPolicy`](crate::deadletter::ErrorPolicy): `stop` (the default), `retry(N)`,
     /// `park`, `park(unordered)`, `retry(N) | park`. See [`crate::deadletter`].
     const ON_ERROR: &'static str = "stop";
+    /// When a model with `#[checkpoint(incremental)]` fields writes a new base, set by
+    /// `#[checkpoint(compact_at = "N%")]`: once the deltas written since the last base add up
+    /// to more than this percentage of the base's size (50 by default). See
+    /// [`crate::checkpoint::incremental`].
+    const COMPACT_AT_PERCENT: u32 = 50;
 
     /// How the model checkpoints, or `None` when it replays the whole stream on every start.
     fn checkpointing() -> Option<CheckpointConfig>;
@@ -49,14 +55,37 @@ pub trait Handlers {
     /// are skipped without decoding their payload.
     #[must_use]
     fn handles(event_type: &str) -> bool {
-        Self::EVENTS.iter().any(|e| e.name == event_type)
+        Self::EVENTS.iter().any(|e| e.is_named(event_type))
     }
 
+    /// Whether the model's handler is a group handler (`#[group(...)]`, see [`crate::group`]):
+    /// the runner then hands it groups of events through [`handle_group`](Self::handle_group)
+    /// instead of one event at a time. `false` (the default): per-event handlers.
+    const GROUPED: bool = false;
+
     /// Decodes `event` and calls the handler for its type; events of other types are ignored.
+    /// A group handler receives it as a group of one.
     fn handle<'a>(
         &'a mut self,
         event: &'a RecordedEvent,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Hands `group` (events the model handles, in order) to the group handler. The default,
+    /// for per-event handlers, handles each event in turn.
+    fn handle_group<'a>(
+        &'a mut self,
+        group: Group<'a>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a
+    where
+        Self: Send,
+    {
+        async move {
+            for event in group {
+                self.handle(event.recorded()).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// Called once when the model starts, before the first event, with how it started.
     fn on_start(&mut self, _origin: &Origin) {}
@@ -139,13 +168,20 @@ impl CheckpointVersion {
     pub fn of<M: EventModel>() -> Self {
         let mut events: Vec<EventType> = M::EVENTS.to_vec();
         events.sort_unstable();
-        let revisions: Vec<String> = events.iter().map(|e| e.revision.to_string()).collect();
-        let parts = [M::NAME, M::FINGERPRINT].into_iter().chain(
-            events
-                .iter()
-                .zip(&revisions)
-                .flat_map(|(event, revision)| [event.name, revision.as_str()]),
-        );
+        // An event without declared hops contributes its name and revision, as before
+        // revisions were recorded, so that upgrading krescent keeps checkpoints.
+        let revisions: Vec<String> = events
+            .iter()
+            .map(|e| e.checkpoint_revision.to_string())
+            .collect();
+        let parts =
+            [M::NAME, M::FINGERPRINT]
+                .into_iter()
+                .chain(events.iter().zip(&revisions).flat_map(|(event, revision)| {
+                    [event.name, revision.as_str()]
+                        .into_iter()
+                        .chain((!event.upcasts.is_empty()).then_some(event.upcasts))
+                }));
         CheckpointVersion::from_text(format!("v{}-{:016x}", M::VERSION, stable_hash(parts)))
     }
 }

@@ -1,15 +1,16 @@
 //! A replica of a projection model, for the fleet tests: it projects every `fleet.tick` event
 //! into the table `projected` (one row per event, no unique key, so an event applied twice
-//! shows as two rows), holding the model's lease while it runs and waiting as a standby while
-//! another replica holds it. Fenced, it says so and becomes a standby again.
+//! shows as two rows) and counts them in the one row of `counted` (a row every commit
+//! locks), with queued writes, holding the model's lease while it runs and waiting as a
+//! standby while another replica holds it. Fenced, it says so and becomes a standby again.
 //!
 //! ```text
 //! fleet_worker DATABASE_URL
 //! ```
 //!
 //! Environment: `FLEET_TTL_MS`, `FLEET_HEARTBEAT_MS`, `FLEET_POLL_MS` (the lease's timing,
-//! default [`LeaseConfig::default`]); `FLEET_SLOW_MS` (a pause in every handler, so that a
-//! transaction is open most of the time). Prints `status=<status>` on every change of status
+//! default [`LeaseConfig::default`]); `FLEET_SLOW_MS` (a pause in every handler, so that the
+//! process is in the middle of a batch most of the time). Prints `status=<status>` on every change of status
 //! and `fenced epoch=<E>` when a commit was fenced.
 //!
 //! With `FLEET_BUCKET=s3://bucket/prefix` (and the AWS environment: `AWS_ENDPOINT_URL`, region,
@@ -20,7 +21,16 @@
 //! With `FLEET_SEGMENTS=1` it runs the 4-segment model `fleet.segmented` instead (table
 //! `segmented`, the same rows plus the segment's index), with its share of the segments
 //! ([`Krescent::stream_segments`]); it prints `segments=<i,j,...>` whenever the segments it
-//! processes change and `fenced total=<N>` whenever a segment of it was fenced.
+//! processes change and `fenced total=<N>` whenever a segment of it was fenced. With
+//! `FLEET_SEGMENTS=8`, the 8-segment model `fleet.segmented8` (table `segmented8`) the same
+//! way. With `FLEET_RESCALE=2`, `4` or `8`, the model `fleet.rescaled` in that many segments
+//! (table `rescaled`, the same rows plus the segment count and the time of the insert), the
+//! same way: workers of different counts are a rolling deploy that changes the count.
+//!
+//! With `FLEET_VERSION=1` or `2` it runs that version of the blue/green model
+//! `fleet.versioned` (table `versioned`, the same rows, version 2's with one more column),
+//! switched to automatically when caught up, the previous version following for 10 minutes;
+//! it prints `version=<N> pid=<pid>` first.
 
 use std::error::Error;
 use std::time::Duration;
@@ -46,13 +56,15 @@ struct Projected {
     #[checkpoint(support)]
     table: PostgresProjection,
     insert: String,
+    count: String,
     slow: Duration,
 }
 
 #[krescent::handlers]
 impl Projected {
     async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
-        project(&mut self.table, &self.insert, self.slow, e, meta, None).await
+        project(&mut self.table, &self.insert, self.slow, e, meta, None).await?;
+        self.table.queue(&self.count, &[]).await
     }
 }
 
@@ -73,18 +85,13 @@ async fn project(
     let pid = i64::from(std::process::id());
     let stream: &str = &meta.stream_id;
     match segment {
-        None => {
-            table
-                .execute(insert, &[&position, &stream, &n, &pid])
-                .await?
-        }
+        None => table.queue(insert, &[&position, &stream, &n, &pid]).await,
         Some(segment) => {
             table
-                .execute(insert, &[&position, &stream, &n, &pid, &segment])
-                .await?
+                .queue(insert, &[&position, &stream, &n, &pid, &segment])
+                .await
         }
-    };
-    Ok(())
+    }
 }
 
 /// [`Projected`], split into 4 segments: one row per event in `segmented`.
@@ -106,6 +113,167 @@ impl Segmented {
         project(&mut self.table, &self.insert, self.slow, e, meta, segment).await
     }
 }
+
+/// [`Segmented`] split into 8: one row per event in `segmented8`.
+#[derive(EventModel)]
+#[model(name = "fleet.segmented8", segments = 8)]
+#[checkpoint(strategy = "fixed_events(10)", storage = "postgres")]
+struct Segmented8 {
+    #[checkpoint(support)]
+    table: PostgresProjection,
+    insert: String,
+    slow: Duration,
+    segment: i64,
+}
+
+#[krescent::handlers]
+impl Segmented8 {
+    async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
+        let segment = Some(self.segment);
+        project(&mut self.table, &self.insert, self.slow, e, meta, segment).await
+    }
+}
+
+/// `fleet.rescaled`, the model run in 2, 4 or 8 segments (`FLEET_RESCALE`): one row per event
+/// in `rescaled`, with the segment count that projected it and when.
+macro_rules! rescaled {
+    ($model:ident, $count:literal) => {
+        #[doc = concat!("`fleet.rescaled` in ", stringify!($count), " segments.")]
+        #[derive(EventModel)]
+        #[model(name = "fleet.rescaled", segments = $count)]
+        #[checkpoint(strategy = "fixed_events(10)", storage = "postgres")]
+        struct $model {
+            #[checkpoint(support)]
+            table: PostgresProjection,
+            insert: String,
+            slow: Duration,
+            segment: i64,
+        }
+
+        #[krescent::handlers]
+        impl $model {
+            async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), ProjectionError> {
+                let segment = Some(self.segment);
+                project(&mut self.table, &self.insert, self.slow, e, meta, segment).await
+            }
+        }
+    };
+}
+
+rescaled!(Rescaled2, 2);
+rescaled!(Rescaled4, 4);
+rescaled!(Rescaled8, 8);
+
+/// Version 1 of the blue/green model `fleet.versioned`: one row per event in its version's
+/// `versioned`.
+#[derive(EventModel)]
+#[model(name = "fleet.versioned", version = 1)]
+#[checkpoint(strategy = "fixed_events(10)", storage = "postgres")]
+struct VersionedV1 {
+    #[checkpoint(support)]
+    table: PostgresProjection,
+    slow: Duration,
+}
+
+#[krescent::handlers]
+impl VersionedV1 {
+    async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), VersionedError> {
+        let insert = versioned_insert(&self.table, "")?;
+        Ok(project(&mut self.table, &insert, self.slow, e, meta, None).await?)
+    }
+}
+
+/// Version 2 of `fleet.versioned`: its table has the column `v2` too.
+#[derive(EventModel)]
+#[model(name = "fleet.versioned", version = 2)]
+#[checkpoint(strategy = "fixed_events(10)", storage = "postgres")]
+struct VersionedV2 {
+    #[checkpoint(support)]
+    table: PostgresProjection,
+    slow: Duration,
+}
+
+#[krescent::handlers]
+impl VersionedV2 {
+    async fn tick(&mut self, e: &Tick, meta: &EventMeta) -> Result<(), VersionedError> {
+        let insert = versioned_insert(&self.table, ", v2")?;
+        Ok(project(&mut self.table, &insert, self.slow, e, meta, None).await?)
+    }
+}
+
+/// The insert of a projected event into this version's `versioned` (its name is known once
+/// the run entered the version), with `extra` columns set to true.
+fn versioned_insert(table: &PostgresProjection, extra: &str) -> Result<String, VersionedError> {
+    let name = table.name_of("versioned").ok_or(VersionedError::Unplaced)?;
+    let values = if extra.is_empty() { "" } else { ", true" };
+    Ok(format!(
+        "INSERT INTO {name} (position, stream_id, n, pid{extra}) VALUES ($1, $2, $3, $4{values})"
+    ))
+}
+
+/// What a handler of `fleet.versioned` fails with.
+#[derive(Debug)]
+enum VersionedError {
+    Projection(ProjectionError),
+    /// Its table's name is asked for before the run entered the version (never, as the run
+    /// enters it before any event).
+    Unplaced,
+}
+
+impl std::fmt::Display for VersionedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionedError::Projection(e) => e.fmt(f),
+            VersionedError::Unplaced => f.write_str("the version's table is not known yet"),
+        }
+    }
+}
+
+impl Error for VersionedError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            VersionedError::Projection(e) => Some(e),
+            VersionedError::Unplaced => None,
+        }
+    }
+}
+
+impl From<ProjectionError> for VersionedError {
+    fn from(e: ProjectionError) -> Self {
+        VersionedError::Projection(e)
+    }
+}
+
+/// Runs version `version` of `fleet.versioned` for good.
+async fn versioned(
+    krescent: &Krescent<PostgresEventStore>,
+    storage: &krescent::checkpoint::storage::PostgresCheckpointStorage,
+    slow: Duration,
+    version: &str,
+) -> Result<(), Box<dyn Error>> {
+    println!("version={version} pid={}", std::process::id());
+    let switching = krescent::projection::Versioning::automatic().grace(Duration::from_mins(10));
+    loop {
+        let extra = if version == "2" {
+            ", v2 boolean NOT NULL"
+        } else {
+            ""
+        };
+        let (table, _) = projection(storage, "versioned", extra)?;
+        let table = table.versioned(switching.clone());
+        let ended = if version == "2" {
+            report(krescent.stream(VersionedV2 { table, slow })).await
+        } else {
+            report(krescent.stream(VersionedV1 { table, slow })).await
+        };
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
+/// The parts of a segment's model: its table, its insert statement, the pause, its index.
+type Parts = (PostgresProjection, String, Duration, i64);
 
 /// Counts the ticks, in memory; exclusive, so it holds a lease; checkpoints to a bucket.
 #[derive(EventModel, Default)]
@@ -177,23 +345,37 @@ fn projection(
     Ok((projection, name))
 }
 
-/// Runs this process's share of `fleet.segmented`'s segments, for good.
-async fn segmented(
+/// Runs this process's share of the segments of `M` (projecting into `table`, built by
+/// `make` from its parts), for good.
+async fn segmented<M: EventModel>(
     krescent: &Krescent<PostgresEventStore>,
     storage: &krescent::checkpoint::storage::PostgresCheckpointStorage,
     slow: Duration,
+    table: &'static str,
+    make: fn(Parts) -> M,
 ) -> Result<(), Box<dyn Error>> {
+    // A rescaled model's rows say which count projected them, and when.
+    let rescaled = table == "rescaled";
+    let (columns, layout) = if rescaled {
+        (
+            ", segment bigint NOT NULL, layout bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp()",
+            format!(", layout) VALUES ($1, $2, $3, $4, $5, {})", M::SEGMENTS),
+        )
+    } else {
+        (
+            ", segment bigint NOT NULL",
+            ") VALUES ($1, $2, $3, $4, $5)".to_owned(),
+        )
+    };
     loop {
         let storage = storage.clone();
+        let layout = layout.clone();
         let running = krescent.stream_segments(move |segment| {
-            let (table, name) = projection(&storage, "segmented", ", segment bigint NOT NULL")
+            let (projection, name) = projection(&storage, table, columns)
                 .unwrap_or_else(|e| panic!("the table is valid: {e}"));
-            Segmented {
-                table,
-                insert: format!("INSERT INTO {name} (position, stream_id, n, pid, segment) VALUES ($1, $2, $3, $4, $5)"),
-                slow,
-                segment: i64::from(segment.index()),
-            }
+            let insert =
+                format!("INSERT INTO {name} (position, stream_id, n, pid, segment{layout}");
+            make((projection, insert, slow, i64::from(segment.index())))
         });
         let (mut held, mut fenced) = (None, 0);
         while !running.is_finished() {
@@ -216,6 +398,33 @@ async fn segmented(
             println!("error {e}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+fn rescaled2(p: Parts) -> Rescaled2 {
+    Rescaled2 {
+        table: p.0,
+        insert: p.1,
+        slow: p.2,
+        segment: p.3,
+    }
+}
+
+fn rescaled4(p: Parts) -> Rescaled4 {
+    Rescaled4 {
+        table: p.0,
+        insert: p.1,
+        slow: p.2,
+        segment: p.3,
+    }
+}
+
+fn rescaled8(p: Parts) -> Rescaled8 {
+    Rescaled8 {
+        table: p.0,
+        insert: p.1,
+        slow: p.2,
+        segment: p.3,
     }
 }
 
@@ -250,16 +459,57 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut krescent = Krescent::new(store).with_storage("postgres", storage.clone());
     krescent.configure::<Projected>().lease(lease)?;
     krescent.configure::<Segmented>().lease(lease)?;
-    if std::env::var_os("FLEET_SEGMENTS").is_some() {
-        return segmented(&krescent, &storage, slow).await;
+    krescent.configure::<Segmented8>().lease(lease)?;
+    krescent.configure::<Rescaled2>().lease(lease)?;
+    krescent.configure::<Rescaled4>().lease(lease)?;
+    krescent.configure::<Rescaled8>().lease(lease)?;
+    krescent.configure::<VersionedV1>().lease(lease)?;
+    krescent.configure::<VersionedV2>().lease(lease)?;
+    if let Ok(version) = std::env::var("FLEET_VERSION") {
+        return versioned(&krescent, &storage, slow, &version).await;
+    }
+    match std::env::var("FLEET_RESCALE").as_deref() {
+        Ok("2") => return segmented(&krescent, &storage, slow, "rescaled", rescaled2).await,
+        Ok("4") => return segmented(&krescent, &storage, slow, "rescaled", rescaled4).await,
+        Ok("8") => return segmented(&krescent, &storage, slow, "rescaled", rescaled8).await,
+        Ok(other) => return Err(format!("FLEET_RESCALE={other}: expected 2, 4 or 8").into()),
+        Err(_) => {}
+    }
+    match std::env::var("FLEET_SEGMENTS").as_deref() {
+        Ok("8") => {
+            return segmented(&krescent, &storage, slow, "segmented8", |p| Segmented8 {
+                table: p.0,
+                insert: p.1,
+                slow: p.2,
+                segment: p.3,
+            })
+            .await;
+        }
+        Ok(_) => {
+            return segmented(&krescent, &storage, slow, "segmented", |p| Segmented {
+                table: p.0,
+                insert: p.1,
+                slow: p.2,
+                segment: p.3,
+            })
+            .await;
+        }
+        Err(_) => {}
     }
     loop {
         let (table, name) = projection(&storage, "projected", "")?;
+        let table = table.table(
+            "counted",
+            "CREATE TABLE {table} (id integer PRIMARY KEY, events bigint NOT NULL)",
+        )?;
+        let counted = table.name_of("counted").ok_or("declared")?;
+        let count = format!("INSERT INTO {counted} AS c (id, events) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET events = c.events + 1");
         let model = Projected {
             table,
             insert: format!(
                 "INSERT INTO {name} (position, stream_id, n, pid) VALUES ($1, $2, $3, $4)"
             ),
+            count,
             slow,
         };
         if report(krescent.stream(model)).await {

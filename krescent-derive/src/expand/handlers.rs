@@ -6,7 +6,7 @@ use syn::spanned::Spanned;
 use syn::{ItemImpl, ReturnType};
 
 use super::respan;
-use crate::ast::{Handler, HandlerImpl, Hook, HookKind};
+use crate::ast::{GroupHandler, Handler, HandlerImpl, Hook, HookKind};
 use crate::attr;
 use crate::check;
 use crate::ctxt::{self, Ctxt};
@@ -39,11 +39,11 @@ fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
     let p = quote!(#krate::__private);
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
-    let events: Vec<_> = block.handlers.iter().map(|h| &h.event).collect();
+    let events: Vec<_> = block.events().into_iter().map(|(event, _)| event).collect();
     let handles = if events.is_empty() {
         quote!(false)
     } else {
-        quote!(#(__event_type == <#events as #p::Event>::NAME)||*)
+        quote!(#(#p::is_named(__event_type, <#events as #p::Event>::NAME, <#events as #p::Event>::OLD_NAMES))||*)
     };
     let event_type = if events.is_empty() {
         quote!(_)
@@ -52,11 +52,30 @@ fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
     };
     // `<E as Event>::…` everywhere, so that a type that is not an event is reported once.
     let event_types = events.iter().map(|event| {
-        quote!(#p::EventType { name: <#event as #p::Event>::NAME, revision: <#event as #p::Event>::REVISION })
+        quote!(#p::EventType {
+            name: <#event as #p::Event>::NAME,
+            revision: <#event as #p::Event>::REVISION,
+            old_names: <#event as #p::Event>::OLD_NAMES,
+            checkpoint_revision: <#event as #p::Event>::CHECKPOINT_REVISION,
+            upcasts: <#event as #p::Event>::UPCASTS,
+        })
     });
     let dispatch = block.handlers.iter().map(|h| dispatch(&p, h));
     let hooks = block.hooks.iter().map(|h| hook(&p, h));
     let distinct = distinct_names(&p, item, block);
+    let (grouped, dispatch) = match block.groups.first() {
+        Some(group) => (
+            Some(grouped(&p, group)),
+            // A group handler receives a lone event as a group of one.
+            vec![quote! {
+                if <Self as #p::Handlers>::handles(__event_type) {
+                    let __events = [__event];
+                    return <Self as #p::Handlers>::handle_group(self, #p::Group::new(&__events)).await;
+                }
+            }],
+        ),
+        None => (None, dispatch.collect()),
+    };
     quote! {
         #distinct
         const _: () = {
@@ -79,9 +98,51 @@ fn generate(item: &ItemImpl, block: &HandlerImpl) -> TokenStream {
                     }
                 }
 
+                #grouped
+
                 #(#hooks)*
             }
         };
+    }
+}
+
+/// `GROUPED` and `handle_group`, calling the group handler; the call and its conversion to
+/// `Result<(), HandlerError>` spanned at the return type, as a per-event handler's.
+fn grouped(p: &TokenStream, group: &GroupHandler) -> TokenStream {
+    let (span, returns_unit) = match &group.output {
+        ReturnType::Default => (group.method.span(), true),
+        ReturnType::Type(_, ty) => (ty.span(), false),
+    };
+    let mut method = group.method.clone();
+    method.set_span(span);
+    let call = if group.asyncness {
+        let name_span = group.method.span();
+        let future = quote_spanned!(span=> Self::#method(self, __group));
+        quote_spanned!(name_span=> #p::send(#future).await)
+    } else {
+        quote_spanned!(span=> Self::#method(self, __group))
+    };
+    let outcome = if returns_unit {
+        quote! {
+            #call;
+            ::core::result::Result::Ok(())
+        }
+    } else {
+        let into_result = respan(quote!(#p::HandlerOutput::into_result), span);
+        quote_spanned!(span=> #into_result(#call))
+    };
+    quote! {
+        const GROUPED: ::core::primitive::bool = true;
+
+        fn handle_group<'__a>(
+            &'__a mut self,
+            __group: #p::Group<'__a>,
+        ) -> impl #p::Future<Output = ::core::result::Result<(), #p::HandlerError>> + ::core::marker::Send + '__a
+        where
+            Self: ::core::marker::Send,
+        {
+            async move { #outcome }
+        }
     }
 }
 
@@ -95,9 +156,10 @@ fn distinct_names(p: &TokenStream, item: &ItemImpl, block: &HandlerImpl) -> Toke
     }
     let self_ty = &item.self_ty;
     let mut checks = Vec::new();
-    for (i, later) in block.handlers.iter().enumerate() {
-        for earlier in &block.handlers[..i] {
-            let (a, b) = (&earlier.event, &later.event);
+    let events = block.events();
+    for (i, (later, _)) in events.iter().enumerate() {
+        for (earlier, _) in &events[..i] {
+            let (a, b) = (*earlier, *later);
             let message = format!(
                 "`{}` handles event types `{}` and `{}` that have the same name (`Event::NAME`); give each event type its own `#[event(name = \"...\")]`",
                 written(&quote!(#self_ty)),
@@ -168,7 +230,7 @@ fn dispatch(p: &TokenStream, handler: &Handler) -> TokenStream {
         quote_spanned!(span=> return #into_result(#call);)
     };
     quote! {
-        if __event_type == <#event as #p::Event>::NAME {
+        if #p::is_named(__event_type, <#event as #p::Event>::NAME, <#event as #p::Event>::OLD_NAMES) {
             let __decoded = match #p::RecordedEvent::decode::<#event>(__event) {
                 ::core::result::Result::Ok(__decoded) => __decoded,
                 ::core::result::Result::Err(__error) => {

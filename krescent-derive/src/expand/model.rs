@@ -42,6 +42,7 @@ fn generate(c: &Container) -> TokenStream {
     let restore = restore(&p, c);
     let validate = validate(&p, c);
     let transaction = transaction(&p, c);
+    let tracking = tracking(&p, c);
     let exclusive = c.attrs.exclusive.then(|| {
         quote!(
             const EXCLUSIVE: ::core::primitive::bool = true;
@@ -53,6 +54,17 @@ fn generate(c: &Container) -> TokenStream {
             const SEGMENTS: ::core::primitive::u32 = #n;
         )
     });
+    let compact_at = c
+        .attrs
+        .checkpoint
+        .as_ref()
+        .and_then(|config| config.compact_at)
+        .map(|percent| {
+            let percent = Literal::u32_unsuffixed(percent);
+            quote!(
+                const COMPACT_AT_PERCENT: ::core::primitive::u32 = #percent;
+            )
+        });
     let on_error = c.attrs.on_error.as_ref().map(|policy| {
         quote!(
             const ON_ERROR: &'static ::core::primitive::str = #policy;
@@ -70,6 +82,7 @@ fn generate(c: &Container) -> TokenStream {
                 #exclusive
                 #segments
                 #on_error
+                #compact_at
 
                 fn checkpointing() -> ::core::option::Option<#p::CheckpointConfig> {
                     #checkpointing
@@ -82,6 +95,7 @@ fn generate(c: &Container) -> TokenStream {
                 #restore
                 #validate
                 #transaction
+                #tracking
             }
         };
     }
@@ -221,6 +235,10 @@ fn create(p: &TokenStream, c: &Container) -> TokenStream {
                 quote!(#put?;)
             }
             Kind::Bytes => quote!(#p::CheckpointBucket::put_bytes(__bucket, #key, &self.#member);),
+            Kind::Incremental => {
+                let put = respan(quote!(#p::incremental_put(&self.#member, __bucket, #key)), ty.span());
+                quote!(#put?;)
+            }
             Kind::Support => {
                 let create = respan(quote!(<#ty as #p::CheckpointSupport>::create_checkpoint(&self.#member, &mut __nested)), ty.span());
                 quote! {
@@ -283,6 +301,15 @@ fn restore(p: &TokenStream, c: &Container) -> TokenStream {
                 );
                 assign.push(quote!(self.#member = #local;));
             }
+            Kind::Incremental => {
+                // A whole collection, or a base and its deltas applied in order.
+                let get = respan(
+                    quote!(#p::incremental_restore::<#ty>(__bucket, #key)),
+                    ty.span(),
+                );
+                decode.push(quote!(let #local: #ty = #get?;));
+                assign.push(quote!(self.#member = #local;));
+            }
             Kind::Support => {
                 decode.push(quote!(let #local = #p::CheckpointBucket::bucket(__bucket, #key)?;));
                 if supports > 1 {
@@ -336,6 +363,7 @@ fn validate(p: &TokenStream, c: &Container) -> TokenStream {
                 Kind::Bytes => quote! {
                     ::core::matches!(#value, ::core::option::Option::Some(#p::BucketValue::Bytes(_)))
                 },
+                Kind::Incremental => quote!(#p::incremental_present(__bucket, #key)),
                 Kind::Support => {
                     let valid = respan(quote!(<#ty as #p::CheckpointSupport>::validate_checkpoint(&self.#member, __nested)), ty.span());
                     quote! {
@@ -381,6 +409,44 @@ fn transaction(p: &TokenStream, c: &Container) -> TokenStream {
         fn transaction(&mut self) -> ::core::option::Option<&mut dyn #p::CheckpointTransaction> {
             #(#supports)*
             ::core::option::Option::None
+        }
+    }
+}
+
+/// `tracks_changes` and `checkpoint_taken` when a field is `#[checkpoint(incremental)]` or
+/// `#[checkpoint(support)]` (whose own fields may be); nothing otherwise (the trait's defaults).
+fn tracking(p: &TokenStream, c: &Container) -> TokenStream {
+    let mut incremental = false;
+    let mut seals = Vec::new();
+    for (field, _) in c.checkpointed() {
+        let member = field.ident;
+        let ty = field.ty;
+        match field.kind() {
+            Kind::Incremental => {
+                incremental = true;
+                seals.push(quote!(<#ty as #p::Incremental>::seal(&mut self.#member);));
+            }
+            Kind::Support => seals
+                .push(quote!(<#ty as #p::CheckpointSupport>::checkpoint_taken(&mut self.#member);)),
+            Kind::Serde | Kind::Bytes => {}
+        }
+    }
+    if seals.is_empty() {
+        return TokenStream::new();
+    }
+    // A support field's changes go into its nested bucket whole: only the model's own
+    // incremental fields write deltas.
+    let tracks = incremental.then(|| {
+        quote! {
+            fn tracks_changes(&self) -> ::core::primitive::bool {
+                true
+            }
+        }
+    });
+    quote! {
+        #tracks
+        fn checkpoint_taken(&mut self) {
+            #(#seals)*
         }
     }
 }

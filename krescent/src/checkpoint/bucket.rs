@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use base64::Engine;
+use bytes::Bytes;
 use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -30,10 +31,11 @@ pub enum BucketValue {
     /// Any other serde value, as JSON.
     Json(Box<RawValue>),
     /// Binary data, base64 in the encoding.
-    Bytes(#[serde(with = "bytes")] Vec<u8>),
+    Bytes(#[serde(with = "base64_bytes")] Vec<u8>),
     /// Any other serde value, as `MessagePack` ([`CheckpointFormat::MessagePack`]); base64 in a
-    /// JSON encoding.
-    MessagePack(#[serde(with = "bytes")] Vec<u8>),
+    /// JSON encoding. Shared, not copied, where a storage writes it out whole (the object
+    /// storage's `PUT` sends these very bytes).
+    MessagePack(#[serde(with = "base64_bytes")] Bytes),
     /// A nested bucket, written by an extension's own [`CheckpointSupport`](super::CheckpointSupport).
     Bucket(CheckpointBucket),
 }
@@ -48,7 +50,8 @@ impl PartialEq for BucketValue {
             (V::Float(a), V::Float(b)) => a.to_bits() == b.to_bits(),
             (V::Bool(a), V::Bool(b)) => a == b,
             (V::Json(a), V::Json(b)) => a.get() == b.get(),
-            (V::Bytes(a), V::Bytes(b)) | (V::MessagePack(a), V::MessagePack(b)) => a == b,
+            (V::Bytes(a), V::Bytes(b)) => a == b,
+            (V::MessagePack(a), V::MessagePack(b)) => a == b,
             (V::Bucket(a), V::Bucket(b)) => a == b,
             _ => false,
         }
@@ -131,7 +134,7 @@ impl BucketValue {
                     Err(_) => BucketValue::Uint(u64::try_from(value).unwrap_or(u64::MAX)),
                 }
             }
-            _ => BucketValue::MessagePack(packed),
+            _ => BucketValue::MessagePack(packed.into()),
         })
     }
 
@@ -165,7 +168,7 @@ impl BucketValue {
                     .and_then(|value| decoder.end().map(|()| value))
             }
             BucketValue::MessagePack(packed) => {
-                let mut decoder = rmp_serde::Deserializer::from_read_ref(packed.as_slice());
+                let mut decoder = rmp_serde::Deserializer::from_read_ref(&packed[..]);
                 return seed.deserialize(&mut decoder).map_err(|e| e.to_string());
             }
             BucketValue::Bytes(_) | BucketValue::Bucket(_) => {
@@ -199,6 +202,9 @@ pub struct CheckpointBucket {
     values: BTreeMap<String, BucketValue>,
     #[serde(skip)]
     format: CheckpointFormat,
+    /// Whether incremental fields put their changes only (a delta's bucket).
+    #[serde(skip)]
+    delta: bool,
 }
 
 impl PartialEq for CheckpointBucket {
@@ -220,7 +226,24 @@ impl CheckpointBucket {
         CheckpointBucket {
             values: BTreeMap::new(),
             format,
+            delta: false,
         }
+    }
+
+    /// An empty bucket that puts values in `format`, and of `#[checkpoint(incremental)]`
+    /// fields only what changed since the last checkpoint: a delta's.
+    #[must_use]
+    pub fn delta_with_format(format: CheckpointFormat) -> Self {
+        CheckpointBucket {
+            delta: true,
+            ..Self::with_format(format)
+        }
+    }
+
+    /// Whether incremental fields put only what changed ([`delta_with_format`](Self::delta_with_format)).
+    #[must_use]
+    pub fn is_delta(&self) -> bool {
+        self.delta
     }
 
     /// The format [`put`](Self::put) encodes in.
@@ -466,7 +489,7 @@ pub(crate) mod packed {
                     RawValue::from_string(v).map_err(|e| format!("key `{key}`: {e}"))?,
                 ),
                 Value::Bytes(v) => BucketValue::Bytes(v.0),
-                Value::MessagePack(v) => BucketValue::MessagePack(v.0),
+                Value::MessagePack(v) => BucketValue::MessagePack(v.0.into()),
                 Value::Bucket(v) => BucketValue::Bucket(bucket(v)?),
             };
             decoded.values.insert(key, value);
@@ -491,7 +514,21 @@ pub(crate) mod packed {
         rmp_serde::encode::write(out, &BucketRef(bucket))
     }
 
+    /// Writes `bucket` after `prefix` as one `MessagePack` document in pieces: the large
+    /// `MessagePack` values shared with the bucket, not copied (the object storage's `PUT`
+    /// body; a 43 MB value is neither copied nor paged in again).
+    #[cfg(feature = "object-store")]
+    pub(crate) fn encode_shared(
+        bucket: &CheckpointBucket,
+        prefix: Vec<u8>,
+    ) -> Result<Vec<bytes::Bytes>, rmp_serde::encode::Error> {
+        let mut pieces = shared::Pieces::new(bucket, prefix);
+        encode_into(bucket, &mut pieces)?;
+        Ok(pieces.finish())
+    }
+
     /// About the size [`encode_into`] writes (at least the values' bytes), to reserve it once.
+    #[cfg(feature = "postgres")]
     pub(crate) fn size_hint(bucket: &CheckpointBucket) -> usize {
         bucket
             .values
@@ -502,7 +539,8 @@ pub(crate) mod packed {
                     + match value {
                         BucketValue::Str(v) => v.len(),
                         BucketValue::Json(v) => v.get().len(),
-                        BucketValue::Bytes(v) | BucketValue::MessagePack(v) => v.len(),
+                        BucketValue::Bytes(v) => v.len(),
+                        BucketValue::MessagePack(v) => v.len(),
                         BucketValue::Bucket(v) => size_hint(v),
                         BucketValue::Int(_)
                         | BucketValue::Uint(_)
@@ -519,19 +557,103 @@ pub(crate) mod packed {
             rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
         bucket(values)
     }
+
+    /// The writer of [`encode_shared`].
+    #[cfg(feature = "object-store")]
+    mod shared {
+        use bytes::Bytes;
+
+        use super::{BucketValue, CheckpointBucket};
+
+        /// Values shorter than this are copied: a piece of their own costs more than the copy.
+        const SHARED_LEN: usize = 64 * 1024;
+
+        /// A document gathered in pieces. The encoder writes a binary value's bytes with one
+        /// `write` of the very slice it was given, so a write that *is* one of the bucket's
+        /// large values (same address, same length) becomes a piece sharing that value; any
+        /// other write is copied into the current piece. Nothing depends on the encoder
+        /// writing so but the speed: a value written otherwise is copied, byte for byte the
+        /// same document.
+        pub(super) struct Pieces<'a> {
+            large: Vec<&'a Bytes>,
+            current: Vec<u8>,
+            done: Vec<Bytes>,
+        }
+
+        impl<'a> Pieces<'a> {
+            pub(super) fn new(bucket: &'a CheckpointBucket, prefix: Vec<u8>) -> Self {
+                let mut large = Vec::new();
+                collect(bucket, &mut large);
+                Pieces {
+                    large,
+                    current: prefix,
+                    done: Vec::new(),
+                }
+            }
+
+            pub(super) fn finish(mut self) -> Vec<Bytes> {
+                if !self.current.is_empty() {
+                    self.done.push(self.current.into());
+                }
+                self.done
+            }
+        }
+
+        fn collect<'a>(bucket: &'a CheckpointBucket, large: &mut Vec<&'a Bytes>) {
+            for value in bucket.values.values() {
+                match value {
+                    BucketValue::MessagePack(packed) if packed.len() >= SHARED_LEN => {
+                        large.push(packed);
+                    }
+                    BucketValue::Bucket(nested) => collect(nested, large),
+                    _ => {}
+                }
+            }
+        }
+
+        impl std::io::Write for Pieces<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let shared = (buf.len() >= SHARED_LEN)
+                    .then(|| {
+                        self.large.iter().find(|value| {
+                            value.as_ptr() == buf.as_ptr() && value.len() == buf.len()
+                        })
+                    })
+                    .flatten();
+                match shared {
+                    Some(value) => {
+                        let current = std::mem::take(&mut self.current);
+                        if !current.is_empty() {
+                            self.done.push(current.into());
+                        }
+                        self.done.push(Bytes::clone(value));
+                    }
+                    None => self.current.extend_from_slice(buf),
+                }
+                Ok(buf.len())
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    }
 }
 
-mod bytes {
+mod base64_bytes {
     use super::{Deserialize, Deserializer, Engine, Serializer};
 
     pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(
+        d: D,
+    ) -> Result<T, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
             .decode(text.as_bytes())
+            .map(T::from)
             .map_err(serde::de::Error::custom)
     }
 }
@@ -686,6 +808,41 @@ mod tests {
         let back: CheckpointBucket = serde_json::from_str(&text).unwrap();
         assert_eq!(back, bucket);
         assert!(packed::decode(&[0x92, 1, 2]).is_err());
+    }
+
+    #[cfg(feature = "object-store")]
+    #[test]
+    fn shared_pieces_are_the_document_with_large_values_not_copied() {
+        let format = CheckpointFormat::MessagePack;
+        let large: Vec<u64> = (0..40_000).collect();
+        let mut inner = CheckpointBucket::with_format(format);
+        inner.put("large", &large).unwrap();
+        inner.put("small", &[1, 2, 3]).unwrap();
+        let mut bucket = CheckpointBucket::with_format(format);
+        bucket.put("a", &large).unwrap();
+        bucket.put("b", "text").unwrap();
+        bucket.insert("nested", BucketValue::Bucket(inner));
+        let pieces = packed::encode_shared(&bucket, b"head\n".to_vec()).unwrap();
+        let joined: Vec<u8> = pieces
+            .iter()
+            .flat_map(|piece| piece.iter().copied())
+            .collect();
+        let mut whole = b"head\n".to_vec();
+        whole.extend(packed::encode(&bucket).unwrap());
+        assert_eq!(joined, whole);
+        let shares = |value: &BucketValue| match value {
+            BucketValue::MessagePack(packed) => pieces
+                .iter()
+                .any(|piece| piece.as_ptr() == packed.as_ptr() && piece.len() == packed.len()),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(shares(bucket.value("a").unwrap()));
+        assert!(shares(
+            bucket.bucket("nested").unwrap().value("large").unwrap()
+        ));
+        assert!(!shares(
+            bucket.bucket("nested").unwrap().value("small").unwrap()
+        ));
     }
 
     #[test]

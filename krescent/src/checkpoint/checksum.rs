@@ -14,7 +14,7 @@ use crc32fast::Hasher;
 
 // cycle: `StoredCheckpoint::checksum` (`stored.rs`) is this function; both are the stored
 // checkpoint's contract, this file its sum.
-use super::{BucketValue, CheckpointBucket, StoredCheckpoint};
+use super::{BucketValue, CheckpointBucket, Piece, StoredCheckpoint};
 use crate::checkpoint::to_micros;
 
 /// The checksum of `checkpoint`.
@@ -25,6 +25,13 @@ pub(super) fn of(checkpoint: &StoredCheckpoint) -> u32 {
     sum.0.update(&checkpoint.position.get().to_le_bytes());
     sum.0.update(&to_micros(checkpoint.taken_at).to_le_bytes());
     sum.bucket(&checkpoint.bucket);
+    // A whole checkpoint sums as before deltas existed, so stored ones still verify.
+    if let Piece::Delta(link) = checkpoint.piece {
+        sum.0.update(&[0xd]);
+        sum.0.update(&link.base.get().to_le_bytes());
+        sum.0.update(&link.previous.get().to_le_bytes());
+        sum.0.update(&link.sequence.to_le_bytes());
+    }
     sum.0.finalize()
 }
 

@@ -73,11 +73,7 @@ where
     T: Collection,
 {
     fn restore(&self, bucket: &CheckpointBucket, key: &str) -> Result<T, CheckpointError> {
-        bucket.get_with(key, |value| Presized::<T> {
-            // A map's entry takes at least two bytes.
-            most: value.encoded_len().map_or(0, |len| len / 2),
-            marker: PhantomData,
-        })
+        bucket.get_with(key, presized::<T>)
     }
 }
 
@@ -99,6 +95,16 @@ pub trait Collection: Sized {
 pub struct Presized<T> {
     most: usize,
     marker: PhantomData<fn() -> T>,
+}
+
+/// The seed that restores a collection encoded as `value`, allocated for the entries it
+/// announces (at most half as many as its encoding has bytes).
+pub(crate) fn presized<T>(value: &super::BucketValue) -> Presized<T> {
+    Presized {
+        // A map's entry takes at least two bytes.
+        most: value.encoded_len().map_or(0, |len| len / 2),
+        marker: PhantomData,
+    }
 }
 
 impl<T> Presized<T> {
@@ -238,7 +244,7 @@ mod tests {
         let mut bucket = CheckpointBucket::with_format(CheckpointFormat::MessagePack);
         bucket.insert(
             "field",
-            BucketValue::MessagePack(vec![0xdf, 0xff, 0xff, 0xff, 0xff]),
+            BucketValue::MessagePack(vec![0xdf, 0xff, 0xff, 0xff, 0xff].into()),
         );
         let restored = (&&Field::<HashMap<String, u64>>::new()).restore(&bucket, "field");
         assert!(

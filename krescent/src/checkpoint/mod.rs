@@ -1,4 +1,5 @@
-//! Checkpointing: buckets, the support trait, strategies, stored checkpoints and storages.
+//! Checkpointing: buckets, the support trait, strategies, stored checkpoints and storages, and
+//! incremental checkpoints of tracked collections ([`incremental`]).
 
 mod bucket;
 mod budget;
@@ -7,6 +8,7 @@ mod config;
 mod error;
 pub(crate) mod field;
 mod format;
+pub mod incremental;
 pub mod storage;
 mod stored;
 mod strategy;
@@ -20,11 +22,12 @@ pub(crate) use budget::SnapshotBudget;
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
 pub use format::CheckpointFormat;
-#[cfg(feature = "object-store")]
-pub use storage::ObjectStoreCheckpointStorage;
+pub use incremental::{Link, Piece, TrackedMap, TrackedSet};
 pub use storage::{
-    CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, StorageError,
+    CheckpointStorage, FileCheckpointStorage, InMemoryCheckpointStorage, PieceInfo, StorageError,
 };
+#[cfg(feature = "object-store")]
+pub use storage::{ObjectStoreCheckpointStorage, RetainedCheckpoint};
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresCheckpointStorage, PostgresPool};
 pub(crate) use stored::{from_micros, to_micros, truncate_to_micros};
@@ -32,5 +35,5 @@ pub use stored::{Integrity, StoredCheckpoint};
 pub(crate) use strategy::StrategyState;
 pub use strategy::{CheckpointTrigger, Strategy, StrategyError};
 pub use support::CheckpointSupport;
-pub use transaction::CheckpointTransaction;
+pub use transaction::{CheckpointTransaction, FlushError};
 pub use version::CheckpointVersion;

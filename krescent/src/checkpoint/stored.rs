@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CheckpointBucket, CheckpointVersion, StorageError};
+use super::{CheckpointBucket, CheckpointVersion, Link, Piece, StorageError};
 use crate::Position;
 
 /// A checkpoint: the state of a model after the event at `position`.
@@ -20,6 +20,9 @@ pub struct StoredCheckpoint {
     pub taken_at: SystemTime,
     /// The model's state.
     pub bucket: CheckpointBucket,
+    /// Whether it is the whole state or a delta over earlier checkpoints
+    /// ([`crate::checkpoint::incremental`]); as loaded, a delta is its whole chain folded.
+    pub piece: Piece,
 }
 
 /// The encoding's format number; bumped when the layout changes. Format 1 (krescent 0.1) had
@@ -37,7 +40,18 @@ struct Encoded<'a> {
     taken_at_micros: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     checksum: Option<u32>,
+    /// A delta's place in its chain; absent for a whole checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delta: Option<EncodedLink>,
     bucket: std::borrow::Cow<'a, CheckpointBucket>,
+}
+
+/// A [`Link`] in a document.
+#[derive(Serialize, Deserialize)]
+struct EncodedLink {
+    base: String,
+    previous: String,
+    sequence: u32,
 }
 
 /// How the integrity of a loaded checkpoint was checked
@@ -70,7 +84,15 @@ impl StoredCheckpoint {
             position,
             taken_at: truncate_to_micros(SystemTime::now()),
             bucket,
+            piece: Piece::Whole,
         }
+    }
+
+    /// This checkpoint as a delta at `link` of its chain.
+    #[must_use]
+    pub fn with_piece(mut self, piece: Piece) -> Self {
+        self.piece = piece;
+        self
     }
 
     /// The checksum a storage records with the checkpoint and checks before it restores
@@ -114,6 +136,14 @@ impl StoredCheckpoint {
             position: self.position.to_string(),
             taken_at_micros: to_micros(self.taken_at),
             checksum: Some(self.checksum()),
+            delta: match self.piece {
+                Piece::Whole => None,
+                Piece::Delta(link) => Some(EncodedLink {
+                    base: link.base.to_string(),
+                    previous: link.previous.to_string(),
+                    sequence: link.sequence,
+                }),
+            },
             bucket: std::borrow::Cow::Borrowed(&self.bucket),
         };
         serde_json::to_vec(&encoded).map_err(|e| StorageError::Encode {
@@ -153,16 +183,26 @@ impl StoredCheckpoint {
                 )))
             }
         };
-        let position = encoded
-            .position
-            .parse()
-            .map_err(|e: crate::position::PositionParseError| corrupt(e.to_string()))?;
+        let parse = |text: &str| {
+            text.parse()
+                .map_err(|e: crate::position::PositionParseError| corrupt(e.to_string()))
+        };
+        let position = parse(&encoded.position)?;
+        let piece = match &encoded.delta {
+            None => Piece::Whole,
+            Some(link) => Piece::Delta(Link {
+                base: parse(&link.base)?,
+                previous: parse(&link.previous)?,
+                sequence: link.sequence,
+            }),
+        };
         let checkpoint = StoredCheckpoint {
             namespace: encoded.namespace.into_owned(),
             version: CheckpointVersion::from_text(encoded.version.into_owned()),
             position,
             taken_at: from_micros(encoded.taken_at_micros),
             bucket: encoded.bucket.into_owned(),
+            piece,
         };
         let integrity = match checksum {
             Some(checksum) => checkpoint.verify(checksum, origin)?,

@@ -48,6 +48,9 @@ pub(crate) struct StrategyState {
     manual: bool,
     on_shutdown: bool,
     since_checkpoint: u32,
+    /// How often the model moved past events that were not its own (a quiet segment) since
+    /// the last checkpoint: a checkpoint by time or at shutdown stores the new position.
+    moved: u32,
     last_checkpoint: Instant,
     trigger: CheckpointTrigger,
 }
@@ -61,6 +64,7 @@ impl StrategyState {
             manual: false,
             on_shutdown: strategy.checkpoints_on_shutdown(),
             since_checkpoint: 0,
+            moved: 0,
             last_checkpoint: Instant::now(),
             trigger,
         };
@@ -92,10 +96,22 @@ impl StrategyState {
             || (self.manual && self.trigger.is_requested())
     }
 
-    /// Whether an idle model has a checkpoint due: time has run out with unsaved events. (A
-    /// manual request waits for the next event, or for the stop.)
+    /// The model moved its position past events that were not its own (a quiet segment
+    /// caught up to the head): not an event for the count of `fixed_events`, but a checkpoint
+    /// by time, or at shutdown, stores the new position.
+    pub(crate) fn moved(&mut self) {
+        self.moved = self.moved.saturating_add(1);
+    }
+
+    /// Events processed, or a position moved, since the last checkpoint.
+    fn unsaved(&self) -> bool {
+        self.since_checkpoint > 0 || self.moved > 0
+    }
+
+    /// Whether an idle model has a checkpoint due: time has run out with unsaved events (or a
+    /// moved position). (A manual request waits for the next event, or for the stop.)
     pub(crate) fn due_when_idle(&self) -> bool {
-        self.since_checkpoint > 0
+        self.unsaved()
             && self
                 .every_time
                 .is_some_and(|d| self.last_checkpoint.elapsed() >= d)
@@ -104,25 +120,25 @@ impl StrategyState {
     /// Whether a graceful stop should checkpoint the events processed since the last one: the
     /// strategy says so, or a manual request is still open.
     pub(crate) fn due_on_shutdown(&self) -> bool {
-        self.since_checkpoint > 0
-            && (self.on_shutdown || (self.manual && self.trigger.is_requested()))
+        self.unsaved() && (self.on_shutdown || (self.manual && self.trigger.is_requested()))
     }
 
     /// Whether any processed event is not yet covered by a checkpoint.
     pub(crate) fn has_unsaved(&self) -> bool {
-        self.since_checkpoint > 0
+        self.unsaved()
     }
 
     /// Resets counters and clock after a checkpoint was taken, whatever asked for it.
     pub(crate) fn checkpoint_taken(&mut self) {
         self.since_checkpoint = 0;
+        self.moved = 0;
         self.last_checkpoint = Instant::now();
         self.trigger.take();
     }
 
     /// How long an idle streaming model may sleep before a time-based checkpoint falls due.
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
-        (self.since_checkpoint > 0)
+        self.unsaved()
             .then_some(())
             .and(self.every_time)
             .map(|d| self.last_checkpoint + d)

@@ -31,4 +31,15 @@ pub trait CheckpointSupport {
     fn transaction(&mut self) -> Option<&mut dyn CheckpointTransaction> {
         None
     }
+
+    /// Whether some of the state is `#[checkpoint(incremental)]`: it can write deltas (a
+    /// bucket made with [`CheckpointBucket::delta_with_format`]) rather than the whole state.
+    /// By default it cannot.
+    fn tracks_changes(&self) -> bool {
+        false
+    }
+
+    /// Forgets the changes the incremental fields recorded: a checkpoint holds them now.
+    /// Called after every checkpoint is taken; by default nothing.
+    fn checkpoint_taken(&mut self) {}
 }

@@ -2,7 +2,30 @@
 
 use super::{StorageError, StoredCheckpoint};
 use crate::deadletter::ParkedEvent;
+use crate::event::RecordedEvent;
 use crate::Position;
+
+/// Why [`CheckpointTransaction::flush`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// A write queued by a handler failed: the event that queued it. The runner reports it as
+    /// that event's handler error.
+    #[error("the write queued by the event at position {position} (`{event_type}` of stream `{stream_id}`) failed")]
+    Write {
+        /// The event's position.
+        position: Position,
+        /// The event's type name.
+        event_type: String,
+        /// The event's stream.
+        stream_id: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The transaction itself failed (its connection, its `BEGIN`).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
 
 /// A model extension whose writes go into a database transaction that the runner commits
 /// together with the checkpoint, so that a crash can never separate the two (a Postgres
@@ -36,14 +59,17 @@ pub trait CheckpointTransaction: Send {
     /// segment of `model`, so it is kept when other segments hold checkpoints of `version` and
     /// this segment never committed (a segment starting for the first time), and otherwise
     /// the whole model starts over (every segment's checkpoint and data discarded, the other
-    /// segments' leases fenced). The default refuses: an extension must say how its data is
-    /// split to run in segments.
+    /// segments' leases fenced). When the segment count changed and the checkpoints of the
+    /// old count can be carried over (a rescale, see [`Handover`](crate::fleet::Handover)),
+    /// the segment continues from them instead: the returned handover says from where, and
+    /// what to skip until then; `None`: it starts from the first event. The default refuses:
+    /// an extension must say how its data is split to run in segments.
     async fn reset_segment(
         &mut self,
         model: &str,
         segment: crate::fleet::Segment,
         version: &super::CheckpointVersion,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<crate::fleet::Handover>, StorageError> {
         let _ = version;
         Err(StorageError::Database(
             format!(
@@ -51,6 +77,44 @@ pub trait CheckpointTransaction: Send {
             )
             .into(),
         ))
+    }
+
+    /// Enters this build's `version` of `model` when the extension keeps versions side by
+    /// side (a blue/green [`PostgresProjection`](crate::projection::PostgresProjection)), before
+    /// the lease is taken: the namespace its checkpoint and lease are kept under. `None` (the
+    /// default): the model's own namespace, as without versions.
+    async fn enter_version(
+        &mut self,
+        model: &str,
+        version: &super::CheckpointVersion,
+    ) -> Result<Option<String>, StorageError> {
+        let _ = (model, version);
+        Ok(None)
+    }
+
+    /// The event whose handler runs next, so that what it queues can name it when it fails.
+    /// The runner calls it before each event it hands to the model, and before each group it
+    /// hands to a group handler with the group's last event (see [`crate::group`]). The
+    /// default ignores it.
+    fn handling(&mut self, event: &RecordedEvent) {
+        let _ = event;
+    }
+
+    /// Sends the writes the handlers queued (in the open transaction, beginning it if needed).
+    /// The runner calls it right before every commit (`before_commit`: nothing but the commit
+    /// follows, so the transaction may be bounded in time), and after each event of a model
+    /// whose error policy retries or parks, so that a failed write is its event's failure. The
+    /// default has nothing queued.
+    async fn flush(&mut self, before_commit: bool) -> Result<(), FlushError> {
+        let _ = before_commit;
+        Ok(())
+    }
+
+    /// Whether [`commit`](Self::commit) keeps deltas of incremental checkpoints as its
+    /// storage does ([`CheckpointStorage::keeps_deltas`](super::CheckpointStorage::keeps_deltas)).
+    /// `false` (the default): the model commits whole checkpoints.
+    fn keeps_deltas(&self) -> bool {
+        false
     }
 
     /// Writes `checkpoint` in the open transaction and commits it with everything written since

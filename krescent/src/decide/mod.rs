@@ -90,7 +90,7 @@ pub use snapshot::{snapshot_namespace, SnapshotWrite};
 use self::state::State;
 use crate::model::EventModel;
 use crate::store::{AppendCondition, Appended, EventStore, ExpectedVersion, Query};
-use crate::{Krescent, NewEvent, Position};
+use crate::{EventMeta, Krescent, Metadata, NewEvent, Position};
 
 /// The retries after a conflict unless set otherwise.
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -108,6 +108,8 @@ pub struct Decide<'k, S, M> {
     query: Option<Query>,
     retries: u32,
     backoff: Duration,
+    /// Metadata every emitted event gets ([`Decide::metadata`], [`Decide::caused_by`]).
+    metadata: Metadata,
     model: PhantomData<fn() -> M>,
 }
 
@@ -154,6 +156,7 @@ impl<S: EventStore> Krescent<S> {
             query: None,
             retries: DEFAULT_RETRIES,
             backoff: DEFAULT_BACKOFF,
+            metadata: Metadata::new(),
             model: PhantomData,
         }
     }
@@ -223,6 +226,33 @@ impl<S: EventStore, M: EventModel + Default> Decide<'_, S, M> {
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
+    }
+
+    /// Adds `metadata` to every event the decision emits (a key an event sets itself keeps the
+    /// event's value): a command's correlation id, its user, its tenant.
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata.extend(metadata);
+        self
+    }
+
+    /// Marks every event the decision emits as caused by the event `cause` (a process manager
+    /// deciding on what it handled): the events carry `cause`'s correlation id and its event id
+    /// as their causation id, as [`NewEvent::caused_by`] sets them.
+    pub fn caused_by(mut self, cause: &EventMeta) -> Self {
+        self.metadata.extend(cause.causation());
+        self
+    }
+
+    /// `events` with the decision's metadata under their own.
+    fn with_metadata(&self, mut events: Vec<NewEvent>) -> Vec<NewEvent> {
+        if !self.metadata.is_empty() {
+            for event in &mut events {
+                let mut metadata = self.metadata.clone();
+                metadata.extend(std::mem::take(&mut event.metadata));
+                event.metadata = metadata;
+            }
+        }
+        events
     }
 
     /// The ceiling of the first retry's jittered wait (default [`DEFAULT_BACKOFF`]); it
@@ -297,6 +327,7 @@ impl<S: EventStore, M: EventModel + Default> Decide<'_, S, M> {
                 stream: stream_id.to_owned(),
                 error,
             })?;
+            let events = self.with_metadata(events);
             if events.is_empty() {
                 return Ok(Decided {
                     stream_version: state.version,

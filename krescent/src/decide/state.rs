@@ -174,6 +174,8 @@ impl<M: EventModel + Default> State<M> {
                     position: Position::new(first_position + i),
                     recorded_at,
                     event_type: event.event_type,
+                    revision: event.revision,
+                    metadata: event.metadata,
                 },
                 payload: event.payload,
             };

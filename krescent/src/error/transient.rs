@@ -35,7 +35,10 @@ impl StorageError {
             | StorageError::Corrupt { .. }
             | StorageError::Encode { .. }
             // Another instance holds the lease: retrying under the old epoch never succeeds.
-            | StorageError::Fenced { .. } => false,
+            | StorageError::Fenced { .. }
+            // A retired version never runs again.
+            | StorageError::Retired { .. }
+            | StorageError::Chain { .. } => false,
         }
     }
 }

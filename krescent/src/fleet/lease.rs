@@ -12,17 +12,30 @@ use super::{Fence, LeaseConfig};
 /// Why the lease table failed, ready to be logged: the lease protocol only logs and retries.
 pub(crate) type LeaseError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The segment count a lease is taken for: the lease of a model's segment (or of the whole
+/// model, count 1) is taken only while no lease of another count of the model is live, so
+/// that two layouts never run at once (see [`crate::fleet::Handover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout<'a> {
+    /// The model's name.
+    pub(crate) model: &'a str,
+    /// Its segment count.
+    pub(crate) count: u32,
+}
+
 /// The rows the leases are kept in, one per namespace: who holds it, under which epoch, until
 /// when (by the database server's clock).
 #[async_trait::async_trait]
 pub(crate) trait LeaseTable: Send + Sync + std::fmt::Debug {
     /// Takes the lease of `namespace` for `holder` if it is free or expired, for `ttl`; its
-    /// epoch then (one more than the last holder's), or `None` while another holds it.
+    /// epoch then (one more than the last holder's), or `None` while another holds it, or
+    /// (with a `layout`) while a lease of another segment count of the model is live.
     async fn try_take(
         &self,
         namespace: &str,
         holder: &str,
         ttl: Duration,
+        layout: Option<Layout<'_>>,
     ) -> Result<Option<u64>, LeaseError>;
 
     /// Extends the lease `fence` names by `ttl`; whether it is still held.
@@ -38,8 +51,9 @@ pub(crate) trait LeaseTable: Send + Sync + std::fmt::Debug {
     /// The namespaces starting with `prefix` whose lease is live, in byte order.
     async fn live(&self, prefix: &str) -> Result<Vec<String>, LeaseError>;
 
-    /// Which of `namespaces` have a live lease now, held by anyone.
-    async fn held(&self, namespaces: &[String]) -> Result<Vec<String>, LeaseError>;
+    /// Which of `namespaces` have a live lease now, held by anyone: each with its holder
+    /// (`<pid>:<id>`).
+    async fn held(&self, namespaces: &[String]) -> Result<Vec<(String, String)>, LeaseError>;
 }
 
 /// The leases of the models checkpointing in one table; runtime plumbing, not an API.
@@ -74,10 +88,13 @@ impl Leases {
     }
 
     /// Waits until this run holds the lease of `namespace`, trying every `config.poll`; `None`
-    /// when `stop` is set first. Database failures while waiting are logged and retried.
+    /// when `stop` is set first. With a `layout`, it also waits while a lease of another
+    /// segment count of the model is live: the old layout runs until its last instance stops,
+    /// then the new one takes over. Database failures while waiting are logged and retried.
     pub(crate) async fn acquire(
         &self,
         namespace: &str,
+        layout: Option<Layout<'_>>,
         config: LeaseConfig,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<HeldLease> {
@@ -86,7 +103,11 @@ impl Leases {
             if *stop.borrow() {
                 return None;
             }
-            match self.table.try_take(namespace, &holder, config.ttl).await {
+            match self
+                .table
+                .try_take(namespace, &holder, config.ttl, layout)
+                .await
+            {
                 Ok(Some(epoch)) => {
                     info!(namespace, epoch, holder, "took the lease");
                     let fence = Fence {

@@ -6,17 +6,26 @@ use tracing::warn;
 use super::lease::LeaseError;
 use super::{HeldLease, LeaseConfig, Leases};
 
-/// The lease namespaces of `model`'s members start with this.
-fn members_prefix(model: &str) -> String {
-    format!("{model}#member/")
+/// The lease namespaces of the members running `model` in `count` segments start with this:
+/// the instances of another count (a rolling deploy that changes it) are not counted in the
+/// shares, so the old count's instances keep running all of its segments until the last of
+/// them stops.
+fn members_prefix(model: &str, count: u32) -> String {
+    format!("{model}#member/{count}/")
 }
 
 impl Leases {
-    /// Makes this instance a member of `model`'s fleet: a lease of a namespace of its own,
-    /// renewed like any lease and let go of when dropped or released. Members whose lease
-    /// expired more than a minute ago (their process died) are deleted first.
-    pub(crate) async fn join(&self, model: &str, config: LeaseConfig) -> Option<HeldLease> {
-        let prefix = members_prefix(model);
+    /// Makes this instance a member of the fleet running `model` in `count` segments: a lease
+    /// of a namespace of its own, renewed like any lease and let go of when dropped or
+    /// released. Members whose lease expired more than a minute ago (their process died) are
+    /// deleted first.
+    pub(crate) async fn join(
+        &self,
+        model: &str,
+        count: u32,
+        config: LeaseConfig,
+    ) -> Option<HeldLease> {
+        let prefix = members_prefix(model, count);
         if let Err(error) = self.table.delete_expired(&prefix).await {
             warn!(model, %error, "deleting the members that died failed; they expire anyway");
         }
@@ -24,16 +33,20 @@ impl Leases {
         // Nothing stops the wait: the namespace is new, so the first try takes it (or the
         // database fails and it is retried).
         let (_never, mut stop) = tokio::sync::watch::channel(false);
-        self.acquire(&namespace, config, &mut stop).await
+        self.acquire(&namespace, None, config, &mut stop).await
     }
 
-    /// The members of `model` whose lease is live, by namespace (in byte order).
-    pub(crate) async fn members(&self, model: &str) -> Result<Vec<String>, LeaseError> {
-        self.table.live(&members_prefix(model)).await
+    /// The members running `model` in `count` segments whose lease is live, by namespace (in
+    /// byte order).
+    pub(crate) async fn members(&self, model: &str, count: u32) -> Result<Vec<String>, LeaseError> {
+        self.table.live(&members_prefix(model, count)).await
     }
 
-    /// Which of `namespaces` have a live lease now, held by anyone.
-    pub(crate) async fn held(&self, namespaces: &[String]) -> Result<Vec<String>, LeaseError> {
+    /// Which of `namespaces` have a live lease now, held by anyone: each with its holder.
+    pub(crate) async fn held(
+        &self,
+        namespaces: &[String],
+    ) -> Result<Vec<(String, String)>, LeaseError> {
         self.table.held(namespaces).await
     }
 }

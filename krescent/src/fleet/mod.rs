@@ -65,24 +65,41 @@
 //! projection shares its tables between the segments; see
 //! [`CheckpointTransaction::reset_segment`](crate::checkpoint::CheckpointTransaction::reset_segment)
 //! for how a segment without a checkpoint joins them or starts the model over.
+//!
+//! # Changing the count
+//!
+//! A split projection whose count changes between powers of two (or from the unsplit model)
+//! continues from the old count's checkpoints: the first segment of the new count converts
+//! them, per [`Slice`], into checkpoints of the new count, each with a [`Handover`] of the
+//! slices processed further than its position, which it skips until it passes them. A lease
+//! of one count is taken only while no lease of another count of the model is live, and the
+//! conversion fences the old count's leases before it reads their checkpoints: the new count
+//! waits for the old one, and the two never commit at once. A model whose checkpoint holds
+//! state in memory, or a count that is not a power of two, is rebuilt instead.
 
 mod config;
 mod fence;
+mod handover;
 #[cfg(feature = "postgres")]
 mod lease;
 #[cfg(feature = "postgres")]
 mod membership;
 mod segment;
+mod slice;
 
 pub use config::{LeaseConfig, LeaseHolder};
 pub use fence::Fence;
+pub use handover::Handover;
+#[cfg(feature = "postgres")]
+pub(crate) use handover::Progress;
 #[cfg(feature = "postgres")]
 #[doc(hidden)]
 pub use lease::Leases;
 #[cfg(feature = "postgres")]
-pub(crate) use lease::{HeldLease, LeaseError, LeaseTable};
-#[cfg(feature = "postgres")]
-pub(crate) use segment::fair_share;
+pub(crate) use lease::{HeldLease, Layout, LeaseError, LeaseTable};
 pub use segment::Segment;
+#[cfg(feature = "postgres")]
+pub(crate) use segment::{fair_share, layout_of};
+pub use slice::Slice;
 // Run by `Krescent::stream_segments`, at the top; shown here, with the fleet they form.
 pub use crate::krescent::{RunningSegments, SegmentsEnded};

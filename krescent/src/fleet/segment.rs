@@ -10,7 +10,11 @@ use crate::hash::stable_hash;
 /// same in every build, process and platform) modulo the count, so every event is processed
 /// by exactly one segment, and the events of one stream by the same segment, in order. Each
 /// segment is run as a model of its own: its state, its checkpoint (namespace
-/// `<model>#<index>/<count>`, say `books.available#2/4`) and its lease. Every segment reads
+/// `<model>#<index>/<count>`, say `books.available#2/4`) and its lease.
+///
+/// With a count that is a power of two (up to 1024), a segment is a contiguous range of
+/// [`Slice`](super::Slice)s ([`slices`](Self::slices)), and the PostgreSQL store returns it only
+/// its own events. With any other count, and with the memory and file stores, a segment reads
 /// the whole log and skips, without decoding them, the events of other segments' streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Segment {
@@ -62,6 +66,14 @@ impl Segment {
         Segment::of(stream_id, self.count) == self
     }
 
+    /// The slices this segment's streams are in, when its count is a power of two up to 1024
+    /// (see [`Slice`](super::Slice)); `None` for any other count, whose segments are not
+    /// ranges of slices.
+    #[must_use]
+    pub fn slices(self) -> Option<std::ops::RangeInclusive<u16>> {
+        super::slice::range(self.index, self.count)
+    }
+
     /// The checkpoint and lease namespace of this segment of `model`: `<model>#<index>/<count>`.
     #[must_use]
     pub fn namespace(self, model: &str) -> String {
@@ -76,6 +88,16 @@ impl Segment {
         let segment = Segment::new(index.parse().ok()?, count.parse().ok()?)?;
         (segment.namespace(model) == namespace).then_some(segment)
     }
+}
+
+/// The segment of `model` a checkpoint or lease namespace names: one of its segments, or the
+/// whole model (segment 0 of 1), which is its own namespace.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn layout_of(model: &str, namespace: &str) -> Option<Segment> {
+    if namespace == model {
+        return Segment::new(0, 1);
+    }
+    Segment::from_namespace(model, namespace)
 }
 
 impl fmt::Display for Segment {

@@ -219,7 +219,9 @@ impl<S: EventStore> Krescent<S> {
     pub async fn catch_up<M: EventModel>(&self, model: M) -> Result<CaughtUp<M>, Error> {
         let span = tracing::info_span!("catch_up", model = M::NAME);
         let plan = self.plan::<M>(Until::Head, RestartPolicy::never());
-        run::catch_up(plan, model).instrument(span).await
+        // On the heap: the run's state machine is large (over 16 KB), and a caller's future
+        // that awaits this one holds it otherwise.
+        Box::pin(run::catch_up(plan, model)).instrument(span).await
     }
 
     /// Restores `model` from its checkpoint and reads nothing; without a checkpoint the result's
@@ -232,6 +234,7 @@ impl<S: EventStore> Krescent<S> {
             model,
             origin,
             position,
+            ..
         } = restore(model, checkpointing.as_ref()).await?;
         let origin = match origin {
             Origin::Rebuilt { reason } => Origin::Unusable { reason },

@@ -259,7 +259,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             .get(M::NAME)
             .and_then(|o| o.lease)
             .unwrap_or_default();
-        let Some(mut member) = leases.join(M::NAME, config).await else {
+        let Some(mut member) = leases.join(M::NAME, M::SEGMENTS, config).await else {
             return Ok(Vec::new());
         };
         let mut me = member.fence().namespace.clone();
@@ -277,7 +277,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
                 break;
             }
             let (members, held) = match (
-                leases.members(M::NAME).await,
+                leases.members(M::NAME, M::SEGMENTS).await,
                 leases.held(&namespaces).await,
             ) {
                 (Ok(members), Ok(held)) => (members, held),
@@ -293,7 +293,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
                     model = M::NAME,
                     "this instance's membership expired; joining again"
                 );
-                if let Some(again) = leases.join(M::NAME, config).await {
+                if let Some(again) = leases.join(M::NAME, M::SEGMENTS, config).await {
                     member.release().await;
                     member = again;
                     me.clone_from(&member.fence().namespace);
@@ -302,16 +302,9 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             };
             let share = crate::fleet::fair_share(M::SEGMENTS, members.len(), rank);
             let share = usize::try_from(share).unwrap_or(usize::MAX);
-            let held_elsewhere = |segment: &Segment| held.contains(&segment.namespace(M::NAME));
-            // A standby lost the race for a free segment: another instance holds it.
-            let lost: Vec<Segment> = self
-                .streams
-                .iter()
-                .filter(|(s, r)| r.status() == Status::Standby && held_elsewhere(s))
-                .map(|(s, _)| *s)
-                .collect();
+            let held_elsewhere = |segment: &Segment| Self::holder(&held, *segment).is_some();
             // Above the share: standbys go first, then the highest segments.
-            let mut surplus: Vec<Segment> = lost;
+            let mut surplus: Vec<Segment> = self.lost(&held);
             let mut keep: Vec<Segment> = self
                 .streams
                 .keys()
@@ -347,6 +340,29 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             Some(e) => Err(e),
             None => ended,
         }
+    }
+
+    /// The holder of `segment`'s live lease, among `held` (namespace, holder).
+    fn holder(held: &[(String, String)], segment: Segment) -> Option<&str> {
+        let namespace = segment.namespace(M::NAME);
+        held.iter()
+            .find(|(n, _)| *n == namespace)
+            .map(|(_, h)| h.as_str())
+    }
+
+    /// The segments here that another process holds: a standby lost the race for it, or a
+    /// running one lost its lease while this process was paused (a quiet segment, which
+    /// commits nothing, would not learn it from a fenced commit).
+    fn lost(&self, held: &[(String, String)]) -> Vec<Segment> {
+        let this_process = format!("{}:", std::process::id());
+        self.streams
+            .iter()
+            .filter(|(s, r)| {
+                Self::holder(held, **s)
+                    .is_some_and(|h| r.status() == Status::Standby || !h.starts_with(&this_process))
+            })
+            .map(|(s, _)| *s)
+            .collect()
     }
 
     /// Stops `segment` here, gracefully; an error other than being fenced.

@@ -97,6 +97,8 @@ impl PostgresConfig {
             migrations: format!("{schema}.\"{MIGRATIONS_TABLE}\""),
             leases: format!("{schema}.\"{LEASES_TABLE}\""),
             parked: format!("{schema}.\"{PARKED_TABLE}\""),
+            deltas: format!("{schema}.\"{DELTAS_TABLE}\""),
+            versions: format!("{schema}.\"{VERSIONS_TABLE}\""),
             schema,
             listen: format!("LISTEN {channel}"),
             channel: self.notify_channel.clone(),
@@ -125,6 +127,12 @@ pub(crate) struct Names {
     /// `"schema"."krescent_parked"`: the events parked by the models checkpointing in this
     /// schema ([`crate::deadletter`]).
     pub(crate) parked: String,
+    /// `"schema"."krescent_checkpoint_deltas"`: the deltas of incremental checkpoints in this
+    /// schema ([`crate::checkpoint::incremental`]).
+    pub(crate) deltas: String,
+    /// `"schema"."krescent_projection_versions"`: the versions of the blue/green projections
+    /// checkpointing in this schema.
+    pub(crate) versions: String,
     /// `LISTEN "channel"`.
     pub(crate) listen: String,
     /// The channel, as `pg_notify` takes it.
@@ -150,6 +158,12 @@ pub(crate) const LEASES_TABLE: &str = "krescent_leases";
 /// The table of the events parked by the models that checkpoint in a schema.
 pub(crate) const PARKED_TABLE: &str = "krescent_parked";
 
+/// The table of the deltas of the incremental checkpoints in a schema.
+pub(crate) const DELTAS_TABLE: &str = "krescent_checkpoint_deltas";
+
+/// The table of the versions of the blue/green projections in a schema.
+pub(crate) const VERSIONS_TABLE: &str = "krescent_projection_versions";
+
 impl Names {
     /// Why `table` (in this schema) is taken: it is one of the store's or the storage's own
     /// tables; `None` when it is free.
@@ -164,6 +178,10 @@ impl Names {
             Some("it is the table models' leases are kept in")
         } else if table == PARKED_TABLE {
             Some("it is the table models' parked events are kept in")
+        } else if table == DELTAS_TABLE {
+            Some("it is the table incremental checkpoints' deltas are kept in")
+        } else if table == VERSIONS_TABLE {
+            Some("it is the table projection versions are kept in")
         } else {
             None
         }
@@ -179,10 +197,37 @@ impl Names {
         lock_key(&["krescent.migrate", &self.schema_plain])
     }
 
+    /// The advisory lock the filling of this events table's slices holds (one filler at a
+    /// time: `store/postgres/slices.rs`).
+    pub(crate) fn slices_lock(&self) -> i64 {
+        lock_key(&["krescent.slices", &self.events_plain])
+    }
+
+    /// The name of the index of this events table's slices, `krescent_slices_<hash>` (in the
+    /// table's schema; short, so that no table name makes it too long).
+    pub(crate) fn slices_index(&self) -> String {
+        format!(
+            "krescent_slices_{:016x}",
+            crate::hash::stable_hash([self.events_plain.as_str()])
+        )
+    }
+
+    /// The advisory lock the switches, drops and deploys of the versions of the blue/green
+    /// projection `model`, checkpointing in this table, take one at a time.
+    pub(crate) fn versions_lock(&self, model: &str) -> i64 {
+        lock_key(&["krescent.versions", &self.checkpoints_plain, model])
+    }
+
     /// The advisory lock a segment of the split projection `model`, checkpointing in this
     /// table, holds while it decides how to start without a checkpoint.
     pub(crate) fn segments_lock(&self, model: &str) -> i64 {
         lock_key(&["krescent.segments", &self.checkpoints_plain, model])
+    }
+
+    /// The key of the advisory lock under which a lease of `model` is taken after checking
+    /// that no lease of another segment count is live.
+    pub(crate) fn layout_lock(&self, model: &str) -> i64 {
+        lock_key(&["krescent.layout", &self.checkpoints_plain, model])
     }
 }
 

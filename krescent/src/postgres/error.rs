@@ -65,6 +65,9 @@ pub(crate) enum DbFailure {
     Exhausted(super::PoolExhausted),
     /// Something else went wrong (a value the database returned is out of range).
     Other(String),
+    /// The checkpoint storage failed to read a checkpoint that a transaction needed (a
+    /// rescale reads the old segment count's).
+    Storage(crate::checkpoint::StorageError),
 }
 
 impl From<tokio_postgres::Error> for DbFailure {
@@ -89,7 +92,10 @@ impl DbFailure {
                 PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e)),
             ) => driver_error_is_transient(e),
             DbFailure::Pool(PoolError::Timeout(_)) | DbFailure::Exhausted(_) => true,
-            DbFailure::Pool(_) | DbFailure::Other(_) => false,
+            DbFailure::Storage(crate::checkpoint::StorageError::Database(source)) => {
+                transient_cause(&**source).unwrap_or(false)
+            }
+            DbFailure::Pool(_) | DbFailure::Other(_) | DbFailure::Storage(_) => false,
         }
     }
 
@@ -111,6 +117,7 @@ impl DbFailure {
             DbFailure::Pool(e) => Box::new(e),
             DbFailure::Exhausted(e) => Box::new(e),
             DbFailure::Other(message) => message.into(),
+            DbFailure::Storage(e) => Box::new(e),
         }
     }
 

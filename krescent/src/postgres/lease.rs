@@ -7,7 +7,9 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 
 use super::{store_connection, DbFailure, Names};
-use crate::fleet::{Fence, LeaseError, LeaseTable, Leases};
+use tracing::debug;
+
+use crate::fleet::{layout_of, Fence, Layout, LeaseError, LeaseTable, Leases};
 
 /// The leases of the models checkpointing in one checkpoints table. Expiry is judged by the
 /// server's clock only (`clock_timestamp()` in every statement).
@@ -35,6 +37,7 @@ impl LeaseRows {
         namespace: &str,
         holder: &str,
         ttl: Duration,
+        layout: Option<Layout<'_>>,
     ) -> Result<Option<u64>, DbFailure> {
         let sql = format!(
             "INSERT INTO {leases} AS lease (checkpoints, namespace, holder, epoch, expires_at)
@@ -45,9 +48,26 @@ impl LeaseRows {
              RETURNING epoch",
             leases = self.names.leases
         );
-        let client = store_connection(&self.pool).await?;
-        let statement = client.prepare_cached(&sql).await?;
-        let row = client
+        let mut client = store_connection(&self.pool).await?;
+        let transaction = client.transaction().await?;
+        if let Some(layout) = layout {
+            // Checked and taken under one lock: two counts never both find the other idle.
+            transaction
+                .execute(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[&self.names.layout_lock(layout.model)],
+                )
+                .await?;
+            if let Some(other) = self.other_layout(&transaction, layout).await? {
+                debug!(
+                    namespace,
+                    other, "another segment count of the model runs: waiting"
+                );
+                return Ok(None);
+            }
+        }
+        let statement = transaction.prepare_cached(&sql).await?;
+        let row = transaction
             .query_opt(
                 &statement,
                 &[
@@ -58,6 +78,7 @@ impl LeaseRows {
                 ],
             )
             .await?;
+        transaction.commit().await?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -67,6 +88,32 @@ impl LeaseRows {
                     .map_err(|_| DbFailure::Other(format!("lease epoch {epoch} is negative")))
             }
         }
+    }
+
+    /// A live lease of `layout`'s model for another segment count (or for the whole model),
+    /// if there is one.
+    async fn other_layout(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        layout: Layout<'_>,
+    ) -> Result<Option<String>, DbFailure> {
+        let sql = format!(
+            "SELECT namespace FROM {} WHERE checkpoints = $1
+             AND (namespace = $2 OR starts_with(namespace, $2 || '#'))
+             AND expires_at > clock_timestamp()",
+            self.names.leases
+        );
+        let statement = transaction.prepare_cached(&sql).await?;
+        let rows = transaction
+            .query(&statement, &[&self.names.checkpoints_plain, &layout.model])
+            .await?;
+        for row in rows {
+            let namespace: String = row.try_get(0)?;
+            if layout_of(layout.model, &namespace).is_some_and(|s| s.count() != layout.count) {
+                return Ok(Some(namespace));
+            }
+        }
+        Ok(None)
     }
 
     async fn renew(&self, fence: &Fence, ttl: Duration) -> Result<bool, DbFailure> {
@@ -143,9 +190,9 @@ impl LeaseRows {
             .collect()
     }
 
-    async fn held(&self, namespaces: &[String]) -> Result<Vec<String>, DbFailure> {
+    async fn held(&self, namespaces: &[String]) -> Result<Vec<(String, String)>, DbFailure> {
         let sql = format!(
-            "SELECT namespace FROM {} WHERE checkpoints = $1 AND namespace = ANY($2)
+            "SELECT namespace, holder FROM {} WHERE checkpoints = $1 AND namespace = ANY($2)
              AND expires_at > clock_timestamp()",
             self.names.leases
         );
@@ -154,7 +201,7 @@ impl LeaseRows {
             .query(&sql, &[&self.names.checkpoints_plain, &namespaces])
             .await?;
         rows.iter()
-            .map(|row| row.try_get(0).map_err(DbFailure::from))
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
     }
 }
@@ -166,8 +213,9 @@ impl LeaseTable for LeaseRows {
         namespace: &str,
         holder: &str,
         ttl: Duration,
+        layout: Option<Layout<'_>>,
     ) -> Result<Option<u64>, LeaseError> {
-        LeaseRows::try_take(self, namespace, holder, ttl)
+        LeaseRows::try_take(self, namespace, holder, ttl, layout)
             .await
             .map_err(failed("take the lease"))
     }
@@ -196,7 +244,7 @@ impl LeaseTable for LeaseRows {
             .map_err(failed("read the fleet"))
     }
 
-    async fn held(&self, namespaces: &[String]) -> Result<Vec<String>, LeaseError> {
+    async fn held(&self, namespaces: &[String]) -> Result<Vec<(String, String)>, LeaseError> {
         LeaseRows::held(self, namespaces)
             .await
             .map_err(failed("read the fleet"))

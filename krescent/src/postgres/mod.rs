@@ -12,7 +12,7 @@ mod pool;
 mod schema;
 
 pub use config::PostgresConfig;
-pub(crate) use config::{identifier, Names, LEASES_TABLE};
+pub(crate) use config::{identifier, Names, DELTAS_TABLE, LEASES_TABLE};
 pub(crate) use error::{transient_cause, DbFailure};
 pub(crate) use fence::{check_fence, FenceFailure};
 pub(crate) use pool::{checkout, pool, store_connection};

@@ -36,6 +36,7 @@ impl Component {
     /// JSON rewritten as often as the writer keeps up, and pglz cost the server ~0.4 ms per
     /// 22 KiB checkpoint against ~0.06 ms for lz4, at the same size. (Part of the table's
     /// creation step, which no release has shipped yet.)
+    #[allow(clippy::too_many_lines)] // one statement per step, appended for good: the list grows
     fn steps(self, names: &Names) -> Vec<String> {
         match self {
             Component::Events => vec![format!(
@@ -59,7 +60,20 @@ impl Component {
                 "CREATE INDEX ON {events} (stream_id, position);
                  CREATE INDEX ON {events} (event_type, position)",
                 events = names.events
-            )],
+            ), format!(
+                // Step 3: the event envelope, each event's revision and metadata
+                // (`EventMeta::revision`, `EventMeta::metadata`). Rows written before read as
+                // revision 1 without metadata. What it costs: a column with a constant default
+                // and a nullable one are catalog changes since PostgreSQL 11 (the default is
+                // kept as the column's missing value), so no row is rewritten; the check is
+                // added `NOT VALID`, so the old rows (all revision 1) are not scanned either.
+                // The `ACCESS EXCLUSIVE` lock is held for milliseconds, whatever the size.
+                "ALTER TABLE {events}
+                     ADD COLUMN revision integer NOT NULL DEFAULT 1,
+                     ADD COLUMN metadata jsonb,
+                     ADD CHECK (revision > 0) NOT VALID",
+                events = names.events
+            ), slices_step(names)],
             Component::Checkpoints => vec![format!(
                 "CREATE TABLE {checkpoints} (
                      namespace text COLLATE \"C\" PRIMARY KEY,
@@ -141,9 +155,120 @@ impl Component {
                  );
                  COMMENT ON TABLE {parked} IS 'krescent parked events: what a model did not apply, and why'",
                 parked = names.parked
+            ), format!(
+                // Step 7: the deltas of incremental checkpoints (`crate::checkpoint::incremental`),
+                // one table per schema shared by its checkpoint tables, keyed by the checkpoints
+                // table, the namespace and the delta's number in its chain; the base is the
+                // namespace's row in the checkpoints table, whose new column `deltas` counts the
+                // deltas committed after it (a missing last delta is found). A new table and a
+                // column with a constant default: no existing row is rewritten.
+                "CREATE TABLE IF NOT EXISTS {deltas} (
+                     checkpoints text COLLATE \"C\" NOT NULL,
+                     namespace text COLLATE \"C\" NOT NULL,
+                     sequence integer NOT NULL CHECK (sequence > 0),
+                     version text NOT NULL,
+                     base numeric(20, 0) NOT NULL CHECK (base >= 0),
+                     previous numeric(20, 0) NOT NULL CHECK (previous >= 0),
+                     position numeric(20, 0) NOT NULL CHECK (position >= 0),
+                     taken_at timestamptz NOT NULL,
+                     format smallint NOT NULL,
+                     data json,
+                     data_binary bytea,
+                     checksum bigint NOT NULL CHECK (checksum BETWEEN 0 AND 4294967295),
+                     PRIMARY KEY (checkpoints, namespace, sequence)
+                 );
+                 ALTER TABLE {deltas} ALTER COLUMN data_binary SET STORAGE EXTERNAL;
+                 COMMENT ON TABLE {deltas} IS 'krescent checkpoint deltas: the changes of incremental fields after a base in the checkpoints table';
+                 ALTER TABLE {checkpoints} ADD COLUMN deltas integer NOT NULL DEFAULT 0 CHECK (deltas >= 0)",
+                deltas = names.deltas,
+                checkpoints = names.checkpoints
+            ), format!(
+                // Step 8: the versions of blue/green projections
+                // (`crate::projection::PostgresProjection::versioned`), one table per schema
+                // shared by its checkpoint tables, keyed by the checkpoints table, the model and
+                // the version's id: where each version's tables and checkpoint are, and its
+                // state. A new table: no existing row changes; a projection deployed before it
+                // is adopted by its first versioned start.
+                "CREATE TABLE IF NOT EXISTS {versions} (
+                     checkpoints text COLLATE \"C\" NOT NULL,
+                     model text COLLATE \"C\" NOT NULL,
+                     version text COLLATE \"C\" NOT NULL,
+                     checkpoint_version text NOT NULL,
+                     namespace text COLLATE \"C\" NOT NULL,
+                     schema text NOT NULL,
+                     tables text[] NOT NULL,
+                     state text NOT NULL CHECK (state IN ('building', 'active', 'previous', 'retired')),
+                     max_lag bigint NOT NULL CHECK (max_lag >= 0),
+                     grace_ms bigint NOT NULL CHECK (grace_ms >= 0),
+                     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                     switched_at timestamptz,
+                     retired_at timestamptz,
+                     PRIMARY KEY (checkpoints, model, version)
+                 );
+                 CREATE UNIQUE INDEX IF NOT EXISTS krescent_projection_versions_active
+                     ON {versions} (checkpoints, model) WHERE state = 'active';
+                 COMMENT ON TABLE {versions} IS 'krescent projection versions: each version''s tables and checkpoint, and which one readers see'",
+                versions = names.versions
             )],
         }
     }
+}
+
+/// Step 4 of the events table: each event's slice (`crate::fleet::Slice`).
+fn slices_step(names: &Names) -> String {
+    format!(
+        // Step 4: each event's slice (`crate::fleet::Slice`), which the store computes
+        // at append time. Existing rows get theirs afterwards, in batches
+        // (`store/postgres/slices.rs`), and the index that serves segments' reads is
+        // built concurrently after that: this step only changes the catalog (a
+        // nullable column without a default and a check that is `NOT VALID` rewrite
+        // and scan nothing), so appends wait for it a moment only. The trigger gives a
+        // slice to a row inserted without one (an older krescent still appending, a
+        // hand-written `INSERT` or `COPY`): `krescent_slice` is the same function as
+        // `Slice::of`, FNV-1a modulo 1024 with its bits reversed, computed modulo 1024
+        // throughout (the low bits of a product depend on the low bits of its factors
+        // only: 805 and 435 are the offset basis and the prime modulo 1024). An empty
+        // table gets its index of slices here; one with rows, once they are filled.
+        "ALTER TABLE {events} ADD COLUMN slice smallint,
+                     ADD CHECK (slice IS NOT NULL AND slice BETWEEN 0 AND 1023) NOT VALID;
+                 CREATE OR REPLACE FUNCTION {schema}.krescent_slice(stream_id text)
+                 RETURNS smallint LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+                 DECLARE
+                     bytes bytea := convert_to(stream_id, 'UTF8');
+                     h integer := 805;
+                     r integer := 0;
+                 BEGIN
+                     FOR i IN 0 .. length(bytes) - 1 LOOP
+                         h := ((h # get_byte(bytes, i)) * 435) & 1023;
+                     END LOOP;
+                     h := ((h # 255) * 435) & 1023;
+                     FOR i IN 1 .. 10 LOOP
+                         r := (r << 1) | (h & 1);
+                         h := h >> 1;
+                     END LOOP;
+                     RETURN r;
+                 END
+                 $$;
+                 CREATE OR REPLACE FUNCTION {schema}.krescent_slice_row()
+                 RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     NEW.slice := {schema}.krescent_slice(NEW.stream_id);
+                     RETURN NEW;
+                 END
+                 $$;
+                 CREATE TRIGGER krescent_slice BEFORE INSERT ON {events} FOR EACH ROW
+                     WHEN (NEW.slice IS NULL) EXECUTE FUNCTION {schema}.krescent_slice_row();
+                 DO $$
+                 BEGIN
+                     IF NOT EXISTS (SELECT 1 FROM {events}) THEN
+                         CREATE INDEX {index} ON {events} (position, slice);
+                     END IF;
+                 END
+                 $$",
+        events = names.events,
+        schema = names.schema,
+        index = names.slices_index()
+    )
 }
 
 /// Brings `component`'s table up to this build's version; returns that version.

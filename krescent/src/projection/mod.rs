@@ -4,7 +4,9 @@
 //! - `PostgresProjection` (feature `postgres`): tables in Postgres, written in a transaction
 //!   that commits together with the checkpoint, so that a crash can never separate the rows
 //!   from the position they reflect; checkpointed by reference (its tables' shape and a
-//!   revision), which is validated on restore.
+//!   revision), which is validated on restore. With `versioned`, each version of it has
+//!   tables of its own, built beside the version readers see and switched to atomically
+//!   (`ProjectionVersions`).
 //!
 //! Both are model fields marked `#[checkpoint(support)]`.
 
@@ -14,4 +16,7 @@ mod postgres;
 
 pub use memory::MemoryProjection;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresProjection, ProjectionError};
+pub use postgres::{
+    PostgresProjection, ProjectionError, ProjectionVersions, Switch, Switched, VersionError,
+    VersionInfo, VersionState, Versioning,
+};

@@ -8,11 +8,13 @@ use tracing::warn;
 // cycle: this is the checkpointing half of `Runner` (its `Checkpoints`, commits and
 // snapshots); `runner.rs` holds the other half of the one type and keeps a `Checkpoints`.
 use super::runner::Runner;
+use crate::checkpoint::incremental::Cadence;
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
-    CheckpointBucket, CheckpointFormat, CheckpointVersion, SnapshotBudget, StoredCheckpoint,
-    StrategyState,
+    CheckpointBucket, CheckpointFormat, CheckpointVersion, FlushError, Piece, SnapshotBudget,
+    StoredCheckpoint, StrategyState,
 };
+use crate::fleet::Handover;
 use crate::metrics::json_len;
 use crate::model::EventModel;
 use crate::{Error, Position};
@@ -47,6 +49,8 @@ pub(super) struct Checkpoints {
     pub(super) budget: SnapshotBudget,
     /// Checkpoints taken in this run.
     pub(super) taken: u64,
+    /// Whether the next checkpoint is a base or a delta ([`crate::checkpoint::incremental`]).
+    pub(super) cadence: Cadence,
 }
 
 impl Checkpoints {
@@ -62,11 +66,21 @@ impl<M: EventModel> Runner<M> {
     /// Commits the model's transaction with a checkpoint of its state, in line: the next
     /// events' writes go into the next transaction.
     pub(super) async fn commit(&mut self) -> Result<(), Error> {
+        if self.checkpoints.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.flush_queued().await?;
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
-        let started = Instant::now();
-        let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
+        let checkpoint = snapshot(
+            &mut self.model,
+            c,
+            &self.namespace,
+            self.position,
+            self.handover.as_ref(),
+        )?;
         if let Some(transaction) = self.model.transaction() {
             transaction
                 .commit(&checkpoint)
@@ -80,6 +94,32 @@ impl<M: EventModel> Runner<M> {
         Ok(())
     }
 
+    /// Sends the writes the handlers queued in the model's transaction; a failed one is the
+    /// handler error of the event that queued it, and the transaction is rolled back.
+    pub(super) async fn flush_queued(&mut self) -> Result<(), Error> {
+        let Some(transaction) = self.model.transaction() else {
+            return Ok(());
+        };
+        let Err(e) = transaction.flush(true).await else {
+            return Ok(());
+        };
+        self.abandon().await;
+        Err(match e {
+            FlushError::Write {
+                position,
+                event_type,
+                source,
+                ..
+            } => Error::Handler {
+                model: M::NAME,
+                event_type,
+                position,
+                source: crate::HandlerError::Failed(source),
+            },
+            FlushError::Storage(e) => Error::storage(&self.namespace, e),
+        })
+    }
+
     /// Takes the due checkpoint if the writer is free; otherwise it stays pending.
     pub(super) async fn checkpoint_if_free(&mut self) -> Result<(), Error> {
         let Some(c) = &mut self.checkpoints else {
@@ -90,6 +130,8 @@ impl<M: EventModel> Runner<M> {
         }
         // The finished write's outcome: a failure is retried with this newer state.
         if let Err(e) = c.writer.settle().await {
+            // The chain may lack what failed: the next checkpoint is a base.
+            c.cadence.broken();
             // A writer whose lease was taken over steps down rather than retry (`crate::fleet`).
             if matches!(e, crate::checkpoint::StorageError::Fenced { .. }) {
                 return Err(Error::storage(&self.namespace, e));
@@ -100,14 +142,27 @@ impl<M: EventModel> Runner<M> {
             return Ok(());
         }
         let started = Instant::now();
-        let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
+        let checkpoint = snapshot(
+            &mut self.model,
+            c,
+            &self.namespace,
+            self.position,
+            self.handover.as_ref(),
+        )?;
         let bytes = json_len(&checkpoint.bucket);
+        let base = checkpoint.piece == Piece::Whole;
         c.writer.start(checkpoint);
         // The budget covers all the model task spends on the checkpoint: the snapshot and
         // handing it to the writer.
         let now = Instant::now();
         let spacing = now.saturating_duration_since(started) * SNAPSHOT_SPACING;
-        c.budget.wait_until(now + spacing, now, self.processed);
+        if base && c.cadence.enabled() {
+            // The base of a model that writes deltas: the deltas after it are charged what
+            // they cost, and the next base (a compaction) waits for this one's spacing.
+            c.cadence.defer_bases_until(now + spacing);
+        } else {
+            c.budget.wait_until(now + spacing, now, self.processed);
+        }
         c.record_taken();
         self.metrics.checkpoint_taken(now - started, bytes);
         Ok(())
@@ -149,16 +204,30 @@ impl<M: EventModel> Runner<M> {
     /// Ends the run: takes the final checkpoint the strategy asks for and waits until every
     /// write is done.
     pub(crate) async fn finish(&mut self) -> Result<(), Error> {
-        if self.uncommitted {
+        let moved = self.transactional
+            && self
+                .checkpoints
+                .as_ref()
+                .is_some_and(|c| c.state.due_on_shutdown());
+        if self.uncommitted || moved {
             return self.commit().await;
         }
         let Some(c) = &mut self.checkpoints else {
             return Ok(());
         };
         let earlier = c.writer.settle().await;
+        if earlier.is_err() {
+            c.cadence.broken();
+        }
         if c.pending || c.state.due_on_shutdown() || (earlier.is_err() && c.state.has_unsaved()) {
             let started = Instant::now();
-            let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
+            let checkpoint = snapshot(
+                &mut self.model,
+                c,
+                &self.namespace,
+                self.position,
+                self.handover.as_ref(),
+            )?;
             let bytes = json_len(&checkpoint.bucket);
             c.writer.start(checkpoint);
             c.record_taken();
@@ -175,24 +244,41 @@ impl<M: EventModel> Runner<M> {
     }
 }
 
-/// The model's state as a checkpoint of `namespace` at `position`, in the storage's format.
+/// The model's state as a checkpoint of `namespace` at `position`, in the storage's format:
+/// whole, or a delta of its incremental fields when the cadence says so. The fields' record of
+/// changes is sealed: the checkpoint holds them now (a write that fails breaks the chain, and
+/// the next checkpoint is whole).
 pub(super) fn snapshot<M: EventModel>(
-    model: &M,
-    c: &Checkpoints,
+    model: &mut M,
+    c: &mut Checkpoints,
     namespace: &str,
     position: Position,
+    handover: Option<&Handover>,
 ) -> Result<StoredCheckpoint, Error> {
-    let mut bucket = CheckpointBucket::with_format(c.format);
+    let piece = c.cadence.next(position);
+    let mut bucket = match piece {
+        Piece::Whole => CheckpointBucket::with_format(c.format),
+        Piece::Delta(_) => CheckpointBucket::delta_with_format(c.format),
+    };
     model
         .create_checkpoint(&mut bucket)
         .map_err(|source| Error::Checkpoint {
             namespace: namespace.to_owned(),
             source,
         })?;
-    Ok(StoredCheckpoint::new(
-        namespace,
-        c.version.clone(),
-        position,
-        bucket,
-    ))
+    // What a segment still skips after a rescale, until its position passes it.
+    if let Some(mut handover) = handover.cloned() {
+        handover.pass(position);
+        if !handover.is_passed() {
+            bucket
+                .put(Handover::KEY, &handover)
+                .map_err(|source| Error::Checkpoint {
+                    namespace: namespace.to_owned(),
+                    source,
+                })?;
+        }
+    }
+    model.checkpoint_taken();
+    c.cadence.taken(piece, position, json_len(&bucket) as u64);
+    Ok(StoredCheckpoint::new(namespace, c.version.clone(), position, bucket).with_piece(piece))
 }

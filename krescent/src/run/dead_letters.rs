@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use super::checkpoints::snapshot;
 use super::runner::Runner;
+use crate::checkpoint::FlushError;
 use crate::deadletter::{causes, ParkedEvent, Then};
 use crate::event::RecordedEvent;
 use crate::model::EventModel;
@@ -45,7 +46,12 @@ impl<M: EventModel> Runner<M> {
             if guarded {
                 guarded = self.begin_event().await?;
             }
-            let Err(source) = self.model.handle(event).await else {
+            let handled = match self.model.handle(event).await {
+                // The event's queued writes are sent now, so that a failed one is its failure.
+                Ok(()) if guarded => self.flush_event().await?,
+                handled => handled,
+            };
+            let Err(source) = handled else {
                 return Ok(true);
             };
             let undoable = guarded || !self.transactional;
@@ -175,6 +181,23 @@ impl<M: EventModel> Runner<M> {
         }
     }
 
+    /// Sends the event's queued writes: `Err` with the handler error of a failed one (the
+    /// transaction is kept, for the event's savepoint), or the run's error when the
+    /// transaction itself failed.
+    async fn flush_event(&mut self) -> Result<Result<(), HandlerError>, Error> {
+        let Some(transaction) = self.model.transaction() else {
+            return Ok(Ok(()));
+        };
+        match transaction.flush(false).await {
+            Ok(()) => Ok(Ok(())),
+            Err(FlushError::Write { source, .. }) => Ok(Err(HandlerError::Failed(source))),
+            Err(FlushError::Storage(e)) => {
+                self.abandon().await;
+                Err(Error::storage(&self.namespace, e))
+            }
+        }
+    }
+
     /// Takes back the failed event's writes.
     async fn undo_event(&mut self) -> Result<(), Error> {
         let Some(transaction) = self.model.transaction() else {
@@ -289,10 +312,17 @@ impl<M: EventModel> Runner<M> {
         };
         // A write in flight first: the checkpoint below is the latest.
         if let Err(e) = c.writer.settle().await {
+            c.cadence.broken();
             warn!(model = &*self.namespace, error = %e, "checkpoint write failed; the retry's checkpoint follows");
         }
         if !applied.is_empty() {
-            let checkpoint = snapshot(&self.model, c, &self.namespace, self.position)?;
+            let checkpoint = snapshot(
+                &mut self.model,
+                c,
+                &self.namespace,
+                self.position,
+                self.handover.as_ref(),
+            )?;
             c.writer.start(checkpoint);
             c.record_taken();
             c.writer

@@ -8,9 +8,10 @@ use tracing::warn;
 use super::plan::Until;
 use super::runner::Runner;
 use super::running::{wait_or_stop, Control, Status};
+use crate::fleet::Segment;
 use crate::model::EventModel;
-use crate::store::{EventStore, BATCH};
-use crate::Error;
+use crate::store::{EventStore, SegmentBatch, StoreError, BATCH};
+use crate::{Error, Position};
 
 /// While following, a batch of at least this many events means a backlog: the next batch is
 /// read while it is applied. (A replay to the head always reads ahead.)
@@ -39,9 +40,9 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
     while !*control.stop.borrow() {
         let read = match read_ahead.take() {
             Some((after, read)) if after == runner.position => read,
-            _ => store.read_batch(runner.position, BATCH).await,
+            _ => read(store, runner.segment, runner.position, false).await,
         };
-        let batch = match read {
+        let read = match read {
             Ok(batch) => batch,
             Err(e) if following && e.is_transient() => {
                 warn!(error = %e, retry_in = ?backoff, "event store unavailable; retrying");
@@ -59,25 +60,32 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
             }
         };
         backoff = Duration::from_millis(50);
-        if let Some(last) = batch.last() {
+        let after = read.read_to();
+        let batch = read.events();
+        if !batch.is_empty() {
             runner.observe_head(store).await;
-            let after = last.position();
             if following && batch.len() < READ_AHEAD_FROM {
                 // Live events, a few at a time: the handler runs without waiting for a read
                 // to be started, and the next read is most likely empty anyway.
-                runner.apply(&batch).await?;
+                runner.apply(batch).await?;
             } else {
                 // The next batch is read while this one is applied: a store that waits for a
                 // database keeps it busy meanwhile.
-                let (next, applied) =
-                    tokio::join!(store.read_ahead(after, BATCH), runner.apply(&batch));
+                let (next, applied) = tokio::join!(
+                    self::read(store, runner.segment, after, true),
+                    runner.apply(batch)
+                );
                 applied?;
                 read_ahead = Some((after, next));
             }
+            // A segment's read may have seen past its last event: none up to there is its.
+            runner.advance(after);
             control.progress.send_replace(runner.position);
             control.set_parked(runner.parked());
             continue;
         }
+        // A quiet segment: nothing of its own up to the head the read saw.
+        runner.advance(after);
         runner.caught_up();
         if caught_up_at != Some(runner.position) {
             caught_up_at = Some(runner.position);
@@ -112,6 +120,28 @@ pub(crate) async fn follow<S: EventStore, M: EventModel>(
         }
     }
     runner.finish().await
+}
+
+/// The events after `after`: a segment's (see [`EventStore::read_segment`]), or every event;
+/// `ahead` for a read awaited while the batch before is applied.
+async fn read<S: EventStore>(
+    store: &S,
+    segment: Option<Segment>,
+    after: Position,
+    ahead: bool,
+) -> Result<SegmentBatch, StoreError> {
+    match (segment, ahead) {
+        (Some(segment), false) => store.read_segment(segment, after, BATCH).await,
+        (Some(segment), true) => store.read_segment_ahead(segment, after, BATCH).await,
+        (None, false) => Ok(SegmentBatch::unfiltered(
+            store.read_batch(after, BATCH).await?,
+            after,
+        )),
+        (None, true) => Ok(SegmentBatch::unfiltered(
+            store.read_ahead(after, BATCH).await?,
+            after,
+        )),
+    }
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {

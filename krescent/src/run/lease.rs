@@ -27,31 +27,47 @@ pub(crate) async fn take<S, M: EventModel>(
     plan: &mut Plan<S>,
     models: Models<M>,
     control: &Control,
-) -> Result<(Models<M>, Option<Lease>), M> {
+) -> Result<Result<(Models<M>, Option<Lease>), M>, Error> {
     #[cfg(feature = "postgres")]
     {
         // A storage that is not registered is reported by the first start.
         let Ok(Some(checkpointing)) = &mut plan.checkpointing else {
-            return Ok((models, None));
-        };
-        let Some(leases) = checkpointing.storage.leases() else {
-            return Ok((models, None));
+            return Ok(Ok((models, None)));
         };
         let (mut first, make) = match models {
             Models::Make(mut make) => (make(), Some(make)),
             Models::Once(Some(model)) => (model, None),
-            Models::Once(None) => return Ok((Models::Once(None), None)),
+            Models::Once(None) => return Ok(Ok((Models::Once(None), None))),
+        };
+        // A blue/green projection's version has a namespace of its own, leased on its own.
+        if let Some(namespace) =
+            super::version::enter(&checkpointing.namespace, plan.segment, &mut first).await?
+        {
+            checkpointing.namespace = namespace;
+        }
+        let Some(leases) = checkpointing.storage.leases() else {
+            return Ok(Ok((fenced(first, make, None), None)));
         };
         if !(plan.exclusive || first.transaction().is_some()) {
-            return Ok((fenced(first, make, None), None));
+            return Ok(Ok((fenced(first, make, None), None)));
         }
         control.set_status(crate::Status::Standby);
         let mut stop = control.stop_flag();
+        // Never two segment counts at once: a segment waits while another count runs.
+        let layout = crate::fleet::Layout {
+            model: M::NAME,
+            count: plan.segment.map_or(1, crate::fleet::Segment::count),
+        };
         let Some(lease) = leases
-            .acquire(&checkpointing.namespace, plan.lease, &mut stop)
+            .acquire(
+                &checkpointing.namespace,
+                Some(layout),
+                plan.lease,
+                &mut stop,
+            )
             .await
         else {
-            return Err(first);
+            return Ok(Err(first));
         };
         let fence = lease.fence().clone();
         if let Some(fenced) = checkpointing.storage.fenced(&fence) {
@@ -62,12 +78,12 @@ pub(crate) async fn take<S, M: EventModel>(
         }
         // The checkpoint is loaded only now that the lease is held.
         control.set_status(crate::Status::Starting);
-        Ok((fenced(first, make, Some(fence)), Some(lease)))
+        Ok(Ok((fenced(first, make, Some(fence)), Some(lease))))
     }
     #[cfg(not(feature = "postgres"))]
     {
         let _ = (plan, control);
-        Ok((models, None))
+        Ok(Ok((models, None)))
     }
 }
 

@@ -28,6 +28,7 @@ mod restart;
 mod restore;
 mod runner;
 mod running;
+mod version;
 
 use tokio::sync::watch;
 
@@ -75,7 +76,7 @@ async fn run<S: EventStore, M: EventModel>(
     attempts: &watch::Sender<Attempts>,
 ) -> Result<CaughtUp<M>, Error> {
     fits::<M>(plan.segment)?;
-    let (models, lease) = match lease::take(&mut plan, models, control).await {
+    let (models, lease) = match lease::take(&mut plan, models, control).await? {
         Ok(leased) => leased,
         // Stopped while a standby: it never ran.
         Err(model) => {

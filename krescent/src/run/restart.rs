@@ -105,7 +105,7 @@ pub(crate) async fn restarting<S: EventStore, M: EventModel>(
     let mut dirty = false;
     let mut last_error: Option<Error> = None;
     loop {
-        let model = match &mut models {
+        let mut model = match &mut models {
             Models::Make(make) => make(),
             Models::Once(first) => match first.take().or_else(|| kept.take()) {
                 Some(model) => model,
@@ -117,6 +117,15 @@ pub(crate) async fn restarting<S: EventStore, M: EventModel>(
                 }
             },
         };
+        // Each model of a blue/green projection enters the version (a fresh one places its
+        // tables in the version's schema; a retired version stops here).
+        if let Ok(Some(checkpointing)) = &plan.checkpointing {
+            if let Err(error) =
+                super::version::enter(&checkpointing.namespace, plan.segment, &mut model).await
+            {
+                return Err(failed(attempts, error));
+            }
+        }
         let began = Instant::now();
         let (error, back) = match start(plan, model).await {
             Err((error, model)) => (error, model),

@@ -4,7 +4,9 @@
 use tracing::{debug, warn};
 
 use super::plan::Checkpointing;
-use crate::checkpoint::{CheckpointVersion, OnInvalid};
+use crate::checkpoint::incremental::chain_sizes;
+use crate::checkpoint::{CheckpointVersion, OnInvalid, Piece};
+use crate::fleet::Handover;
 use crate::model::{EventModel, Origin};
 use crate::{Error, Position};
 
@@ -13,6 +15,11 @@ pub(crate) struct Start<M> {
     pub(crate) model: M,
     pub(crate) origin: Origin,
     pub(crate) position: Position,
+    /// The restored checkpoint's piece and the sizes of its base and deltas, which the next
+    /// delta follows.
+    pub(crate) chain: Option<(Piece, (u64, u64))>,
+    /// What a segment still skips of the slices it took over when the segment count changed.
+    pub(crate) handover: Option<Handover>,
 }
 
 /// Loads and checks the model's checkpoint (of `checkpointing`'s namespace) and restores it;
@@ -38,6 +45,8 @@ pub(crate) async fn restore_keeping<M: EventModel>(
         model,
         origin: Origin::Scratch,
         position: Position::START,
+        chain: None,
+        handover: None,
     };
     let Some(Checkpointing {
         storage, namespace, ..
@@ -61,6 +70,8 @@ pub(crate) async fn restore_keeping<M: EventModel>(
                 model,
                 origin: Origin::Rebuilt { reason },
                 position: Position::START,
+                chain: None,
+                handover: None,
             })
         }
     };
@@ -91,6 +102,13 @@ pub(crate) async fn restore_keeping<M: EventModel>(
     if let Err(e) = model.restore_checkpoint(&checkpoint.bucket) {
         return invalid(model, e.to_string());
     }
+    let handover = match checkpoint.bucket.value(Handover::KEY) {
+        None => None,
+        Some(value) => match value.to_serde::<Handover>().and_then(Handover::checked) {
+            Ok(handover) => Some(handover),
+            Err(reason) => return invalid(model, format!("its `{}`: {reason}", Handover::KEY)),
+        },
+    };
     debug!(model = namespace, position = %checkpoint.position, "restored from checkpoint");
     Ok(Start {
         model,
@@ -98,22 +116,25 @@ pub(crate) async fn restore_keeping<M: EventModel>(
             position: checkpoint.position,
         },
         position: checkpoint.position,
+        chain: Some((checkpoint.piece, chain_sizes(&checkpoint.bucket))),
+        handover,
     })
 }
 
-/// Two handled event types with one recorded name would make the second handler unreachable;
-/// `#[handlers]` refuses them at compile time where it can, this is for the rest (a generic
-/// block, a hand-written [`Handlers`](crate::model::Handlers) impl).
+/// Two handled event types with one recorded name, current or old (`old_names`), would make
+/// the second handler unreachable for its events; `#[handlers]` refuses equal current names at
+/// compile time where it can, this is for the rest (old names, a generic block, a hand-written
+/// [`Handlers`](crate::model::Handlers) impl).
 fn check_event_names<M: EventModel>() -> Result<(), Error> {
     for (i, later) in M::EVENTS.iter().enumerate() {
-        if M::EVENTS[..i]
-            .iter()
-            .any(|earlier| earlier.name == later.name)
-        {
-            return Err(Error::DuplicateEventName {
-                model: M::NAME,
-                name: later.name,
-            });
+        let names = std::iter::once(later.name).chain(later.old_names.iter().copied());
+        for name in names {
+            if M::EVENTS[..i].iter().any(|earlier| earlier.is_named(name)) {
+                return Err(Error::DuplicateEventName {
+                    model: M::NAME,
+                    name,
+                });
+            }
         }
     }
     Ok(())

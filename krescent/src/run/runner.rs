@@ -8,11 +8,13 @@ use tracing::warn;
 use super::checkpoints::Checkpoints;
 use super::plan::{CaughtUp, Checkpointing};
 use super::restore::Start;
+use crate::checkpoint::incremental::Cadence;
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{CheckpointTrigger, CheckpointVersion, SnapshotBudget, StrategyState};
 use crate::deadletter::{ErrorPolicy, ParkedEvent, Parking};
-use crate::event::RecordedEvent;
-use crate::fleet::Segment;
+use crate::event::{DecodeError, RecordedEvent};
+use crate::fleet::{Handover, Segment};
+use crate::group::Group;
 use crate::metrics::ModelMetrics;
 use crate::model::{EventModel, Origin};
 use crate::store::EventStore;
@@ -28,6 +30,9 @@ pub(crate) struct Runner<M> {
     pub(super) namespace: Arc<str>,
     /// The segment it runs, if the model is split: events of other streams are skipped.
     pub(super) segment: Option<Segment>,
+    /// What the segment skips, after the segment count changed, of the slices that the old
+    /// count's segments had processed further than its position; `None` once passed.
+    pub(super) handover: Option<Handover>,
     pub(super) checkpoints: Option<Checkpoints>,
     /// The model writes into a database transaction that each checkpoint commits
     /// ([`CheckpointTransaction`](crate::checkpoint::CheckpointTransaction)).
@@ -59,12 +64,25 @@ impl<M: EventModel> Runner<M> {
             mut model,
             origin,
             position,
+            chain,
+            handover,
         } = start;
-        let uncommitted =
+        let (uncommitted, rescaled) =
             match Self::check_and_reset(&mut model, &origin, checkpointing.as_ref()).await {
-                Ok(uncommitted) => uncommitted,
+                Ok(reset) => reset,
                 Err(e) => return Err((e, model)),
             };
+        // A segment that took over the old count's checkpoints continues from them.
+        let (origin, position, handover) = match rescaled {
+            Some(rescaled) => (
+                Origin::Restored {
+                    position: rescaled.start(),
+                },
+                rescaled.start(),
+                Some(rescaled),
+            ),
+            None => (origin, position, handover),
+        };
         let parked =
             match Self::load_parked(&mut model, &origin, checkpointing.as_ref(), on_error).await {
                 Ok(parked) => parked,
@@ -72,6 +90,10 @@ impl<M: EventModel> Runner<M> {
             };
         let mut runner =
             Self::started(model, origin, position, checkpointing, trigger, uncommitted);
+        if let (Some(c), Some((piece, bytes))) = (&mut runner.checkpoints, chain) {
+            c.cadence.restored(piece, position, bytes);
+        }
+        runner.handover = handover.filter(|h| !h.is_passed());
         runner.parking = Parking::new(on_error, parked);
         runner.metrics.parked(runner.parking.len(), 0);
         Ok(runner)
@@ -104,12 +126,13 @@ impl<M: EventModel> Runner<M> {
     }
 
     /// What [`begin`](Self::begin) checks and does before the runner exists; whether it left
-    /// a reset uncommitted.
+    /// a reset uncommitted, and where a segment continues from when it took over the
+    /// checkpoints of another segment count.
     async fn check_and_reset(
         model: &mut M,
         origin: &Origin,
         checkpointing: Option<&Checkpointing>,
-    ) -> Result<bool, Error> {
+    ) -> Result<(bool, Option<Handover>), Error> {
         let transactional = model.transaction().is_some();
         let namespace = checkpointing.map_or(M::NAME, |c| &*c.namespace);
         if transactional && checkpointing.is_none() {
@@ -139,18 +162,19 @@ impl<M: EventModel> Runner<M> {
                 .map_err(|e| Error::storage(namespace, e))?;
         }
         let mut uncommitted = false;
+        let mut rescaled = None;
         if let (Some(transaction), None) = (model.transaction(), origin.restored_from()) {
-            let reset = match checkpointing.and_then(|c| c.segment) {
+            rescaled = match checkpointing.and_then(|c| c.segment) {
                 Some(segment) => {
                     let version = CheckpointVersion::of::<M>();
                     transaction.reset_segment(M::NAME, segment, &version).await
                 }
-                None => transaction.reset(namespace).await,
-            };
-            reset.map_err(|e| Error::storage(namespace, e))?;
+                None => transaction.reset(namespace).await.map(|()| None),
+            }
+            .map_err(|e| Error::storage(namespace, e))?;
             uncommitted = true;
         }
-        Ok(uncommitted)
+        Ok((uncommitted, rescaled))
     }
 
     /// The runner, once [`check_and_reset`](Self::check_and_reset) passed.
@@ -167,7 +191,17 @@ impl<M: EventModel> Runner<M> {
             .as_ref()
             .map_or_else(|| M::NAME.into(), |c| c.namespace.clone());
         let segment = checkpointing.as_ref().and_then(|c| c.segment);
+        // Deltas only where they are kept: by the storage, or by the transaction that commits
+        // the checkpoints.
+        let deltas = model.tracks_changes()
+            && match model.transaction() {
+                Some(transaction) => transaction.keeps_deltas(),
+                None => checkpointing
+                    .as_ref()
+                    .is_some_and(|c| c.storage.keeps_deltas()),
+            };
         let checkpoints = checkpointing.map(|c| Checkpoints {
+            cadence: Cadence::new(deltas, M::COMPACT_AT_PERCENT),
             storage: c.storage.clone(),
             state: StrategyState::new(&c.strategy, trigger),
             format: c.storage.format(),
@@ -186,6 +220,7 @@ impl<M: EventModel> Runner<M> {
             metrics: ModelMetrics::new(&namespace),
             namespace,
             segment,
+            handover: None,
             checkpoints,
             transactional,
             uncommitted,
@@ -198,12 +233,18 @@ impl<M: EventModel> Runner<M> {
     /// Applies a batch in order, checkpointing when due. On a handler error nothing of the
     /// failed event is checkpointed; the write in flight is awaited first.
     pub(crate) async fn apply(&mut self, batch: &[RecordedEvent]) -> Result<(), Error> {
+        // With retries or parking every event is a group of its own: `handle` below.
+        if M::GROUPED && self.parking.is_plain() {
+            return self.apply_grouped(batch).await;
+        }
         let processed_before = self.processed;
         for event in batch {
-            let ours = self
-                .segment
-                .is_none_or(|segment| segment.contains(&event.meta.stream_id));
-            if ours && M::handles(event.event_type()) {
+            if self.takes(event) {
+                if self.transactional {
+                    if let Some(transaction) = self.model.transaction() {
+                        transaction.handling(event);
+                    }
+                }
                 // Without parked events and with `stop`, the handler alone (the hot path).
                 let handled = if self.parking.is_plain() {
                     match self.model.handle(event).await {
@@ -234,33 +275,169 @@ impl<M: EventModel> Runner<M> {
                 }
                 self.position = event.position();
                 self.uncommitted = self.transactional;
-                let Some(c) = &mut self.checkpoints else {
-                    continue;
-                };
-                if c.state.after_event() {
-                    c.pending = true;
+                if let Some(c) = &mut self.checkpoints {
+                    if c.state.after_event() {
+                        c.pending = true;
+                    }
                 }
-                if c.pending && self.transactional {
-                    self.commit().await?;
-                } else if c.pending && !c.writer.is_busy() && !c.budget.waits(self.processed) {
-                    // Checked here first: while the writer or the budget holds a pending
-                    // checkpoint back, every event passes this way.
-                    self.flush_parked().await?;
-                    self.checkpoint_if_free().await?;
-                }
+                self.checkpoint_if_pending().await?;
             } else {
                 self.position = event.position();
             }
         }
-        // Parked events are durable before any checkpoint covers them.
+        self.applied(batch, processed_before).await
+    }
+
+    /// Whether the model handles `event`: one of its types, of its segment's streams, and not
+    /// processed already by the old count's segment that the handover names.
+    fn takes(&self, event: &RecordedEvent) -> bool {
+        M::handles(event.event_type())
+            && self
+                .segment
+                .is_none_or(|segment| segment.contains(&event.meta.stream_id))
+            && !self
+                .handover
+                .as_ref()
+                .is_some_and(|h| h.processed(&event.meta.stream_id, event.position()))
+    }
+
+    /// What every batch ends with: the handover passed up to the position, parked events made
+    /// durable before any checkpoint covers them, and the metrics, once per batch rather than
+    /// per event.
+    async fn applied(
+        &mut self,
+        batch: &[RecordedEvent],
+        processed_before: u64,
+    ) -> Result<(), Error> {
+        self.pass_handover();
         self.flush_parked().await?;
-        // Once per batch, not per event.
         self.metrics
             .processed(self.processed - processed_before, self.processed);
         if let Some(last) = batch.last() {
             self.metrics.lag(self.position, last.meta.recorded_at);
         }
         Ok(())
+    }
+
+    /// Takes the pending checkpoint: a transactional model's at once (its commit), another's
+    /// when its writer and snapshot budget allow.
+    async fn checkpoint_if_pending(&mut self) -> Result<(), Error> {
+        let Some(c) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        if c.pending && self.transactional {
+            self.commit().await?;
+        } else if c.pending && !c.writer.is_busy() && !c.budget.waits(self.processed) {
+            // Checked here first: while the writer or the budget holds a pending checkpoint
+            // back, every event passes this way.
+            self.flush_parked().await?;
+            self.checkpoint_if_free().await?;
+        }
+        Ok(())
+    }
+
+    /// [`apply`](Self::apply) for a group handler: the model's events of the batch handed over
+    /// in groups, each ending where the strategy falls due (and its checkpoint taken right
+    /// after) or at the end of the batch (see [`crate::group`]).
+    async fn apply_grouped(&mut self, batch: &[RecordedEvent]) -> Result<(), Error> {
+        let processed_before = self.processed;
+        let mut group: Vec<&RecordedEvent> = Vec::new();
+        for event in batch {
+            if !self.takes(event) {
+                if group.is_empty() {
+                    self.position = event.position();
+                }
+                continue;
+            }
+            group.push(event);
+            let transactional = self.transactional;
+            let ends = self.checkpoints.as_mut().is_some_and(|c| {
+                // Newly due: a checkpoint the writer or the budget holds back stays due, and
+                // is taken at the end of a later group, not after every event meanwhile.
+                let due = c.state.after_event() && !c.pending;
+                c.pending |= due;
+                // A transactional model commits every pending checkpoint at once.
+                due || (transactional && c.pending)
+            });
+            if ends {
+                self.handle_group(&group, processed_before).await?;
+                group.clear();
+                self.checkpoint_if_pending().await?;
+            }
+        }
+        if !group.is_empty() {
+            self.handle_group(&group, processed_before).await?;
+            self.checkpoint_if_pending().await?;
+        }
+        if let Some(last) = batch.last() {
+            self.position = self.position.max(last.position());
+        }
+        self.applied(batch, processed_before).await
+    }
+
+    /// Hands `group` (not empty) to the group handler. A failure fails the whole group at its
+    /// last event (a payload that does not decode, at its own), and rolls back the open
+    /// transaction.
+    async fn handle_group(
+        &mut self,
+        group: &[&RecordedEvent],
+        processed_before: u64,
+    ) -> Result<(), Error> {
+        let Some(last) = group.last() else {
+            return Ok(());
+        };
+        if self.transactional {
+            if let Some(transaction) = self.model.transaction() {
+                // What the group queues is named after its last event.
+                transaction.handling(last);
+            }
+        }
+        match self.model.handle_group(Group::new(group)).await {
+            Ok(()) => {
+                self.processed += group.len() as u64;
+                self.position = last.position();
+                self.uncommitted = self.transactional;
+                Ok(())
+            }
+            Err(source) => {
+                self.abandon().await;
+                self.metrics
+                    .processed(self.processed - processed_before, self.processed);
+                let (event_type, position) = match undecoded(&source) {
+                    Some(e) => (e.event_type.clone(), e.position),
+                    None => (last.event_type().to_owned(), last.position()),
+                };
+                Err(Error::Handler {
+                    model: M::NAME,
+                    event_type,
+                    position,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Moves up to `read_to`, past events that were not this segment's (a segment's read saw
+    /// every event up to there); the checkpoint follows at the strategy's pace (by time, or
+    /// at shutdown: see `StrategyState::moved`), or with the next event's.
+    pub(crate) fn advance(&mut self, read_to: Position) {
+        if read_to > self.position {
+            self.position = read_to;
+            self.pass_handover();
+            if let Some(c) = &mut self.checkpoints {
+                c.state.moved();
+            }
+        }
+    }
+
+    /// Forgets what the handover skips up to the runner's position.
+    fn pass_handover(&mut self) {
+        if let Some(handover) = &mut self.handover {
+            handover.pass(self.position);
+            if handover.is_passed() {
+                self.handover = None;
+            }
+        }
     }
 
     /// Reads the store's head for the lag metrics, when it is due (at most once a second); a
@@ -301,6 +478,24 @@ impl<M: EventModel> Runner<M> {
             position: self.position,
             processed: self.processed,
             checkpoints: self.checkpoints.as_ref().map_or(0, |c| c.taken),
+        }
+    }
+}
+
+/// The payload that did not decode, when `error` is that failure or has it among its sources
+/// (a handler's error type that wraps the [`DecodeError`] as its source).
+fn undecoded(error: &crate::HandlerError) -> Option<&DecodeError> {
+    match error {
+        crate::HandlerError::Decode(e) => Some(e),
+        crate::HandlerError::Failed(e) => {
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+            while let Some(e) = next {
+                if let Some(decode) = e.downcast_ref::<DecodeError>() {
+                    return Some(decode);
+                }
+                next = e.source();
+            }
+            None
         }
     }
 }

@@ -57,13 +57,13 @@ pub enum StoreError {
         reason: String,
     },
     /// A store directory of another format than this build reads; nothing was changed.
-    #[error("event log `{}` has format {found}; this build reads format {supported}", path.display())]
+    #[error("event log `{}` has format {found}; this build reads formats 1 to {supported}", path.display())]
     UnsupportedFormat {
         /// The segment file.
         path: PathBuf,
         /// The format it says it has.
         found: u32,
-        /// The format this build reads and writes.
+        /// The format this build writes, the newest it reads (it reads every older one).
         supported: u32,
     },
     /// A path that does not hold an event store (and is not made one).

@@ -126,6 +126,8 @@ impl Log {
                     position: Position::new(first + i),
                     recorded_at,
                     event_type: event.event_type,
+                    revision: event.revision,
+                    metadata: event.metadata,
                 },
                 payload: event.payload,
             })

@@ -8,6 +8,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 mod query;
+mod segment;
 mod subscription;
 
 use std::future::Future;
@@ -19,9 +20,11 @@ pub use memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PoolExhausted, PoolRole, PostgresConfig, PostgresEventStore};
 pub use query::{AppendCondition, Query};
+pub use segment::SegmentBatch;
 pub use subscription::Subscription;
 
 use crate::event::{NewEvent, RecordedEvent};
+use crate::fleet::Segment;
 use crate::Position;
 
 /// How many events a running model reads at once, at most; a store may size its buffers by it.
@@ -41,10 +44,19 @@ pub(crate) fn stream_key<V>(
         .map_or_else(|| stream.into(), |(key, _)| key.clone())
 }
 
-/// Refuses an append whose payloads are not JSON, before anything is written: every store
-/// holds payloads as JSON text, and agrees on refusing what is not.
+/// Refuses an append whose payloads are not JSON or whose revisions are 0, before anything is
+/// written: every store holds payloads as JSON text, and agrees on refusing what is not.
 pub(crate) fn check_payloads(stream_id: &str, events: &[NewEvent]) -> Result<(), StoreError> {
     for (i, event) in events.iter().enumerate() {
+        if event.revision == 0 {
+            return Err(StoreError::Rejected {
+                stream: stream_id.to_owned(),
+                reason: format!(
+                    "event {i} (`{}`) has revision 0; revisions start at 1",
+                    event.event_type
+                ),
+            });
+        }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&event.payload) {
             return Err(StoreError::Rejected {
                 stream: stream_id.to_owned(),
@@ -197,6 +209,45 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<EventBatch, StoreError>> + Send {
         self.read_batch(after, limit)
+    }
+
+    /// Up to `limit` events of `segment` after `after`, in order, and the position up to which
+    /// the read saw every event (see [`SegmentBatch`]); what the runs of a split model's
+    /// segments read with. Empty, with `read_to` at `after`, only when no event follows
+    /// `after`. Whatever it filters, it never moves past an event that may still become
+    /// visible at a lower position than one it returned (the store's order guarantee).
+    ///
+    /// The default reads every event with [`read_batch`](Self::read_batch): the segment's run
+    /// skips the others', so the cost is the whole log. The PostgreSQL store returns only the
+    /// segment's events, filtered by the server, when the segment is a range of slices (see
+    /// [`Slice`](crate::fleet::Slice)).
+    fn read_segment(
+        &self,
+        segment: Segment,
+        after: Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<SegmentBatch, StoreError>> + Send {
+        let _ = segment;
+        async move {
+            let events = self.read_batch(after, limit).await?;
+            Ok(SegmentBatch::unfiltered(events, after))
+        }
+    }
+
+    /// [`read_segment`](Self::read_segment) for a runner that reads ahead, as
+    /// [`read_ahead`](Self::read_ahead) is for [`read_batch`](Self::read_batch). By default,
+    /// [`read_ahead`](Self::read_ahead) unfiltered.
+    fn read_segment_ahead(
+        &self,
+        segment: Segment,
+        after: Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<SegmentBatch, StoreError>> + Send {
+        let _ = segment;
+        async move {
+            let events = self.read_ahead(after, limit).await?;
+            Ok(SegmentBatch::unfiltered(events, after))
+        }
     }
 
     /// The position of the last event ([`Position::START`] when empty).

@@ -3,16 +3,19 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{checkpoint_only, replaces, CheckpointStorage, StorageError, StoredCheckpoint};
-use crate::checkpoint::Integrity;
+use super::{checkpoint_only, CheckpointStorage, PieceInfo, StorageError, StoredCheckpoint};
+use crate::checkpoint::incremental::{fold, link_follows};
+use crate::checkpoint::{Integrity, Piece};
 use crate::deadletter::ParkedEvent;
+use crate::metrics::json_len;
 use crate::Position;
 
 /// Checkpoints in memory: for tests and models whose state need not survive the process.
 /// Registered as `"memory"` in every [`Krescent`](crate::Krescent).
 ///
 /// Each checkpoint is kept with its [`checksum`](StoredCheckpoint::checksum), checked when it
-/// is loaded, as every storage does.
+/// is loaded, as every storage does. It keeps deltas ([`crate::checkpoint::incremental`]):
+/// each with its own checksum, after the base they follow; a whole checkpoint replaces them.
 #[derive(Debug, Default)]
 pub struct InMemoryCheckpointStorage {
     checkpoints: Mutex<BTreeMap<String, Entry>>,
@@ -20,11 +23,22 @@ pub struct InMemoryCheckpointStorage {
     parked: Mutex<BTreeMap<String, BTreeMap<Position, ParkedEvent>>>,
 }
 
-/// A checkpoint and the checksum taken when it was stored.
+/// A checkpoint and the checksum taken when it was stored, and the deltas stored after it,
+/// each with its checksum.
 #[derive(Debug)]
 struct Entry {
     checkpoint: StoredCheckpoint,
     checksum: u32,
+    deltas: Vec<(StoredCheckpoint, u32)>,
+}
+
+impl Entry {
+    /// The position of the chain's last piece.
+    fn head(&self) -> Position {
+        self.deltas
+            .last()
+            .map_or(self.checkpoint.position, |(delta, _)| delta.position)
+    }
 }
 
 impl InMemoryCheckpointStorage {
@@ -52,28 +66,79 @@ impl CheckpointStorage for InMemoryCheckpointStorage {
         &self,
         namespace: &str,
     ) -> Result<Option<(StoredCheckpoint, Integrity)>, StorageError> {
+        let origin = format!("memory, namespace `{namespace}`");
         let Some(checkpoint) = self.lock().get(namespace).map(|entry| {
-            let origin = format!("memory, namespace `{namespace}`");
-            let integrity = entry.checkpoint.verify(entry.checksum, &origin);
-            integrity.map(|integrity| (entry.checkpoint.clone(), integrity))
+            let integrity = entry.checkpoint.verify(entry.checksum, &origin)?;
+            let mut deltas = Vec::with_capacity(entry.deltas.len());
+            for (i, (delta, checksum)) in entry.deltas.iter().enumerate() {
+                delta.verify(*checksum, &format!("{origin}, delta {}", i + 1))?;
+                deltas.push(delta.clone());
+            }
+            Ok::<_, StorageError>((entry.checkpoint.clone(), deltas, integrity))
         }) else {
             return Ok(None);
         };
-        checkpoint.map(Some)
+        let (base, deltas, integrity) = checkpoint?;
+        Ok(Some((fold(base, deltas, &origin)?, integrity)))
+    }
+
+    fn keeps_deltas(&self) -> bool {
+        true
+    }
+
+    async fn pieces(&self, namespace: &str) -> Result<Vec<PieceInfo>, StorageError> {
+        let kept = self.lock();
+        let Some(entry) = kept.get(namespace) else {
+            return Ok(Vec::new());
+        };
+        let info = |checkpoint: &StoredCheckpoint| PieceInfo {
+            piece: checkpoint.piece,
+            position: checkpoint.position,
+            bytes: json_len(&checkpoint.bucket) as u64,
+        };
+        Ok(std::iter::once(&entry.checkpoint)
+            .chain(entry.deltas.iter().map(|(delta, _)| delta))
+            .map(info)
+            .collect())
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
         let checksum = checkpoint.checksum();
         let mut checkpoints = self.lock();
-        if checkpoints
-            .get(&checkpoint.namespace)
-            .is_none_or(|old| replaces(&old.checkpoint, checkpoint))
-        {
+        if let Piece::Delta(link) = checkpoint.piece {
+            let refused = |reason: String| StorageError::Chain {
+                namespace: checkpoint.namespace.clone(),
+                reason,
+            };
+            let Some(entry) = checkpoints.get_mut(&checkpoint.namespace) else {
+                return Err(refused("no checkpoint is stored".to_owned()));
+            };
+            if entry.checkpoint.version != checkpoint.version {
+                return Err(refused(format!(
+                    "the stored checkpoint is of version `{}`",
+                    entry.checkpoint.version
+                )));
+            }
+            link_follows(
+                &link,
+                entry.checkpoint.position,
+                entry.head(),
+                entry.deltas.len(),
+            )
+            .map_err(refused)?;
+            entry.deltas.push((checkpoint.clone(), checksum));
+            return Ok(());
+        }
+        if checkpoints.get(&checkpoint.namespace).is_none_or(|old| {
+            // Against the chain's last piece: a position never moves backwards.
+            old.checkpoint.version != checkpoint.version || checkpoint.position >= old.head()
+        }) {
             checkpoints.insert(
                 checkpoint.namespace.clone(),
                 Entry {
                     checkpoint: checkpoint.clone(),
                     checksum,
+                    deltas: Vec::new(),
                 },
             );
         }
@@ -169,7 +234,7 @@ mod tests {
             for key in ["counts", "label"] {
                 let bytes = match original.bucket.value(key).expect("value") {
                     BucketValue::Json(raw) => raw.get().as_bytes().to_vec(),
-                    BucketValue::MessagePack(packed) => packed.clone(),
+                    BucketValue::MessagePack(packed) => packed.to_vec(),
                     BucketValue::Str(s) => s.as_bytes().to_vec(),
                     other => panic!("unexpected {other:?}"),
                 };
@@ -186,7 +251,7 @@ mod tests {
                             };
                             BucketValue::Json(raw)
                         }
-                        BucketValue::MessagePack(_) => BucketValue::MessagePack(flipped),
+                        BucketValue::MessagePack(_) => BucketValue::MessagePack(flipped.into()),
                         _ => {
                             let Ok(text) = String::from_utf8(flipped) else {
                                 continue;

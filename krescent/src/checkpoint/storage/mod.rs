@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub use file::FileCheckpointStorage;
 pub use memory::InMemoryCheckpointStorage;
 #[cfg(feature = "object-store")]
-pub use object::{object_store, ObjectStoreCheckpointStorage, MAX_KEY_BYTES};
+pub use object::{object_store, ObjectStoreCheckpointStorage, RetainedCheckpoint, MAX_KEY_BYTES};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresCheckpointStorage, PostgresPool};
 
@@ -119,6 +119,25 @@ pub trait CheckpointStorage: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether this storage keeps deltas ([`crate::checkpoint::incremental`]): a `store` of a
+    /// [`Piece::Delta`](crate::checkpoint::Piece::Delta) appends it to the stored chain
+    /// atomically, or fails when it does not follow the chain's last piece
+    /// ([`StorageError::Chain`]; PostgreSQL: a [`StorageError::Database`] naming the delta)
+    /// and stores nothing, and `load` returns the chain folded into one checkpoint, or
+    /// [`StorageError::Corrupt`] when any piece is missing or damaged. `false` (the default, and
+    /// the object store's): running models write whole checkpoints here, incremental fields
+    /// included.
+    fn keeps_deltas(&self) -> bool {
+        false
+    }
+
+    /// The pieces of the checkpoint of `namespace` as stored, base first, each with the size
+    /// of its encoding in bytes, for tools (`krescent checkpoints show`); by default none known.
+    async fn pieces(&self, namespace: &str) -> Result<Vec<PieceInfo>, StorageError> {
+        let _ = namespace;
+        Ok(Vec::new())
+    }
+
     /// The leases of the models checkpointing here, when this storage keeps them (PostgreSQL);
     /// `None`, the default: models run without leases. Used by the runtime, not meant to be
     /// called or implemented by applications.
@@ -188,6 +207,17 @@ pub(crate) fn replaces(old: &StoredCheckpoint, new: &StoredCheckpoint) -> bool {
     old.version != new.version || new.position >= old.position
 }
 
+/// One stored piece of a checkpoint ([`CheckpointStorage::pieces`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceInfo {
+    /// The base, or a delta.
+    pub piece: crate::checkpoint::Piece,
+    /// The last event it covers.
+    pub position: Position,
+    /// The size of its stored encoding, in bytes.
+    pub bytes: u64,
+}
+
 /// A storage that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -238,6 +268,26 @@ pub enum StorageError {
         location: String,
         /// What the backend said.
         reason: String,
+    },
+    /// A delta does not follow the stored checkpoint (another writer, or a compaction, moved
+    /// the chain on): nothing was stored. The running model writes a whole checkpoint next.
+    #[error("checkpoint delta of `{namespace}` refused: {reason}")]
+    Chain {
+        /// The namespace.
+        namespace: String,
+        /// Why it does not follow.
+        reason: String,
+    },
+    /// The version of a blue/green projection this build runs is retired (switched away from
+    /// and past its grace period, superseded by a newer deploy, or dropped): it neither
+    /// rebuilds nor follows. See
+    /// [`PostgresProjection::versioned`](crate::projection::PostgresProjection::versioned).
+    #[error("version `{version}` of `{model}` is retired: another version serves readers, and this build must not run (deploy the active version's build)")]
+    Retired {
+        /// The model.
+        model: String,
+        /// The version's id.
+        version: String,
     },
     /// The writer no longer holds the lease of `namespace` it took under `epoch` (another
     /// instance took it over): the write was rolled back, and this writer must step down.

@@ -19,6 +19,10 @@ use crate::checkpoint::{
 use crate::fleet::Fence;
 use crate::Position;
 
+mod retention;
+
+pub use retention::RetainedCheckpoint;
+
 /// The object store crate this storage is built on (`object_store`, Apache Arrow's), re-exported
 /// so that a store of your own (GCS, Azure, a tuned S3 client) needs no dependency of your own
 /// of the same version.
@@ -114,6 +118,8 @@ pub struct ObjectStoreCheckpointStorage {
     format: CheckpointFormat,
     /// The lease every write must still hold.
     fence: Option<Arc<Fence>>,
+    /// How many replaced checkpoints of each namespace to keep (`retention.rs`).
+    retain: usize,
     /// The header and `ETag` of each object this storage wrote or read last, so a `store`
     /// need not read the header again; a stale entry only costs a failed conditional `PUT`.
     known: Arc<Mutex<HashMap<String, Known>>>,
@@ -182,6 +188,7 @@ impl ObjectStoreCheckpointStorage {
             location: location.into(),
             format: CheckpointFormat::MessagePack,
             fence: None,
+            retain: 0,
             known: Arc::default(),
             #[cfg(feature = "postgres")]
             leases: None,
@@ -501,16 +508,19 @@ impl ObjectStoreCheckpointStorage {
         };
         let mut bytes = serde_json::to_vec(&head).map_err(|e| failed(e.to_string()))?;
         bytes.push(b'\n');
-        match self.format {
-            CheckpointFormat::MessagePack => {
-                bytes.reserve(packed::size_hint(&checkpoint.bucket));
-                packed::encode_into(&checkpoint.bucket, &mut bytes)
+        let payload = match self.format {
+            // The bucket's large values go out as they are, shared rather than copied.
+            CheckpointFormat::MessagePack => packed::encode_shared(&checkpoint.bucket, bytes)
+                .map_err(|e| failed(e.to_string()))?
+                .into_iter()
+                .collect(),
+            CheckpointFormat::Json => {
+                serde_json::to_writer(&mut bytes, &checkpoint.bucket)
                     .map_err(|e| failed(e.to_string()))?;
+                PutPayload::from(bytes)
             }
-            CheckpointFormat::Json => serde_json::to_writer(&mut bytes, &checkpoint.bucket)
-                .map_err(|e| failed(e.to_string()))?,
-        }
-        Ok((PutPayload::from(bytes), head))
+        };
+        Ok((payload, head))
     }
 
     /// Rewrites the stored object (`known`, `bytes`) with `epoch` in its header, on its
@@ -528,12 +538,7 @@ impl ObjectStoreCheckpointStorage {
             epoch: Some(epoch),
             ..known.head.clone()
         };
-        let mut claimed = serde_json::to_vec(&head).map_err(|e| StorageError::Encode {
-            namespace: known.head.namespace.to_string(),
-            reason: e.to_string(),
-        })?;
-        claimed.push(b'\n');
-        claimed.extend_from_slice(body);
+        let claimed = rewrite(&head, body)?;
         let mode = PutMode::Update(known.version.clone());
         match self.store.put_opts(path, claimed.into(), mode.into()).await {
             Ok(put) => Ok(Some(Known {
@@ -722,6 +727,18 @@ fn namespace_of(file_name: &str) -> Option<String> {
     name::decode(file_name, SUFFIX)
 }
 
+/// The object of `head` over a stored object's bucket bytes `body`: a claim's new epoch, a
+/// rollback's retained checkpoint.
+fn rewrite(head: &Head<'_>, body: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let mut object = serde_json::to_vec(head).map_err(|e| StorageError::Encode {
+        namespace: head.namespace.to_string(),
+        reason: e.to_string(),
+    })?;
+    object.push(b'\n');
+    object.extend_from_slice(body);
+    Ok(object)
+}
+
 /// An object's header and its bucket's bytes.
 fn split<'a>(bytes: &'a [u8], origin: &str) -> Result<(Head<'a>, &'a [u8]), StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
@@ -784,6 +801,7 @@ fn decode(
         position,
         taken_at: from_micros(head.taken_at_micros),
         bucket,
+        piece: crate::checkpoint::Piece::Whole,
     })
 }
 
@@ -852,6 +870,17 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
         let namespace = checkpoint.namespace.as_str();
+        // It keeps no deltas (`keeps_deltas` is false): running models write whole checkpoints
+        // here, and a delta handed in by hand is refused rather than stored as if whole.
+        if let crate::checkpoint::Piece::Delta(link) = checkpoint.piece {
+            return Err(StorageError::Chain {
+                namespace: namespace.to_owned(),
+                reason: format!(
+                    "the object store keeps whole checkpoints only, not delta {} of the base at {}",
+                    link.sequence, link.base
+                ),
+            });
+        }
         let path = self.key_of(namespace)?;
         let mut encoded: Option<(Option<u64>, PutPayload, Head<'static>)> = None;
         let mut known = self.known().get(namespace).cloned();
@@ -897,7 +926,11 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
                     (payload, head)
                 }
             };
+            if let Some(stored) = &stored {
+                self.retain(&path, stored).await?;
+            }
             if let Attempt::Done = self.put(&path, payload, head, stored.as_ref()).await? {
+                self.trim(namespace).await;
                 return Ok(());
             }
         }

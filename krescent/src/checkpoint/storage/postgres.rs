@@ -9,17 +9,19 @@ use tokio_postgres::types::private::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, Json, ToSql, Type};
 use tokio_postgres::Row;
 
-use super::{checkpoint_only, CheckpointStorage, StorageError, StoredCheckpoint};
+use super::{checkpoint_only, CheckpointStorage, PieceInfo, StorageError, StoredCheckpoint};
 use crate::checkpoint::bucket::packed;
+use crate::checkpoint::incremental::fold;
 use crate::checkpoint::{
     truncate_to_micros, CheckpointBucket, CheckpointFormat, CheckpointVersion, Integrity,
 };
+use crate::checkpoint::{Link, Piece};
 use crate::deadletter::ParkedEvent;
 use crate::fleet::{Fence, LeaseHolder, Leases};
 use crate::postgres::{
     check_fence, migrate, store_connection, Component, DbFailure, FenceFailure, Names,
 };
-use crate::postgres::{PostgresConfig, LEASES_TABLE};
+use crate::postgres::{PostgresConfig, DELTAS_TABLE as DELTAS, LEASES_TABLE};
 use crate::store::StoreError;
 use crate::Position;
 
@@ -63,7 +65,13 @@ pub struct PostgresCheckpointStorage {
 #[derive(Debug)]
 struct Sql {
     load: String,
+    load_base: String,
     store: String,
+    append: String,
+    pieces: String,
+    delete_base: String,
+    pieces_base: String,
+    clear_base: String,
     delete: String,
     list: String,
     clear: String,
@@ -81,20 +89,83 @@ impl PostgresCheckpointStorage {
 
     pub(crate) fn from_names(pool: Pool, names: Arc<Names>) -> Self {
         let table = &names.checkpoints;
+        let deltas = &names.deltas;
         let sql = Sql {
-            load: format!("SELECT version, position::text, taken_at, format, data::text, data_binary, checksum FROM {table} WHERE namespace = $1"),
-            store: format!(
-                "INSERT INTO {table} AS stored (namespace, version, position, taken_at, format, data, data_binary, checksum)
-                 VALUES ($1, $2, $3::text::numeric, $4, $5, $6::json, $7, $8)
-                 ON CONFLICT (namespace) DO UPDATE
-                 SET version = excluded.version, position = excluded.position, taken_at = excluded.taken_at,
-                     format = excluded.format, data = excluded.data, data_binary = excluded.data_binary,
-                     checksum = excluded.checksum
-                 WHERE stored.version <> excluded.version OR stored.position <= excluded.position"
+            load_base: format!(
+                "SELECT version, position::text, taken_at, format, data::text, data_binary, checksum, 0 AS sequence, NULL::text, NULL::text, 0
+                 FROM {table} WHERE namespace = $1"
             ),
-            delete: format!("DELETE FROM {table} WHERE namespace = $1"),
+            // The base's row (sequence 0) and its deltas, in one statement: one snapshot. Not
+            // ordered by the server: a sort of the union would copy the base's bytes (tens of
+            // MB) into the sort; the rows are put in order here.
+            load: format!(
+                "SELECT version, position::text, taken_at, format, data::text, data_binary, checksum, 0 AS sequence, NULL::text, NULL::text, deltas
+                 FROM {table} WHERE namespace = $1
+                 UNION ALL
+                 SELECT version, position::text, taken_at, format, data::text, data_binary, checksum, sequence, base::text, previous::text, 0
+                 FROM {deltas} WHERE checkpoints = $2 AND namespace = $1"
+            ),
+            // A whole checkpoint replaces the row unless the stored chain (its base or its last
+            // delta) is of the same version and later, and removes the chain's deltas.
+            store: format!(
+                "WITH stored AS (
+                     INSERT INTO {table} AS stored (namespace, version, position, taken_at, format, data, data_binary, checksum)
+                     VALUES ($1, $2, $3::text::numeric, $4, $5, $6::json, $7, $8)
+                     ON CONFLICT (namespace) DO UPDATE
+                     SET version = excluded.version, position = excluded.position, taken_at = excluded.taken_at,
+                         format = excluded.format, data = excluded.data, data_binary = excluded.data_binary,
+                         checksum = excluded.checksum, deltas = 0
+                     WHERE stored.version <> excluded.version
+                        OR excluded.position >= GREATEST(stored.position, (
+                            SELECT max(d.position) FROM {deltas} d
+                            WHERE d.checkpoints = $9::text AND d.namespace = excluded.namespace))
+                     RETURNING 1
+                 )
+                 DELETE FROM {deltas} WHERE checkpoints = $9::text AND namespace = $1 AND EXISTS (SELECT 1 FROM stored)"
+            ),
+            // A delta is appended only after the stored chain's last piece: the base row of its
+            // version and position (locked until the commit, so a whole checkpoint replacing it
+            // waits), then deltas 1 to sequence - 1, the last at `previous`; the base row counts
+            // it.
+            append: format!(
+                "WITH appended AS (
+                 INSERT INTO {deltas} (checkpoints, namespace, sequence, version, base, previous, position, taken_at, format, data, data_binary, checksum)
+                 SELECT $1::text, $2::text, $3::integer, $4::text, $5::text::numeric, $6::text::numeric, $7::text::numeric,
+                        $8::timestamptz, $9::smallint, $10::json, $11::bytea, $12::bigint
+                 FROM {table} AS stored
+                 WHERE stored.namespace = $2::text AND stored.version = $4::text AND stored.position = $5::text::numeric
+                   AND $3::integer - 1 = (SELECT count(*) FROM {deltas} WHERE checkpoints = $1::text AND namespace = $2::text)
+                   AND $6::text::numeric = COALESCE((SELECT position FROM {deltas}
+                       WHERE checkpoints = $1::text AND namespace = $2::text AND sequence = $3::integer - 1), stored.position)
+                 FOR SHARE OF stored
+                 RETURNING 1
+                 )
+                 UPDATE {table} SET deltas = $3::integer
+                 WHERE namespace = $2::text AND EXISTS (SELECT 1 FROM appended)"
+            ),
+            pieces: format!(
+                "SELECT 0 AS sequence, position::text, NULL::text, NULL::text, coalesce(octet_length(data_binary), octet_length(data::text), 0)
+                 FROM {table} WHERE namespace = $1
+                 UNION ALL
+                 SELECT sequence, position::text, base::text, previous::text, coalesce(octet_length(data_binary), octet_length(data::text), 0)
+                 FROM {deltas} WHERE checkpoints = $2 AND namespace = $1
+                 ORDER BY 1"
+            ),
+            delete: format!(
+                "WITH deltas AS (DELETE FROM {deltas} WHERE checkpoints = $2 AND namespace = $1)
+                 DELETE FROM {table} WHERE namespace = $1"
+            ),
+            delete_base: format!("DELETE FROM {table} WHERE namespace = $1"),
+            pieces_base: format!(
+                "SELECT 0 AS sequence, position::text, NULL::text, NULL::text, coalesce(octet_length(data_binary), octet_length(data::text), 0)
+                 FROM {table} WHERE namespace = $1"
+            ),
             list: format!("SELECT namespace FROM {table} ORDER BY namespace"),
-            clear: format!("DELETE FROM {table}"),
+            clear_base: format!("DELETE FROM {table}"),
+            clear: format!(
+                "WITH deltas AS (DELETE FROM {deltas} WHERE checkpoints = $1)
+                 DELETE FROM {table}"
+            ),
         };
         PostgresCheckpointStorage {
             transactions: pool.clone(),
@@ -289,6 +360,39 @@ impl PostgresCheckpointStorage {
             Data::Binary(binary) => (CheckpointFormat::MessagePack, &none_json, binary),
         };
         let checksum = i64::from(checkpoint.checksum());
+        let table = &self.names.checkpoints_table_plain;
+        if let Piece::Delta(link) = checkpoint.piece {
+            let statement = client.prepare_cached(&self.sql.append).await?;
+            let sequence = i32::try_from(link.sequence).map_err(|_| {
+                DbFailure::Other(format!("delta {} is past the last", link.sequence))
+            })?;
+            let appended = client
+                .execute(
+                    &statement,
+                    &[
+                        table,
+                        &checkpoint.namespace,
+                        &sequence,
+                        &checkpoint.version.as_str(),
+                        &link.base.to_string(),
+                        &link.previous.to_string(),
+                        &position,
+                        &taken_at,
+                        &format.number(),
+                        json,
+                        binary,
+                        &checksum,
+                    ],
+                )
+                .await?;
+            if appended == 0 {
+                return Err(DbFailure::Other(format!(
+                    "delta {} of `{}` (after position {} on the base at {}) does not follow the stored chain",
+                    link.sequence, checkpoint.namespace, link.previous, link.base
+                )));
+            }
+            return Ok(());
+        }
         let statement = client.prepare_cached(&self.sql.store).await?;
         client
             .execute(
@@ -302,6 +406,7 @@ impl PostgresCheckpointStorage {
                     json,
                     binary,
                     &checksum,
+                    table,
                 ],
             )
             .await?;
@@ -314,8 +419,30 @@ impl PostgresCheckpointStorage {
         client: &ClientWrapper,
         namespace: &str,
     ) -> Result<u64, DbFailure> {
+        if !self.has_deltas(client).await? {
+            let statement = client.prepare_cached(&self.sql.delete_base).await?;
+            return Ok(client.execute(&statement, &[&namespace]).await?);
+        }
         let statement = client.prepare_cached(&self.sql.delete).await?;
-        Ok(client.execute(&statement, &[&namespace]).await?)
+        Ok(client
+            .execute(
+                &statement,
+                &[&namespace, &self.names.checkpoints_table_plain],
+            )
+            .await?)
+    }
+
+    /// Whether the deltas' table exists: an older build's migration (before step 7) did not
+    /// create it, and tools that read a database without migrating it (`krescent`) meet such
+    /// tables.
+    async fn has_deltas(&self, client: &ClientWrapper) -> Result<bool, DbFailure> {
+        let statement = client
+            .prepare_cached("SELECT to_regclass($1) IS NOT NULL")
+            .await?;
+        Ok(client
+            .query_one(&statement, &[&self.names.deltas])
+            .await?
+            .try_get(0)?)
     }
 
     /// Upserts `parked` through `client`, in whatever transaction it has open.
@@ -452,10 +579,124 @@ impl PostgresCheckpointStorage {
 
     /// The row of `namespace`; its `data` column is read in place, not copied out (a large
     /// state's checkpoint is tens of MB).
-    async fn try_load(&self, namespace: &str) -> Result<Option<Row>, DbFailure> {
+    async fn try_load(&self, namespace: &str) -> Result<Vec<Row>, DbFailure> {
         let client = store_connection(&self.pool).await?;
-        let statement = client.prepare_cached(&self.sql.load).await?;
-        Ok(client.query_opt(&statement, &[&namespace]).await?)
+        let statement = match client.prepare_cached(&self.sql.load).await {
+            Ok(statement) => statement,
+            // A table that an older build migrated, before the deltas' table (step 7) existed,
+            // has no deltas: its row alone, for tools that read without migrating.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                let statement = client.prepare_cached(&self.sql.load_base).await?;
+                return Ok(client.query(&statement, &[&namespace]).await?);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(client
+            .query(
+                &statement,
+                &[&namespace, &self.names.checkpoints_table_plain],
+            )
+            .await?)
+    }
+
+    /// The checkpoint (a base, or a delta) in `row` of [`Sql::load`], checked against its
+    /// checksum.
+    fn decode_row(
+        &self,
+        namespace: &str,
+        row: &Row,
+    ) -> Result<(StoredCheckpoint, Integrity), StorageError> {
+        #[allow(clippy::type_complexity)] // the row's columns, in order
+        let columns = || -> Result<
+            (
+                String,
+                String,
+                SystemTime,
+                i16,
+                Option<&str>,
+                Option<&[u8]>,
+                Option<i64>,
+                i32,
+                Option<String>,
+                Option<String>,
+            ),
+            DbFailure,
+        > {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+                row.try_get(5)?,
+                row.try_get(6)?,
+                row.try_get(7)?,
+                row.try_get(8)?,
+                row.try_get(9)?,
+            ))
+        };
+        let (version, position, taken_at, format, json, binary, checksum, sequence, base, previous) =
+            columns().map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
+        let origin = if sequence == 0 {
+            self.origin(namespace)
+        } else {
+            format!(
+                "table `{}.{DELTAS}`, namespace `{namespace}`, delta {sequence}",
+                self.names.schema_plain
+            )
+        };
+        let corrupt = |reason: String| StorageError::Corrupt {
+            origin: origin.clone(),
+            reason,
+        };
+        let parse = |text: &str| {
+            text.parse::<Position>()
+                .map_err(|e: crate::PositionParseError| corrupt(e.to_string()))
+        };
+        let position = parse(&position)?;
+        let piece = match (base, previous) {
+            (Some(base), Some(previous)) => Piece::Delta(Link {
+                base: parse(&base)?,
+                previous: parse(&previous)?,
+                sequence: u32::try_from(sequence)
+                    .map_err(|_| corrupt(format!("delta number {sequence}")))?,
+            }),
+            _ => Piece::Whole,
+        };
+        let bucket: CheckpointBucket = match (CheckpointFormat::from_number(format), json, binary) {
+            (Some(CheckpointFormat::Json), Some(json), _) => {
+                serde_json::from_str(json).map_err(|e| corrupt(format!("undecodable data: {e}")))?
+            }
+            (Some(CheckpointFormat::MessagePack), _, Some(binary)) => packed::decode(binary)
+                .map_err(|e| corrupt(format!("undecodable data_binary: {e}")))?,
+            (Some(format), _, _) => {
+                return Err(corrupt(format!(
+                    "format {format:?} with no data in its column"
+                )));
+            }
+            (None, _, _) => {
+                return Err(corrupt(format!(
+                    "unknown format {format} (this build reads 1 and 2)"
+                )));
+            }
+        };
+        let checkpoint = StoredCheckpoint {
+            namespace: namespace.to_owned(),
+            version: CheckpointVersion::from_text(version),
+            position,
+            taken_at,
+            bucket,
+            piece,
+        };
+        let integrity = match checksum {
+            Some(checksum) => {
+                let checksum = u32::try_from(checksum)
+                    .map_err(|_| corrupt(format!("checksum {checksum} is out of range")))?;
+                checkpoint.verify(checksum, &origin)?
+            }
+            None => Integrity::Unchecked,
+        };
+        Ok((checkpoint, integrity))
     }
 
     async fn execute(
@@ -484,78 +725,92 @@ impl CheckpointStorage for PostgresCheckpointStorage {
         &self,
         namespace: &str,
     ) -> Result<Option<(StoredCheckpoint, Integrity)>, StorageError> {
-        let loaded = self
+        let rows = self
             .try_load(namespace)
             .await
             .map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
-        let Some(row) = loaded else {
+        let mut rows = rows;
+        rows.sort_by_key(|row| row.try_get::<_, i32>(7).unwrap_or(i32::MAX));
+        let mut rows = rows.iter();
+        let Some(first) = rows.next() else {
             return Ok(None);
         };
-        #[allow(clippy::type_complexity)] // the row's columns, in order
-        let columns = || -> Result<
-            (
-                String,
-                String,
-                SystemTime,
-                i16,
-                Option<&str>,
-                Option<&[u8]>,
-                Option<i64>,
-            ),
-            DbFailure,
-        > {
-            Ok((
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-                row.try_get(4)?,
-                row.try_get(5)?,
-                row.try_get(6)?,
-            ))
-        };
-        let (version, position, taken_at, format, json, binary, checksum) =
-            columns().map_err(|e| e.storage(format!("load from {}", self.origin(namespace))))?;
-        let corrupt = |reason: String| StorageError::Corrupt {
-            origin: self.origin(namespace),
-            reason,
-        };
-        let position: Position = position
-            .parse()
-            .map_err(|e: crate::PositionParseError| corrupt(e.to_string()))?;
-        let bucket: CheckpointBucket = match (CheckpointFormat::from_number(format), json, binary) {
-            (Some(CheckpointFormat::Json), Some(json), _) => {
-                serde_json::from_str(json).map_err(|e| corrupt(format!("undecodable data: {e}")))?
-            }
-            (Some(CheckpointFormat::MessagePack), _, Some(binary)) => packed::decode(binary)
-                .map_err(|e| corrupt(format!("undecodable data_binary: {e}")))?,
-            (Some(format), _, _) => {
-                return Err(corrupt(format!(
-                    "format {format:?} with no data in its column"
-                )));
-            }
-            (None, _, _) => {
-                return Err(corrupt(format!(
-                    "unknown format {format} (this build reads 1 and 2)"
-                )));
-            }
-        };
-        let checkpoint = StoredCheckpoint {
-            namespace: namespace.to_owned(),
-            version: CheckpointVersion::from_text(version),
-            position,
-            taken_at,
-            bucket,
-        };
-        let integrity = match checksum {
-            Some(checksum) => {
-                let checksum = u32::try_from(checksum)
-                    .map_err(|_| corrupt(format!("checksum {checksum} is out of range")))?;
-                checkpoint.verify(checksum, &self.origin(namespace))?
-            }
-            None => Integrity::Unchecked,
-        };
+        let (base, integrity) = self.decode_row(namespace, first)?;
+        let counted: i32 = first.try_get(10).map_err(|e| {
+            DbFailure::from(e).storage(format!("load from {}", self.origin(namespace)))
+        })?;
+        if base.piece == Piece::Whole && usize::try_from(counted).ok() != Some(rows.len()) {
+            return Err(StorageError::Corrupt {
+                origin: self.origin(namespace),
+                reason: format!(
+                    "{counted} deltas were committed after it, {} are stored",
+                    rows.len()
+                ),
+            });
+        }
+        if base.piece != Piece::Whole {
+            return Err(StorageError::Corrupt {
+                origin: self.origin(namespace),
+                reason: format!(
+                    "deltas without their base (the first is delta {:?})",
+                    base.piece
+                ),
+            });
+        }
+        let deltas = rows
+            .map(|row| self.decode_row(namespace, row).map(|(delta, _)| delta))
+            .collect::<Result<Vec<_>, _>>()?;
+        let checkpoint = fold(base, deltas, &self.origin(namespace))?;
         Ok(Some((checkpoint, integrity)))
+    }
+
+    fn keeps_deltas(&self) -> bool {
+        true
+    }
+
+    async fn pieces(&self, namespace: &str) -> Result<Vec<PieceInfo>, StorageError> {
+        let run = async {
+            let client = store_connection(&self.pool).await?;
+            let rows = if self.has_deltas(&client).await? {
+                let statement = client.prepare_cached(&self.sql.pieces).await?;
+                client
+                    .query(
+                        &statement,
+                        &[&namespace, &self.names.checkpoints_table_plain],
+                    )
+                    .await?
+            } else {
+                let statement = client.prepare_cached(&self.sql.pieces_base).await?;
+                client.query(&statement, &[&namespace]).await?
+            };
+            let parse = |text: String| {
+                text.parse::<Position>()
+                    .map_err(|e| DbFailure::Other(format!("position `{text}`: {e}")))
+            };
+            let mut pieces = Vec::with_capacity(rows.len());
+            for row in rows {
+                let sequence: i32 = row.try_get(0)?;
+                let base: Option<String> = row.try_get(2)?;
+                let previous: Option<String> = row.try_get(3)?;
+                let bytes: i32 = row.try_get(4)?;
+                let piece = match (base, previous) {
+                    (Some(base), Some(previous)) => Piece::Delta(Link {
+                        base: parse(base)?,
+                        previous: parse(previous)?,
+                        sequence: u32::try_from(sequence).unwrap_or(0),
+                    }),
+                    _ => Piece::Whole,
+                };
+                pieces.push(PieceInfo {
+                    piece,
+                    position: parse(row.try_get(1)?)?,
+                    bytes: u64::try_from(bytes).unwrap_or(0),
+                });
+            }
+            Ok::<_, DbFailure>(pieces)
+        };
+        run.await
+            .map_err(|e| e.storage(format!("read the pieces of {}", self.origin(namespace))))
     }
 
     async fn store(&self, checkpoint: &StoredCheckpoint) -> Result<(), StorageError> {
@@ -586,8 +841,11 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn delete(&self, namespace: &str) -> Result<bool, StorageError> {
-        self.execute(&self.sql.delete, &[&namespace])
-            .await
+        let run = async {
+            let client = store_connection(&self.pool).await?;
+            self.delete_in(&client, namespace).await
+        };
+        run.await
             .map(|deleted| deleted > 0)
             .map_err(|e| e.storage(format!("delete from {}", self.origin(namespace))))
     }
@@ -606,8 +864,15 @@ impl CheckpointStorage for PostgresCheckpointStorage {
     }
 
     async fn clear(&self) -> Result<(), StorageError> {
-        self.execute(&self.sql.clear, &[])
-            .await
+        let run = async {
+            let client = store_connection(&self.pool).await?;
+            if !self.has_deltas(&client).await? {
+                return self.execute(&self.sql.clear_base, &[]).await;
+            }
+            self.execute(&self.sql.clear, &[&self.names.checkpoints_table_plain])
+                .await
+        };
+        run.await
             .map(drop)
             .map_err(|e| e.storage(format!("clear `{}`", self.names.checkpoints_plain)))
     }

@@ -3,15 +3,20 @@
 use deadpool_postgres::ClientWrapper;
 
 use super::PostgresProjection;
+use crate::checkpoint::CheckpointStorage as _;
 use crate::checkpoint::CheckpointVersion;
-use crate::fleet::Segment;
+use crate::fleet::{layout_of as segment_of, Handover, Segment};
 use crate::postgres::DbFailure;
 
 /// What a segment without a usable checkpoint does with the shared tables.
 enum Reset {
-    /// Other segments of this version hold checkpoints and this one never committed: it
-    /// starts from the first event without touching their rows.
+    /// It starts from the first event without touching the rows of other segments: other
+    /// segments of this version hold checkpoints, and none covered its slices.
     Join,
+    /// It continues from where the segments it takes over from left off: the segment count
+    /// changed (the old count's checkpoints were just carried over), or another segment of
+    /// this count did that for it after it found no checkpoint.
+    Continue(Handover),
     /// The tables start over: every segment's checkpoint goes, and the other segments'
     /// leases are fenced, so that every segment replays into the new tables.
     Whole {
@@ -31,7 +36,7 @@ impl PostgresProjection {
         model: &str,
         segment: Segment,
         version: &CheckpointVersion,
-    ) -> Result<(), DbFailure> {
+    ) -> Result<Option<Handover>, DbFailure> {
         let names = self.storage.names();
         // One segment of the model decides at a time, and holds the lock until its first
         // commit: a segment starting meanwhile then sees that commit's checkpoint.
@@ -41,15 +46,18 @@ impl PostgresProjection {
                 &[&names.segments_lock(model)],
             )
             .await?;
+        // No lease of another count is live (this one was taken only then: `Leases::acquire`);
+        // a holder of one paused past it is fenced before its checkpoint is read.
+        self.fence_other_counts(client, model, segment.count())
+            .await?;
         match self.plan(client, model, segment, version).await? {
             Reset::Join => {
-                // A table missing from the shapes does not exist yet.
-                let shapes = self.read_shapes(client).await?;
-                for table in &self.tables {
-                    if !shapes.contains_key(&table.plain) {
-                        client.batch_execute(&table.create).await?;
-                    }
-                }
+                self.create_missing_tables(client).await?;
+                Ok(None)
+            }
+            Reset::Continue(handover) => {
+                self.create_missing_tables(client).await?;
+                Ok(Some(handover))
             }
             Reset::Whole {
                 checkpoints,
@@ -79,12 +87,24 @@ impl PostgresProjection {
                 client
                     .execute(&unpark, &[&names.checkpoints_table_plain, &checkpoints])
                     .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Creates the tables missing from the shapes, which do not exist yet.
+    async fn create_missing_tables(&self, client: &ClientWrapper) -> Result<(), DbFailure> {
+        let shapes = self.read_shapes(client).await?;
+        for table in &self.tables {
+            if !shapes.contains_key(&table.plain) {
+                client.batch_execute(&table.create).await?;
             }
         }
         Ok(())
     }
 
-    /// Whether `segment` joins the other segments' tables or the whole model starts over.
+    /// Whether `segment` joins the other segments' tables, continues from their checkpoints,
+    /// or the whole model starts over.
     async fn plan(
         &self,
         client: &ClientWrapper,
@@ -104,14 +124,41 @@ impl PostgresProjection {
             let stored_version: String = row.try_get(1)?;
             stored.push((namespace, stored_version));
         }
+        let current = |namespace: &str, stored_version: &str| {
+            stored_version == version.as_str() && segment_of(model, namespace).is_some()
+        };
+        // Written for this segment by another of its count after this one found none.
+        if stored
+            .iter()
+            .any(|(namespace, v)| *namespace == mine && current(namespace, v))
+        {
+            let carried = match self.storage.load(&mine).await {
+                Ok(Some(checkpoint)) => self.continues(segment, &checkpoint),
+                Ok(None) | Err(_) => None,
+            };
+            if let Some(handover) = carried {
+                return Ok(Reset::Continue(handover));
+            }
+        }
         let never_committed = stored.iter().all(|(namespace, _)| *namespace != mine);
-        let others_current = stored.iter().any(|(namespace, stored_version)| {
-            *namespace != mine
-                && stored_version == version.as_str()
-                && Segment::from_namespace(model, namespace)
-                    .is_some_and(|other| other.count() == segment.count())
-        });
-        if never_committed && others_current {
+        let (same, other): (Vec<String>, Vec<String>) = stored
+            .iter()
+            .filter(|(namespace, v)| *namespace != mine && current(namespace, v))
+            .map(|(namespace, _)| namespace.clone())
+            .partition(|namespace| {
+                segment_of(model, namespace).is_some_and(|s| s.count() == segment.count())
+            });
+        if never_committed && !other.is_empty() {
+            // The segment count changed: the old count's checkpoints carry over, if they can.
+            match self
+                .rescale(client, model, segment, version, &other, &same)
+                .await?
+            {
+                Some(Some(handover)) => return Ok(Reset::Continue(handover)),
+                Some(None) => return Ok(Reset::Join),
+                None => {}
+            }
+        } else if never_committed && !same.is_empty() {
             return Ok(Reset::Join);
         }
         // Only a segment with a checkpoint can be running on the rows about to go: one without

@@ -7,7 +7,12 @@
 //! body length: u32 | events: u32 | first position: u64 | flags: u32 | body crc32: u32 | header crc32: u32
 //! body: stream length: u32 | stream | first stream version: u64 | recorded at (µs): i64
 //!       then per event: id: [u8; 16] | type length: u32 | type | payload length: u32 | payload
+//!                       | revision: u32 | metadata length: u32 | metadata
 //! ```
+//!
+//! That is format 2. Format 1 (krescent 0.1's segments) has no revision and metadata per event:
+//! its events read as revision 1 without metadata. A store reads segments of both and writes
+//! format 2; a metadata length of 0 is no metadata, else the metadata is a JSON object's text.
 //!
 //! The header checksum covers the five fields before it, so a damaged length is detected before
 //! it is believed. An append is one or more frames of the same stream; the last carries
@@ -20,12 +25,15 @@ use uuid::Uuid;
 
 use crate::checkpoint::{from_micros, to_micros};
 use crate::event::{EventMeta, RecordedEvent};
+use crate::metadata::Metadata;
 use crate::Position;
 
 /// The first bytes of every segment.
 pub(super) const MAGIC: [u8; 8] = *b"KRESCENT";
-/// The format this build writes and reads.
-pub(super) const FORMAT: u32 = 1;
+/// The format this build writes (and reads, with [`FORMAT_V1`]).
+pub(super) const FORMAT: u32 = 2;
+/// The format of krescent 0.1's segments: no revision and no metadata per event.
+pub(super) const FORMAT_V1: u32 = 1;
 /// The length of a segment header.
 pub(super) const SEGMENT_HEADER: usize = 24;
 /// The length of a frame header.
@@ -66,8 +74,8 @@ pub(super) enum HeaderError {
     Format(u32),
 }
 
-/// The first position of a segment, from its header.
-pub(super) fn parse_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
+/// The first position and the format of a segment, from its header.
+pub(super) fn parse_segment_header(bytes: &[u8]) -> Result<(u64, u32), HeaderError> {
     if bytes.len() < SEGMENT_HEADER {
         return Err(HeaderError::Damaged("the segment header is incomplete"));
     }
@@ -80,7 +88,7 @@ pub(super) fn parse_segment_header(bytes: &[u8]) -> Result<u64, HeaderError> {
         return Err(HeaderError::Damaged("segment header checksum mismatch"));
     }
     match u32_at(bytes, 8) {
-        FORMAT => Ok(u64_at(bytes, 12)),
+        format @ (FORMAT_V1 | FORMAT) => Ok((u64_at(bytes, 12), format)),
         other => Err(HeaderError::Format(other)),
     }
 }
@@ -142,6 +150,9 @@ pub(super) struct Draft<'a> {
     pub(super) id: Uuid,
     pub(super) event_type: &'a str,
     pub(super) payload: &'a str,
+    pub(super) revision: u32,
+    /// The metadata's JSON text; `None` for none.
+    pub(super) metadata: Option<String>,
 }
 
 /// An append too large for the format: a field or a frame over 4 GiB.
@@ -181,6 +192,10 @@ pub(super) fn encode_append(
             out.extend_from_slice(event.event_type.as_bytes());
             out.extend_from_slice(&len_u32(event.payload.len(), "payload")?.to_le_bytes());
             out.extend_from_slice(event.payload.as_bytes());
+            out.extend_from_slice(&event.revision.to_le_bytes());
+            let metadata = event.metadata.as_deref().unwrap_or_default();
+            out.extend_from_slice(&len_u32(metadata.len(), "metadata")?.to_le_bytes());
+            out.extend_from_slice(metadata.as_bytes());
             end += 1;
         }
         let body = &out[frame_start + FRAME_HEADER..];
@@ -256,9 +271,10 @@ impl Names {
     }
 }
 
-/// Decodes the events of a frame whose positions lie in `from..=to` into `out`, every string
-/// owned and checked.
+/// Decodes the events of a frame of a segment of `format` whose positions lie in `from..=to`
+/// into `out`, every string owned and checked.
 pub(super) fn decode_frame(
+    format: u32,
     header: &FrameHeader,
     body: &[u8],
     from: u64,
@@ -275,8 +291,18 @@ pub(super) fn decode_frame(
         let id = Uuid::from_bytes(cursor.take(16)?.try_into().expect("sixteen bytes"));
         let event_type = cursor.str("an event type is not UTF-8")?;
         let payload = cursor.str("a payload is not UTF-8")?;
+        let (revision, metadata) = if format == FORMAT_V1 {
+            (1, "")
+        } else {
+            (cursor.u32()?, cursor.str("event metadata is not UTF-8")?)
+        };
         let position = header.first + i;
         if (from..=to).contains(&position) {
+            let metadata = if metadata.is_empty() {
+                Metadata::new()
+            } else {
+                Metadata::from_json(metadata).map_err(|_| "event metadata is not a JSON object")?
+            };
             out.push(RecordedEvent {
                 meta: EventMeta {
                     event_id: id,
@@ -285,6 +311,8 @@ pub(super) fn decode_frame(
                     position: Position::new(position),
                     recorded_at,
                     event_type: names.get(event_type),
+                    revision,
+                    metadata,
                 },
                 payload: payload.into(),
             });
@@ -310,6 +338,8 @@ mod tests {
                 id: Uuid::new_v4(),
                 event_type: "t",
                 payload: &payload,
+                revision: 1,
+                metadata: None,
             })
             .collect();
         let bytes = encode_append("s", 1, 1, SystemTime::now(), &drafts).expect("encode");
@@ -319,6 +349,7 @@ mod tests {
             let body = &bytes[at + FRAME_HEADER..at + header.frame_len() as usize];
             assert!(header.checks(body));
             decode_frame(
+                FORMAT,
                 &header,
                 body,
                 1,
@@ -353,6 +384,8 @@ mod tests {
                 id: Uuid::nil(),
                 event_type: "t",
                 payload: "{}",
+                revision: 1,
+                metadata: None,
             }],
         )
         .expect("encode");

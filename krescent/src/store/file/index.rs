@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::format::{FrameHeader, SEGMENT_HEADER};
+use super::format::{FrameHeader, FORMAT, SEGMENT_HEADER};
 
 /// An index entry is added at the first frame at least this many bytes after the previous one,
 /// so a read skips at most about this much to find its position.
@@ -27,6 +27,9 @@ pub(super) struct SegmentIndex {
     pub(super) last: u64,
     /// `(first position of a frame, its offset)`, in order.
     entries: Vec<(u64, u64)>,
+    /// The segment's format ([`FORMAT`] or [`FORMAT_V1`](super::format::FORMAT_V1)), from its
+    /// header; not in the index files, set when the segment's header is read.
+    pub(super) format: u32,
 }
 
 impl SegmentIndex {
@@ -37,6 +40,7 @@ impl SegmentIndex {
             len: SEGMENT_HEADER as u64,
             last: first - 1,
             entries: Vec::new(),
+            format: FORMAT,
         }
     }
 
@@ -96,6 +100,7 @@ impl SegmentIndex {
                 len,
                 last,
                 entries,
+                format: FORMAT,
             })
     }
 }
@@ -200,6 +205,8 @@ mod tests {
                         id: uuid::Uuid::nil(),
                         event_type: "t",
                         payload: &payload,
+                        revision: 1,
+                        metadata: None,
                     })
                     .collect::<Vec<_>>(),
             )

@@ -282,7 +282,8 @@ impl FileEventStore {
             firsts.push(1);
         }
         firsts.sort_unstable();
-        let (state, scanned) = recover(&dir, &firsts, saved)?;
+        let (mut state, scanned) = recover(&dir, &firsts, saved)?;
+        upgrade_if_empty(&dir, state.active_mut())?;
         let active = state.active();
         let path = segment_path(&dir, active.first);
         let file = OpenOptions::new()
@@ -364,6 +365,8 @@ impl FileEventStore {
                         event_id: r.id,
                         event_type: r.event_type.as_str().into(),
                         payload: r.payload().into(),
+                        revision: 1,
+                        metadata: crate::Metadata::new(),
                     })
                     .collect();
                 let expected = match first.version {
@@ -493,7 +496,7 @@ impl Inner {
     /// Reads the events from `target` on within one segment: at most `limit`, and about
     /// [`BATCH_BYTES`] of frames.
     fn read_segment(&self, target: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (path, offset, end) = {
+        let (path, offset, end, segment_format) = {
             let state = self.read_state();
             if target > state.head() {
                 return Ok(Vec::new());
@@ -504,6 +507,7 @@ impl Inner {
                 segment_path(&self.dir, segment.first),
                 segment.seek(target),
                 segment.len,
+                segment.format,
             )
         };
         let last = target.saturating_add(limit as u64 - 1);
@@ -538,8 +542,16 @@ impl Inner {
                 if !frame.checks(&body) {
                     return Err(corrupt(at, "frame body checksum mismatch"));
                 }
-                format::decode_frame(&frame, &body, target, last, &mut names, &mut events)
-                    .map_err(|reason| corrupt(at, reason))?;
+                format::decode_frame(
+                    segment_format,
+                    &frame,
+                    &body,
+                    target,
+                    last,
+                    &mut names,
+                    &mut events,
+                )
+                .map_err(|reason| corrupt(at, reason))?;
             }
             at += frame.frame_len();
         }
@@ -605,7 +617,7 @@ fn recover(
             .open(&path)
             .map_err(io_at(&path))?;
         let file_len = file.metadata().map_err(io_at(&path))?.len();
-        check_segment_header(&path, &mut file, first)?;
+        let format = check_segment_header(&path, &mut file, first)?;
         let expected_first = segments.last().map_or(1, |s| s.last + 1);
         if first != expected_first {
             return Err(StoreError::Corrupt {
@@ -653,7 +665,9 @@ fn recover(
                 reason: "a sealed segment holds no event".into(),
             });
         }
-        segments.push(result.index);
+        let mut index = result.index;
+        index.format = format;
+        segments.push(index);
     }
     Ok((State { segments, streams }, scanned))
 }
@@ -729,7 +743,19 @@ fn sealed_index(
     Ok((index.len == file_len).then_some(index))
 }
 
-fn check_segment_header(path: &Path, file: &mut File, first: u64) -> Result<(), StoreError> {
+/// Rewrites the last segment, `active`, in this build's format when it is of an older one and
+/// holds no event; one that holds events is sealed as it is at the next append.
+fn upgrade_if_empty(dir: &Path, active: &mut SegmentIndex) -> Result<(), StoreError> {
+    if active.format != format::FORMAT && active.is_empty() {
+        let path = segment_path(dir, active.first);
+        write_atomically(&path, &format::segment_header(active.first)).map_err(io_at(&path))?;
+        active.format = format::FORMAT;
+    }
+    Ok(())
+}
+
+/// Checks the header of the segment `first`; returns its format.
+fn check_segment_header(path: &Path, file: &mut File, first: u64) -> Result<u32, StoreError> {
     let mut header = [0; SEGMENT_HEADER];
     let read = file.read(&mut header).map_err(io_at(path))?;
     let corrupt = |reason: String| StoreError::Corrupt {
@@ -738,8 +764,8 @@ fn check_segment_header(path: &Path, file: &mut File, first: u64) -> Result<(), 
         reason,
     };
     match format::parse_segment_header(&header[..read]) {
-        Ok(found) if found == first => Ok(()),
-        Ok(found) => Err(corrupt(format!(
+        Ok((found, format)) if found == first => Ok(format),
+        Ok((found, _)) => Err(corrupt(format!(
             "the header says the segment starts at position {found}, its name {first}"
         ))),
         Err(format::HeaderError::Damaged(reason)) => Err(corrupt(reason.to_owned())),
@@ -773,7 +799,7 @@ impl Inner {
         let mut writer = self.writer.lock().await;
         // Under the writer's lock: no append can come between the check and this one.
         self.check_condition(stream_id, condition)?;
-        let (actual, head, segment_len, segment_empty) = {
+        let (actual, head, segment_len, segment_empty, segment_format) = {
             let state = self.read_state();
             let active = state.active();
             (
@@ -781,6 +807,7 @@ impl Inner {
                 state.head(),
                 active.len,
                 active.is_empty(),
+                active.format,
             )
         };
         if !expected.matches(actual) {
@@ -798,6 +825,8 @@ impl Inner {
                 id: e.event_id,
                 event_type: &e.event_type,
                 payload: &e.payload,
+                revision: e.revision,
+                metadata: e.metadata.to_json(),
             })
             .collect();
         let recorded_at = truncate_to_micros(recorded_at.unwrap_or_else(SystemTime::now));
@@ -815,7 +844,9 @@ impl Inner {
                 "an earlier append failed and could not be undone; reopen the store",
             )));
         }
-        let segment_len = if segment_len >= self.segment_bytes && !segment_empty {
+        // A segment of an older format is sealed as it is: its frames cannot say a revision.
+        let outdated = segment_format != format::FORMAT;
+        let segment_len = if (segment_len >= self.segment_bytes || outdated) && !segment_empty {
             self.roll(&mut writer)?;
             SEGMENT_HEADER as u64
         } else {

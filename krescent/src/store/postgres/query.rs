@@ -35,14 +35,11 @@
 //! reads at most the events appended since the decision read, or one index range.
 
 use super::store_connection;
-use std::sync::Arc;
-use std::time::SystemTime;
 
 use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
-use super::{non_negative, JsonbText};
-use crate::event::{EventMeta, RecordedEvent};
+use crate::event::RecordedEvent;
 use crate::postgres::{DbFailure, Names};
 use crate::store::Query;
 use crate::Position;
@@ -60,7 +57,7 @@ pub(super) struct QuerySql {
 }
 
 const COLUMNS: &str =
-    "position, stream_id, stream_version, event_id, event_type, payload, recorded_at";
+    "position, stream_id, stream_version, event_id, event_type, payload, recorded_at, revision, metadata";
 
 impl QuerySql {
     pub(super) fn new(names: &Names) -> Self {
@@ -140,25 +137,8 @@ pub(super) async fn read_matching(
             .query(&statement, &[&after, &limit, &streams, &types])
             .await?
     };
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let stream_id: &str = row.try_get(1)?;
-        let event_type: &str = row.try_get(4)?;
-        let payload: JsonbText<'_> = row.try_get(5)?;
-        let recorded_at: SystemTime = row.try_get(6)?;
-        events.push(RecordedEvent {
-            meta: EventMeta {
-                event_id: row.try_get(3)?,
-                stream_id: Arc::from(stream_id),
-                stream_version: non_negative(row.try_get(2)?, "stream version")?,
-                position: Position::new(non_negative(row.try_get(0)?, "position")?),
-                recorded_at,
-                event_type: Arc::from(event_type),
-            },
-            payload: Arc::from(payload.0),
-        });
-    }
-    Ok(events)
+    let mut decoder = super::Decoder::default();
+    rows.iter().map(|row| decoder.event(row)).collect()
 }
 
 /// The parameters of [`QuerySql::latest`]: the query's arrays and the position after which
