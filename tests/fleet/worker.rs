@@ -39,6 +39,9 @@ impl Worker {
                 if line.starts_with("fenced") {
                     println!("worker {pid}: {line}");
                     seen.fetch_add(1, Ordering::SeqCst);
+                } else if line.starts_with("error") {
+                    // Shown with a failing test's output.
+                    println!("worker {pid}: {line}");
                 } else if let Some(list) = line.strip_prefix("segments=") {
                     let list = list.split(',').filter_map(|s| s.parse().ok()).collect();
                     *held.lock().expect("lock") = Some(list);

@@ -1,6 +1,50 @@
 //! The snapshot budget: how long a runner waits after a snapshot before it takes the next.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// What a piece of the model task's work cost it: the time its thread spent on the CPU, not the
+/// time that passed. A process paused (`SIGSTOP`, a VM's steal, a loaded machine) in the middle
+/// of a snapshot did not spend the pause on the snapshot; counted as wall-clock, a pause of
+/// seconds would hold the next checkpoint back for forty times that.
+#[derive(Debug)]
+pub(crate) struct TaskWork {
+    /// This thread's CPU time at the start, where the platform has a thread clock.
+    cpu: Option<Duration>,
+    wall: Instant,
+}
+
+impl TaskWork {
+    /// Starts measuring work done on this thread, synchronously (no `.await` before
+    /// [`cost`](Self::cost), which would let the task move to another thread).
+    pub(crate) fn start() -> Self {
+        TaskWork {
+            cpu: thread_time(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// The wall-clock time since [`start`](Self::start).
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.wall.elapsed()
+    }
+
+    /// The CPU time this thread spent since [`start`](Self::start); the wall-clock time where
+    /// the platform has no thread clock.
+    pub(crate) fn cost(&self) -> Duration {
+        let wall = self.wall.elapsed();
+        match (self.cpu, thread_time()) {
+            (Some(start), Some(now)) => now.saturating_sub(start).min(wall),
+            _ => wall,
+        }
+    }
+}
+
+/// The CPU time this thread has spent, if the platform says.
+fn thread_time() -> Option<Duration> {
+    cpu_time::ThreadTime::try_now()
+        .ok()
+        .map(|t| t.as_duration())
+}
 
 /// No snapshot before an instant, checked without reading the clock at every event.
 ///
@@ -86,7 +130,23 @@ impl SnapshotBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn a_pause_is_not_work() {
+        let work = TaskWork::start();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            work.cost() < Duration::from_millis(25),
+            "asleep, the thread spent {:?} on the CPU",
+            work.cost()
+        );
+        let work = TaskWork::start();
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {
+            std::hint::black_box(());
+        }
+        assert!(work.cost() > Duration::ZERO, "spinning is work");
+    }
 
     #[test]
     fn no_wait_no_clock() {

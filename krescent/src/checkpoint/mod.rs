@@ -18,7 +18,7 @@ mod version;
 pub(crate) mod writer;
 
 pub use bucket::{BucketValue, CheckpointBucket};
-pub(crate) use budget::SnapshotBudget;
+pub(crate) use budget::{SnapshotBudget, TaskWork};
 pub use config::{CheckpointConfig, OnInvalid};
 pub use error::CheckpointError;
 pub use format::CheckpointFormat;

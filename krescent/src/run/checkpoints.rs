@@ -12,7 +12,7 @@ use crate::checkpoint::incremental::Cadence;
 use crate::checkpoint::writer::Writer;
 use crate::checkpoint::{
     CheckpointBucket, CheckpointFormat, CheckpointVersion, FlushError, Piece, SnapshotBudget,
-    StoredCheckpoint, StrategyState,
+    StoredCheckpoint, StrategyState, TaskWork,
 };
 use crate::fleet::Handover;
 use crate::metrics::json_len;
@@ -141,7 +141,7 @@ impl<M: EventModel> Runner<M> {
             c.budget.wait_until(now + WRITE_RETRY, now, self.processed);
             return Ok(());
         }
-        let started = Instant::now();
+        let work = TaskWork::start();
         let checkpoint = snapshot(
             &mut self.model,
             c,
@@ -153,9 +153,10 @@ impl<M: EventModel> Runner<M> {
         let base = checkpoint.piece == Piece::Whole;
         c.writer.start(checkpoint);
         // The budget covers all the model task spends on the checkpoint: the snapshot and
-        // handing it to the writer.
+        // handing it to the writer, in CPU time (a pause in between is not the snapshot's).
+        let cost = work.cost();
         let now = Instant::now();
-        let spacing = now.saturating_duration_since(started) * SNAPSHOT_SPACING;
+        let spacing = cost * SNAPSHOT_SPACING;
         if base && c.cadence.enabled() {
             // The base of a model that writes deltas: the deltas after it are charged what
             // they cost, and the next base (a compaction) waits for this one's spacing.
@@ -164,7 +165,7 @@ impl<M: EventModel> Runner<M> {
             c.budget.wait_until(now + spacing, now, self.processed);
         }
         c.record_taken();
-        self.metrics.checkpoint_taken(now - started, bytes);
+        self.metrics.checkpoint_taken(work.elapsed(), bytes);
         Ok(())
     }
 
