@@ -525,3 +525,107 @@ async fn parked_events_move_with_their_streams() {
         "an event of `poison-0` was applied behind its parked event"
     );
 }
+
+/// A process cut off (paused, its network gone) right after it took the model's layout lock,
+/// in the middle of taking a lease: the server ends its session once it has been idle in that
+/// transaction for the lease's ttl, so the lock does not keep every other instance of the model
+/// from ever taking its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taker_cut_off_holding_the_layout_lock_holds_no_one_back_past_the_ttl() {
+    let db = fresh_database().await;
+    // Migrated directly: the migration's own advisory lock must not be the one cut off.
+    let storage = db.checkpoint_storage().await;
+    let dir = tempfile::tempdir().expect("a socket directory");
+    let frozen = freezing_proxy(db.url(), dir.path(), "pg_advisory_xact_lock");
+    let proxied = db.url().replace(
+        &format!("host={} ", db_host(db.url())),
+        &format!("host={} ", dir.path().display()),
+    );
+    let cut_off_store = PostgresEventStore::connect(&proxied)
+        .await
+        .expect("connect");
+    let cut_off_storage = cut_off_store.checkpoint_storage();
+    let mut cut_off =
+        Krescent::new(cut_off_store).with_storage("postgres", cut_off_storage.clone());
+    cut_off.configure::<Ticks1>().lease(FAST).expect("leased");
+    let whole = Segment::new(0, 1).expect("whole");
+    let stuck = cut_off.stream(Ticks1::new(&cut_off_storage, whole));
+    tokio::time::timeout(Duration::from_secs(30), frozen.notified())
+        .await
+        .expect("the first instance took the layout lock and was cut off");
+
+    let mut krescent =
+        Krescent::new(db.event_store().await).with_storage("postgres", storage.clone());
+    krescent.configure::<Ticks1>().lease(FAST).expect("leased");
+    let running = krescent.stream(Ticks1::new(&storage, whole));
+    let mut status = running.status_changes();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        status.wait_for(|s| *s == krescent::Status::Running),
+    )
+    .await
+    .expect("the second instance took the lease within 15 s (ttl 1 s)")
+    .expect("running");
+    running.shutdown().await.expect("a clean stop");
+    drop(stuck);
+}
+
+/// The host (socket directory) of a test database's URL.
+fn db_host(url: &str) -> &str {
+    url.split(' ')
+        .find_map(|part| part.strip_prefix("host="))
+        .expect("a host")
+}
+
+/// Serves PostgreSQL's socket of `url` from `dir`; a connection whose client prepares a
+/// statement holding `marker` is cut off once it has run it: nothing more the client sends
+/// reaches the server, as from a paused process, while the server's replies still reach it.
+/// Notified once a connection is cut off.
+fn freezing_proxy(
+    url: &str,
+    dir: &std::path::Path,
+    marker: &'static str,
+) -> Arc<tokio::sync::Notify> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let name = ".s.PGSQL.5432";
+    let server = std::path::Path::new(db_host(url)).join(name);
+    let listener = tokio::net::UnixListener::bind(dir.join(name)).expect("bind the proxy socket");
+    let frozen = Arc::new(tokio::sync::Notify::new());
+    let notify = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::UnixStream::connect(&server).await else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = upstream.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                let _ = to_client.shutdown().await;
+            });
+            let notify = notify.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                // The statement is prepared (its text sent) first, then run by the next message.
+                let mut prepared = false;
+                loop {
+                    let n = match from_client.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if to_server.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                    if prepared {
+                        notify.notify_one();
+                        // Cut off: the connection stays open, the client is never read again.
+                        std::future::pending::<()>().await;
+                    }
+                    let sent = &buffer[..n];
+                    prepared = sent.windows(marker.len()).any(|w| w == marker.as_bytes());
+                }
+            });
+        }
+    });
+    frozen
+}

@@ -25,6 +25,13 @@ impl From<tokio_postgres::Error> for FenceFailure {
     }
 }
 
+/// A lease's `ttl` as a value of `idle_in_transaction_session_timeout` (milliseconds, at least
+/// 1, at most the setting's maximum): a transaction of a lease holder that sits idle longer,
+/// its process paused or cut off, is ended by the server and frees what it locked.
+pub(crate) fn idle_timeout(ttl: std::time::Duration) -> u128 {
+    ttl.as_millis().clamp(1, i32::MAX as u128)
+}
+
 /// Checks, in `client`'s open transaction, that `fence` still holds, and locks the lease
 /// row `FOR SHARE` until the transaction ends, so that a takeover waits for this commit.
 pub(crate) async fn check_fence(
@@ -32,7 +39,7 @@ pub(crate) async fn check_fence(
     names: &Names,
     fence: &Fence,
 ) -> Result<(), FenceFailure> {
-    let timeout = fence.ttl.as_millis().clamp(1, i32::MAX as u128);
+    let timeout = idle_timeout(fence.ttl);
     client
         .batch_execute(&format!(
             "SET LOCAL idle_in_transaction_session_timeout = {timeout}"

@@ -51,11 +51,19 @@ impl LeaseRows {
         let mut client = store_connection(&self.pool).await?;
         let transaction = client.transaction().await?;
         if let Some(layout) = layout {
-            // Checked and taken under one lock: two counts never both find the other idle.
+            // Checked and taken under one lock: two counts never both find the other idle. A
+            // process paused (or cut off) while it holds the lock must not hold every other
+            // instance's lease of the model with it: the server ends a session idle in this
+            // transaction after `ttl`, which rolls back and frees the lock (set in the lock's
+            // own statement, so that no pause falls between the two).
             transaction
                 .execute(
-                    "SELECT pg_advisory_xact_lock($1)",
-                    &[&self.names.layout_lock(layout.model)],
+                    "SELECT set_config('idle_in_transaction_session_timeout', $1, true), \
+                     pg_advisory_xact_lock($2)",
+                    &[
+                        &super::idle_timeout(ttl).to_string(),
+                        &self.names.layout_lock(layout.model),
+                    ],
                 )
                 .await?;
             if let Some(other) = self.other_layout(&transaction, layout).await? {

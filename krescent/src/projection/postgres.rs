@@ -496,7 +496,7 @@ impl PostgresProjection {
         let begin = (!self.open).then(|| match self.fence.as_ref().filter(|_| bounded) {
             Some(fence) => format!(
                 "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
-                fence.ttl.as_millis().clamp(1, i32::MAX as u128)
+                crate::postgres::idle_timeout(fence.ttl)
             ),
             None => "BEGIN".to_owned(),
         });
