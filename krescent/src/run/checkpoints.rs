@@ -22,8 +22,9 @@ use crate::{Error, Position};
 /// The pause before retrying a checkpoint write that failed.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Checkpoints may take at most 1 / (1 + this) of the model task's time: after a checkpoint that
-/// took `d` on the task (the snapshot and handing it to the writer), the next waits (pending)
-/// until `d * SNAPSHOT_SPACING` has passed. Live models, whose events arrive slower than that,
+/// took `d` of the task's CPU time (the snapshot and handing it to the writer; a pause in
+/// between is not counted, see `TaskWork`), the next waits (pending) until `d *
+/// SNAPSHOT_SPACING` has passed. Live models, whose events arrive slower than that,
 /// checkpoint exactly as their strategy says; a fast replay of a large state checkpoints less
 /// often instead of slowing down.
 ///
