@@ -9,20 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use krescent::prelude::*;
-use krescent::store::PostgresEventStore;
-
 #[path = "fleet/worker.rs"]
 mod worker;
 use krescent::tokio_postgres;
 use krescent_testkit::postgres::{fresh_database, TestDatabase};
 use worker::Worker;
 
-#[derive(Event, Serialize, Deserialize)]
-#[event(name = "fleet.tick")]
-struct Tick {
-    n: u64,
-}
+#[path = "fleet/ticks.rs"]
+mod ticks;
+use ticks::appender;
 
 /// The lease of the model: the holder's pid, its epoch, whether it is live now.
 async fn lease(client: &tokio_postgres::Client) -> Option<(u32, i64, bool)> {
@@ -53,29 +48,6 @@ async fn new_holder(client: &tokio_postgres::Client, after: i64, within: Duratio
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Appends five ticks to one of a few streams every `every` until stopped; the number appended.
-fn appender(
-    store: Arc<PostgresEventStore>,
-    stop: Arc<AtomicBool>,
-    every: Duration,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            let events = (0..5)
-                .map(|i| NewEvent::new(&Tick { n: n + i }).expect("encode"))
-                .collect();
-            store
-                .append(&format!("ticks-{}", n % 7), ExpectedVersion::Any, events)
-                .await
-                .expect("append");
-            n += 5;
-            tokio::time::sleep(every).await;
-        }
-        n
-    })
 }
 
 /// Each time the checkpoint's position moved backwards: from, to.

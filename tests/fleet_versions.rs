@@ -10,9 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use krescent::prelude::*;
-use krescent::store::PostgresEventStore;
-
 #[path = "fleet/worker.rs"]
 #[allow(dead_code)] // shared with `fleet_failover.rs`, which uses all of it
 mod worker;
@@ -20,11 +17,9 @@ use krescent::tokio_postgres;
 use krescent_testkit::postgres::{fresh_database, TestDatabase};
 use worker::Worker;
 
-#[derive(Event, Serialize, Deserialize)]
-#[event(name = "fleet.tick")]
-struct Tick {
-    n: u64,
-}
+#[path = "fleet/ticks.rs"]
+mod ticks;
+use ticks::appender;
 
 /// Fast leases, so that a killed holder is replaced within a second.
 const FAST: [(&str, &str); 3] = [
@@ -78,29 +73,6 @@ async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> b
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Appends five ticks every `every` until stopped; the number appended.
-fn appender(
-    store: Arc<PostgresEventStore>,
-    stop: Arc<AtomicBool>,
-    every: Duration,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            let events = (0..5)
-                .map(|i| NewEvent::new(&Tick { n: n + i }).expect("encode"))
-                .collect();
-            store
-                .append(&format!("ticks-{}", n % 7), ExpectedVersion::Any, events)
-                .await
-                .expect("append");
-            n += 5;
-            tokio::time::sleep(every).await;
-        }
-        n
-    })
 }
 
 /// Records every definition the stable view `versioned` had, in order, until stopped.

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use krescent::checkpoint::{CheckpointStorage, ObjectStoreCheckpointStorage};
-use krescent::prelude::*;
 use krescent::store::PostgresEventStore;
 use krescent::tokio_postgres;
 use krescent_testkit::postgres::fresh_database;
@@ -20,11 +19,9 @@ use krescent_testkit::s3::{MotoServer, REGION};
 mod worker;
 use worker::Worker;
 
-#[derive(Event, Serialize, Deserialize)]
-#[event(name = "fleet.tick")]
-struct Tick {
-    n: u64,
-}
+#[path = "fleet/ticks.rs"]
+mod ticks;
+use ticks::appender;
 
 /// The lease of `fleet.counted`: the holder's pid, its epoch, whether it is live now.
 async fn lease(client: &tokio_postgres::Client) -> Option<(u32, i64, bool)> {
@@ -91,7 +88,7 @@ async fn a_holder_stopped_past_its_lease_is_fenced_in_the_bucket_when_it_resumes
         ("FLEET_POLL_MS", "100"),
     ];
     let stop = Arc::new(AtomicBool::new(false));
-    let appending = appender(store.clone(), stop.clone());
+    let appending = appender(store.clone(), stop.clone(), Duration::from_millis(15));
     let (watching, backwards) = position_watcher(reader, stop.clone());
     let workers: Vec<Worker> = (0..2).map(|_| Worker::spawn(&db, &env)).collect();
     let (holder, epoch) = new_holder(&client, 0, Duration::from_secs(30)).await;
@@ -148,25 +145,6 @@ async fn a_holder_stopped_past_its_lease_is_fenced_in_the_bucket_when_it_resumes
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(workers);
-}
-
-/// Appends five ticks every 15 ms until stopped; the number appended.
-fn appender(store: Arc<PostgresEventStore>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            let events = (0..5)
-                .map(|i| NewEvent::new(&Tick { n: n + i }).expect("encode"))
-                .collect();
-            store
-                .append("ticks", ExpectedVersion::Any, events)
-                .await
-                .expect("append");
-            n += 5;
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        n
-    })
 }
 
 /// Each time the stored position moved backwards: from, to.
