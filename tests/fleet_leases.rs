@@ -248,6 +248,42 @@ async fn a_projection_commit_after_a_takeover_is_fenced_and_rolled_back() {
     assert_eq!(at, 5);
 }
 
+/// A holder whose lease was taken over can fail in another way before its commit learns of
+/// it (a paused holder finds its session ended by the server): that also ends it as fenced,
+/// not with the failure, which would have it counted as a crash instead of a step down.
+#[tokio::test]
+async fn a_failure_after_a_takeover_ends_the_run_fenced() {
+    let (db, storage, krescent) = setup().await;
+    let client = db.client().await;
+    let head = append(&krescent, 0, 5).await;
+    let running = krescent.stream(Projected::new(&storage));
+    running.reached(head).await.expect("runs");
+    take_over(&client, "leases.projected").await;
+    // Its next handler's statement fails (no such table) before any commit checks the fence.
+    client
+        .batch_execute("DROP TABLE lease_rows")
+        .await
+        .expect("drop");
+    append(&krescent, 5, 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !running.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "it kept running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = running.shutdown().await.expect_err("it failed");
+    assert!(
+        matches!(
+            &error,
+            Error::Fenced {
+                model: "leases.projected",
+                epoch: 1,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_checkpoint_write_after_a_takeover_is_fenced() {
     let (db, _storage, mut krescent) = setup().await;

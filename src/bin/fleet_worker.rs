@@ -323,7 +323,7 @@ async fn report<M: EventModel>(running: krescent::Running<M>) -> bool {
     match running.shutdown().await {
         Err(krescent::Error::Fenced { epoch, .. }) => println!("fenced epoch={epoch}"),
         Err(e) => {
-            println!("error {e}");
+            println!("error {}", with_causes(&e));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(_) => return true,
@@ -395,7 +395,7 @@ async fn segmented<M: EventModel>(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Err(e) = running.shutdown().await {
-            println!("error {e}");
+            println!("error {}", with_causes(&e));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -516,4 +516,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
             return Ok(());
         }
     }
+}
+
+/// `error` and its causes, on one line.
+fn with_causes(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }

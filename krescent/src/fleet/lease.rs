@@ -1,6 +1,7 @@
 //! Taking, renewing and releasing a lease: the protocol, over the table that keeps the leases
 //! (PostgreSQL's is `crate::postgres::lease`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,8 @@ pub struct Leases {
 pub(crate) struct HeldLease {
     leases: Leases,
     fence: Fence,
+    /// Set by the heartbeat when it found the lease taken by another holder.
+    lost: Arc<AtomicBool>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -116,10 +119,13 @@ impl Leases {
                         epoch,
                         ttl: config.ttl,
                     };
-                    let heartbeat = tokio::spawn(heartbeat(self.clone(), fence.clone(), config));
+                    let lost = Arc::new(AtomicBool::new(false));
+                    let heartbeat =
+                        tokio::spawn(heartbeat(self.clone(), fence.clone(), config, lost.clone()));
                     return Some(HeldLease {
                         leases: self.clone(),
                         fence,
+                        lost,
                         heartbeat,
                     });
                 }
@@ -142,6 +148,19 @@ impl HeldLease {
         &self.fence
     }
 
+    /// Whether another holder has taken the lease: the heartbeat found it so, or (asked now,
+    /// renewing it as a heartbeat does) the table says so. A failure to ask counts as still
+    /// held: only a lease known to be lost is reported lost.
+    pub(crate) async fn is_lost(&self) -> bool {
+        if self.lost.load(Ordering::SeqCst) {
+            return true;
+        }
+        matches!(
+            self.leases.table.renew(&self.fence, self.fence.ttl).await,
+            Ok(false)
+        )
+    }
+
     /// Stops renewing and lets the lease expire now, so that a standby takes over at its next
     /// poll. A failure is logged: the lease then expires by itself.
     pub(crate) async fn release(self) {
@@ -158,8 +177,8 @@ impl Drop for HeldLease {
     }
 }
 
-/// Renews the lease every `config.heartbeat` until it is lost.
-async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig) {
+/// Renews the lease every `config.heartbeat` until it is lost, then sets `lost`.
+async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig, lost: Arc<AtomicBool>) {
     loop {
         tokio::time::sleep(config.heartbeat).await;
         match leases.table.renew(&fence, config.ttl).await {
@@ -170,6 +189,7 @@ async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig) {
                     epoch = fence.epoch,
                     "lost the lease: another instance took it; the next commit is fenced"
                 );
+                lost.store(true, Ordering::SeqCst);
                 return;
             }
             Err(error) => {

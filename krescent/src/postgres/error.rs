@@ -170,10 +170,14 @@ pub(crate) fn transient_cause(error: &(dyn StdError + 'static)) -> Option<bool> 
 }
 
 /// SQLSTATE codes that mean "the server is going away or not there yet".
-const TRANSIENT_STATES: [&str; 5] = [
+const TRANSIENT_STATES: [&str; 7] = [
     "57P01", // admin_shutdown
     "57P02", // crash_shutdown
     "57P03", // cannot_connect_now (starting up, shutting down, in recovery)
+    // The server ended the session for idling (in a transaction: a process paused past a
+    // lease's ttl, which fenced transactions set as the timeout); a new session may succeed.
+    "25P03", // idle_in_transaction_session_timeout
+    "57P05", // idle_session_timeout
     "53300", // too_many_connections
     "58030", // io_error (of the server)
 ];

@@ -110,8 +110,9 @@ fn fenced<M: EventModel>(
     }))
 }
 
-/// After a leased run: a fenced commit becomes [`Error::Fenced`] (the lease is not this run's
-/// any more), anything else releases the lease so that a standby takes over at once.
+/// After a leased run: a fenced commit, or any failure once another holder has taken the
+/// lease, becomes [`Error::Fenced`] (the lease is not this run's any more); anything else
+/// releases the lease so that a standby takes over at once.
 #[cfg_attr(
     not(feature = "postgres"),
     allow(clippy::unused_async, clippy::extra_unused_type_parameters)
@@ -143,6 +144,23 @@ pub(crate) async fn settle<M: EventModel, T>(
                 model: M::NAME,
                 namespace,
                 epoch,
+            })
+        }
+        // Any other failure of a run whose lease another holder has taken is a consequence
+        // of having lost it (a process paused past its ttl finds its session ended by the
+        // server, its transaction rolled back): it steps down as a fenced run does.
+        Err(error) if lease.is_lost().await => {
+            let fence = lease.fence();
+            tracing::warn!(
+                model = M::NAME,
+                epoch = fence.epoch,
+                %error,
+                "failed after another instance took the lease; stepping down"
+            );
+            Err(Error::Fenced {
+                model: M::NAME,
+                namespace: fence.namespace.clone(),
+                epoch: fence.epoch,
             })
         }
         result => {
