@@ -248,6 +248,41 @@ async fn a_projection_commit_after_a_takeover_is_fenced_and_rolled_back() {
     assert_eq!(at, 5);
 }
 
+/// A holder with nothing to commit (no new events) learns of a takeover from its heartbeat,
+/// and stops: it does not go on following while another instance holds its lease.
+#[tokio::test]
+async fn a_quiet_holder_whose_lease_is_taken_stops_at_its_next_heartbeat() {
+    let (db, storage, krescent) = setup().await;
+    let client = db.client().await;
+    let head = append(&krescent, 0, 5).await;
+    let running = krescent.stream(Projected::new(&storage));
+    running.reached(head).await.expect("runs");
+    take_over(&client, "leases.projected").await;
+    // FAST's heartbeat is 300 ms.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !running.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "it kept running, status {}",
+            running.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = running.shutdown().await.expect_err("fenced");
+    assert!(
+        matches!(
+            &error,
+            Error::Fenced {
+                model: "leases.projected",
+                epoch: 1,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(projected_rows(&client).await, (5, 5));
+}
+
 /// A holder whose lease was taken over can fail in another way before its commit learns of
 /// it (a paused holder finds its session ended by the server): that also ends it as fenced,
 /// not with the failure, which would have it counted as a crash instead of a step down.

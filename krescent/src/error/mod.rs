@@ -128,8 +128,9 @@ pub enum Error {
         wanted: Position,
     },
     /// The model's lease was taken over by another instance (it was paused or cut off past its
-    /// lease): its last commit was rejected and rolled back, and the model stopped. Run it again
-    /// to make it a standby; see [`crate::fleet`].
+    /// lease): its last commit was rejected and rolled back, or its heartbeat found the lease
+    /// taken (or it failed once the lease was taken), and the model stopped. Run it again to
+    /// make it a standby; see [`crate::fleet`].
     #[error("model `{model}` was fenced: its lease of `{namespace}` (epoch {epoch}) was taken over by another instance; its uncommitted work was rolled back")]
     Fenced {
         /// The model.

@@ -1,7 +1,6 @@
 //! Taking, renewing and releasing a lease: the protocol, over the table that keeps the leases
 //! (PostgreSQL's is `crate::postgres::lease`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +68,7 @@ pub(crate) struct HeldLease {
     leases: Leases,
     fence: Fence,
     /// Set by the heartbeat when it found the lease taken by another holder.
-    lost: Arc<AtomicBool>,
+    lost: watch::Receiver<bool>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -119,9 +118,9 @@ impl Leases {
                         epoch,
                         ttl: config.ttl,
                     };
-                    let lost = Arc::new(AtomicBool::new(false));
+                    let (found_lost, lost) = watch::channel(false);
                     let heartbeat =
-                        tokio::spawn(heartbeat(self.clone(), fence.clone(), config, lost.clone()));
+                        tokio::spawn(heartbeat(self.clone(), fence.clone(), config, found_lost));
                     return Some(HeldLease {
                         leases: self.clone(),
                         fence,
@@ -148,11 +147,17 @@ impl HeldLease {
         &self.fence
     }
 
+    /// Set when the heartbeat finds that another holder has taken the lease (never set after
+    /// a release: the heartbeat is gone then).
+    pub(crate) fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
     /// Whether another holder has taken the lease: the heartbeat found it so, or (asked now,
     /// renewing it as a heartbeat does) the table says so. A failure to ask counts as still
     /// held: only a lease known to be lost is reported lost.
     pub(crate) async fn is_lost(&self) -> bool {
-        if self.lost.load(Ordering::SeqCst) {
+        if *self.lost.borrow() {
             return true;
         }
         matches!(
@@ -178,7 +183,7 @@ impl Drop for HeldLease {
 }
 
 /// Renews the lease every `config.heartbeat` until it is lost, then sets `lost`.
-async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig, lost: Arc<AtomicBool>) {
+async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig, lost: watch::Sender<bool>) {
     loop {
         tokio::time::sleep(config.heartbeat).await;
         match leases.table.renew(&fence, config.ttl).await {
@@ -187,9 +192,9 @@ async fn heartbeat(leases: Leases, fence: Fence, config: LeaseConfig, lost: Arc<
                 warn!(
                     namespace = fence.namespace,
                     epoch = fence.epoch,
-                    "lost the lease: another instance took it; the next commit is fenced"
+                    "lost the lease: another instance took it; stopping"
                 );
-                lost.store(true, Ordering::SeqCst);
+                lost.send_replace(true);
                 return;
             }
             Err(error) => {

@@ -38,8 +38,11 @@
 //! again: its commit fails with [`StorageError::Fenced`](crate::checkpoint::StorageError::Fenced),
 //! its transaction rolls back, and the model's task ends with [`Error::Fenced`](crate::Error::Fenced)
 //! (it does not go back to standby by itself: run it again, as a supervisor would, and it waits
-//! as a standby). A holder learns that it lost its lease at its next commit; its heartbeat also
-//! logs it.
+//! as a standby). A holder learns that it lost its lease at its next commit or its next
+//! heartbeat, whichever comes first: the heartbeat that finds the lease taken stops the run as
+//! a shutdown would (anything left to commit is fenced), so a quiet holder resumed after a
+//! pause steps down too, and its task ends with [`Error::Fenced`](crate::Error::Fenced); so
+//! does a run that fails in any other way once its lease is taken.
 //!
 //! # Failover
 //!

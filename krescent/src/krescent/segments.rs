@@ -355,8 +355,8 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
 
     /// The segments here that another process holds, each with whether it was taken over: a
     /// standby lost the race for it (not taken over), or a running one lost its lease while
-    /// this process was paused (taken over; a quiet segment, which commits nothing, would not
-    /// learn it from a fenced commit).
+    /// this process was paused (taken over; a quiet segment, which commits nothing, learns it
+    /// only from its heartbeat, and this poll may come first).
     fn lost(&self, held: &[(String, String)]) -> Vec<(Segment, bool)> {
         let this_process = format!("{}:", std::process::id());
         self.streams

@@ -87,6 +87,25 @@ pub(crate) async fn take<S, M: EventModel>(
     }
 }
 
+/// Watches `lease` while the run goes on: when its heartbeat finds it taken by another
+/// holder, the run stops as a shutdown would (its last commit is fenced) instead of going on
+/// until its next commit, which a quiet model may not make for a long time. Abort the returned
+/// watch when the run has ended.
+pub(crate) fn stop_when_lost(
+    control: &mut Control,
+    lease: Option<&Lease>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    #[cfg(feature = "postgres")]
+    {
+        lease.map(|lease| control.stop_also_on(lease.lost()))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = control;
+        lease.map(|lease| match *lease {})
+    }
+}
+
 /// The models of a run whose first model is `first`: `make`'s after it, each with `fence` set
 /// on its transaction; or `first` alone.
 #[cfg(feature = "postgres")]
@@ -110,9 +129,10 @@ fn fenced<M: EventModel>(
     }))
 }
 
-/// After a leased run: a fenced commit, or any failure once another holder has taken the
-/// lease, becomes [`Error::Fenced`] (the lease is not this run's any more); anything else
-/// releases the lease so that a standby takes over at once.
+/// After a leased run: a fenced commit, or any end once another holder has taken the lease
+/// (a stop by the heartbeat that found it so, a failure), becomes [`Error::Fenced`] (the
+/// lease is not this run's any more); anything else releases the lease so that a standby
+/// takes over at once.
 #[cfg_attr(
     not(feature = "postgres"),
     allow(clippy::unused_async, clippy::extra_unused_type_parameters)
@@ -127,45 +147,52 @@ pub(crate) async fn settle<M: EventModel, T>(
     #[cfg(not(feature = "postgres"))]
     match lease {}
     #[cfg(feature = "postgres")]
-    match result {
-        Err(Error::Storage {
+    {
+        if let Err(Error::Storage {
             source:
                 crate::checkpoint::StorageError::Fenced {
                     namespace, epoch, ..
                 },
             ..
-        }) => {
+        }) = result
+        {
             tracing::warn!(
                 model = M::NAME,
                 epoch,
                 "fenced: another instance holds the lease now; stepping down"
             );
-            Err(Error::Fenced {
+            return Err(Error::Fenced {
                 model: M::NAME,
                 namespace,
                 epoch,
-            })
+            });
         }
-        // Any other failure of a run whose lease another holder has taken is a consequence
-        // of having lost it (a process paused past its ttl finds its session ended by the
-        // server, its transaction rolled back): it steps down as a fenced run does.
-        Err(error) if lease.is_lost().await => {
-            let fence = lease.fence();
-            tracing::warn!(
+        // Any other end of a run whose lease another holder has taken is a consequence of
+        // having lost it: stopped by the heartbeat that found it so, or failed (a process
+        // paused past its ttl finds its session ended by the server, its transaction rolled
+        // back). It steps down as a fenced run does.
+        if !lease.is_lost().await {
+            lease.release().await;
+            return result;
+        }
+        let fence = lease.fence();
+        match result {
+            Ok(_) => tracing::warn!(
+                model = M::NAME,
+                epoch = fence.epoch,
+                "stopped: another instance holds the lease now; stepping down"
+            ),
+            Err(error) => tracing::warn!(
                 model = M::NAME,
                 epoch = fence.epoch,
                 %error,
                 "failed after another instance took the lease; stepping down"
-            );
-            Err(Error::Fenced {
-                model: M::NAME,
-                namespace: fence.namespace.clone(),
-                epoch: fence.epoch,
-            })
+            ),
         }
-        result => {
-            lease.release().await;
-            result
-        }
+        Err(Error::Fenced {
+            model: M::NAME,
+            namespace: fence.namespace.clone(),
+            epoch: fence.epoch,
+        })
     }
 }

@@ -15,6 +15,7 @@
 //!                            │         └─ dead_letters.rs: a failed event retried or parked, as
 //!                            │            the model's error policy says (`crate::deadletter`)
 //!                            └─ Runner::finish             the final checkpoint, every write done
+//!       (stopped as by a shutdown when the lease's heartbeat finds it taken)
 //!     ─ lease::settle ───────── released, or the run was fenced
 //! ```
 
@@ -89,7 +90,11 @@ async fn run<S: EventStore, M: EventModel>(
             })
         }
     };
+    let watching = lease::stop_when_lost(control, lease.as_ref());
     let result = restart::restarting(&plan, models, control, attempts).await;
+    if let Some(watching) = watching {
+        watching.abort();
+    }
     lease::settle::<M, _>(result, lease).await
 }
 

@@ -77,6 +77,31 @@ impl Control {
         self.stop.clone()
     }
 
+    /// Stops the run also when `signal` is set, as when a stop is asked for (a signal whose
+    /// sender goes away unset never stops it). Until the returned task ends, which it does by
+    /// itself at the first of the two, or when it is aborted (which then counts as a stop).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn stop_also_on(
+        &mut self,
+        mut signal: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (either, stop) = watch::channel(*self.stop.borrow());
+        let mut asked = std::mem::replace(&mut self.stop, stop);
+        tokio::spawn(async move {
+            let signalled = async {
+                if signal.wait_for(|set| *set).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                // An error means the handle is gone: stop as well.
+                _ = asked.wait_for(|stop| *stop) => {}
+                () = signalled => {}
+            }
+            either.send_replace(true);
+        })
+    }
+
     /// Publishes what the model is doing now.
     pub(crate) fn set_status(&self, status: Status) {
         self.status.send_if_modified(|current| {
