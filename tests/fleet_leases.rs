@@ -214,15 +214,27 @@ async fn take_over(client: &tokio_postgres::Client, namespace: &str) {
     assert_eq!(updated, 1, "the holder has a lease row");
 }
 
-#[tokio::test]
-async fn a_projection_commit_after_a_takeover_is_fenced_and_rolled_back() {
+/// A projection run to the head (5 events), whose lease another instance then took over: the
+/// database, a client, the krescent and the run.
+async fn taken_over_projection() -> (
+    krescent_testkit::postgres::TestDatabase,
+    tokio_postgres::Client,
+    Krescent<PostgresEventStore>,
+    krescent::Running<Projected>,
+) {
     let (db, storage, krescent) = setup().await;
     let client = db.client().await;
     let head = append(&krescent, 0, 5).await;
     let running = krescent.stream(Projected::new(&storage));
     running.reached(head).await.expect("runs");
-    assert_eq!(projected_rows(&client).await, (5, 5));
     take_over(&client, "leases.projected").await;
+    (db, client, krescent, running)
+}
+
+#[tokio::test]
+async fn a_projection_commit_after_a_takeover_is_fenced_and_rolled_back() {
+    let (_db, client, krescent, running) = taken_over_projection().await;
+    assert_eq!(projected_rows(&client).await, (5, 5));
     let head = append(&krescent, 5, 5).await;
     // Its commit when it has caught up is rejected, which ends its task.
     running
@@ -248,18 +260,10 @@ async fn a_projection_commit_after_a_takeover_is_fenced_and_rolled_back() {
     assert_eq!(at, 5);
 }
 
-/// A holder with nothing to commit (no new events) learns of a takeover from its heartbeat,
-/// and stops: it does not go on following while another instance holds its lease.
-#[tokio::test]
-async fn a_quiet_holder_whose_lease_is_taken_stops_at_its_next_heartbeat() {
-    let (db, storage, krescent) = setup().await;
-    let client = db.client().await;
-    let head = append(&krescent, 0, 5).await;
-    let running = krescent.stream(Projected::new(&storage));
-    running.reached(head).await.expect("runs");
-    take_over(&client, "leases.projected").await;
-    // FAST's heartbeat is 300 ms.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+/// Waits until `running` stops by itself (within `within`), and checks that it stepped down:
+/// it ended with `Error::Fenced` for the epoch it held.
+async fn assert_steps_down(running: krescent::Running<Projected>, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
     while !running.is_finished() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -280,6 +284,15 @@ async fn a_quiet_holder_whose_lease_is_taken_stops_at_its_next_heartbeat() {
         ),
         "{error:?}"
     );
+}
+
+/// A holder with nothing to commit (no new events) learns of a takeover from its heartbeat,
+/// and stops: it does not go on following while another instance holds its lease.
+#[tokio::test]
+async fn a_quiet_holder_whose_lease_is_taken_stops_at_its_next_heartbeat() {
+    let (_db, client, _krescent, running) = taken_over_projection().await;
+    // FAST's heartbeat is 300 ms.
+    assert_steps_down(running, Duration::from_secs(5)).await;
     assert_eq!(projected_rows(&client).await, (5, 5));
 }
 
@@ -288,35 +301,14 @@ async fn a_quiet_holder_whose_lease_is_taken_stops_at_its_next_heartbeat() {
 /// not with the failure, which would have it counted as a crash instead of a step down.
 #[tokio::test]
 async fn a_failure_after_a_takeover_ends_the_run_fenced() {
-    let (db, storage, krescent) = setup().await;
-    let client = db.client().await;
-    let head = append(&krescent, 0, 5).await;
-    let running = krescent.stream(Projected::new(&storage));
-    running.reached(head).await.expect("runs");
-    take_over(&client, "leases.projected").await;
+    let (_db, client, krescent, running) = taken_over_projection().await;
     // Its next handler's statement fails (no such table) before any commit checks the fence.
     client
         .batch_execute("DROP TABLE lease_rows")
         .await
         .expect("drop");
     append(&krescent, 5, 1).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !running.is_finished() {
-        assert!(std::time::Instant::now() < deadline, "it kept running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let error = running.shutdown().await.expect_err("it failed");
-    assert!(
-        matches!(
-            &error,
-            Error::Fenced {
-                model: "leases.projected",
-                epoch: 1,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_steps_down(running, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

@@ -78,8 +78,8 @@ impl Control {
     }
 
     /// Stops the run also when `signal` is set, as when a stop is asked for (a signal whose
-    /// sender goes away unset never stops it). Until the returned task ends, which it does by
-    /// itself at the first of the two, or when it is aborted (which then counts as a stop).
+    /// sender goes away unset never stops it). The returned task joins the two into the run's
+    /// stop flag; it ends by itself at the first of them, and aborting it counts as a stop.
     #[cfg(feature = "postgres")]
     pub(crate) fn stop_also_on(
         &mut self,
