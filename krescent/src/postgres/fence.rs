@@ -32,6 +32,15 @@ pub(crate) fn idle_timeout(ttl: std::time::Duration) -> u128 {
     ttl.as_millis().clamp(1, i32::MAX as u128)
 }
 
+/// The statement that bounds the rest of the open transaction's idle time by `ttl`
+/// ([`idle_timeout`]).
+pub(crate) fn idle_bound(ttl: std::time::Duration) -> String {
+    format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        idle_timeout(ttl)
+    )
+}
+
 /// Checks, in `client`'s open transaction, that `fence` still holds, and locks the lease
 /// row `FOR SHARE` until the transaction ends, so that a takeover waits for this commit.
 pub(crate) async fn check_fence(
@@ -39,12 +48,7 @@ pub(crate) async fn check_fence(
     names: &Names,
     fence: &Fence,
 ) -> Result<(), FenceFailure> {
-    let timeout = idle_timeout(fence.ttl);
-    client
-        .batch_execute(&format!(
-            "SET LOCAL idle_in_transaction_session_timeout = {timeout}"
-        ))
-        .await?;
+    client.batch_execute(&idle_bound(fence.ttl)).await?;
     let sql = format!(
         "SELECT holder, epoch FROM {} WHERE checkpoints = $1 AND namespace = $2 FOR SHARE",
         names.leases

@@ -14,7 +14,7 @@ mod schema;
 pub use config::PostgresConfig;
 pub(crate) use config::{identifier, Names, DELTAS_TABLE, LEASES_TABLE};
 pub(crate) use error::{transient_cause, DbFailure};
-pub(crate) use fence::{check_fence, idle_timeout, FenceFailure};
+pub(crate) use fence::{check_fence, idle_bound, idle_timeout, FenceFailure};
 pub(crate) use pool::{checkout, pool, store_connection};
 pub use pool::{PoolExhausted, PoolRole};
 pub(crate) use schema::{migrate, Component};

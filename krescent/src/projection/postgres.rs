@@ -494,10 +494,7 @@ impl PostgresProjection {
         // ttl (its process paused between the writes and the commit) is ended by the server:
         // the rows it locked cannot hold back a takeover for longer.
         let begin = (!self.open).then(|| match self.fence.as_ref().filter(|_| bounded) {
-            Some(fence) => format!(
-                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
-                crate::postgres::idle_timeout(fence.ttl)
-            ),
+            Some(fence) => format!("BEGIN; {}", crate::postgres::idle_bound(fence.ttl)),
             None => "BEGIN".to_owned(),
         });
         let sent = self.queue.send(&client, begin.as_deref()).await;
