@@ -88,8 +88,8 @@ impl<M: EventModel> RunningSegments<M> {
 
     /// How many times a segment run here was fenced: another instance took its lease over
     /// while this one ran it (it was paused or cut off past the lease), so its last commit was
-    /// rejected and rolled back, or a poll found the lease held by another process before the
-    /// segment committed again; the segment was given up.
+    /// rejected and rolled back, or its heartbeat found the lease taken before it committed
+    /// again; the segment was given up.
     #[must_use]
     pub fn fenced(&self) -> u64 {
         self.fenced.load(Ordering::Relaxed)
@@ -305,8 +305,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             let share = usize::try_from(share).unwrap_or(usize::MAX);
             let held_elsewhere = |segment: &Segment| Self::holder(&held, *segment).is_some();
             // Above the share: standbys go first, then the highest segments.
-            let lost = self.lost(&held);
-            let mut surplus: Vec<Segment> = lost.iter().map(|(s, _)| *s).collect();
+            let mut surplus: Vec<Segment> = self.lost_races(&held);
             let mut keep: Vec<Segment> = self
                 .streams
                 .keys()
@@ -318,8 +317,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             }
             for segment in surplus {
                 tracing::info!(model = M::NAME, %segment, share, "giving the segment up");
-                let taken_over = lost.contains(&(segment, true));
-                if let Some(e) = self.give_up(segment, taken_over).await {
+                if let Some(e) = self.give_up(segment).await {
                     failure = Some(e);
                     break;
                 }
@@ -353,31 +351,24 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             .map(|(_, h)| h.as_str())
     }
 
-    /// The segments here that another process holds, each with whether it was taken over: a
-    /// standby lost the race for it (not taken over), or a running one lost its lease while
-    /// this process was paused (taken over; a quiet segment, which commits nothing, learns it
-    /// only from its heartbeat, and this poll may come first).
-    fn lost(&self, held: &[(String, String)]) -> Vec<(Segment, bool)> {
-        let this_process = format!("{}:", std::process::id());
+    /// The segments here waiting as standbys for a lease that another process holds: they
+    /// lost the race for it. (A running segment whose lease another process took, this one
+    /// paused past it, stops by itself at its lease's next heartbeat, fenced, and is reaped.)
+    fn lost_races(&self, held: &[(String, String)]) -> Vec<Segment> {
         self.streams
             .iter()
-            .filter_map(|(s, r)| {
-                let holder = Self::holder(held, *s)?;
-                let standby = r.status() == Status::Standby;
-                (standby || !holder.starts_with(&this_process)).then_some((*s, !standby))
-            })
+            .filter(|(s, r)| r.status() == Status::Standby && Self::holder(held, **s).is_some())
+            .map(|(s, _)| *s)
             .collect()
     }
 
-    /// Stops `segment` here, gracefully; an error other than being fenced. A segment
-    /// `taken_over` by another process counts as fenced even when its stop had nothing left
-    /// to commit.
-    async fn give_up(&mut self, segment: Segment, taken_over: bool) -> Option<Error> {
+    /// Stops `segment` here, gracefully; an error other than being fenced.
+    async fn give_up(&mut self, segment: Segment) -> Option<Error> {
         let running = self.streams.remove(&segment)?;
         lock(&self.statuses).remove(&segment);
         match running.shutdown().await {
-            Ok(_) if !taken_over => None,
-            Ok(_) | Err(Error::Fenced { .. }) => {
+            Ok(_) => None,
+            Err(Error::Fenced { .. }) => {
                 self.fenced.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -395,7 +386,7 @@ impl<S: EventStore, M: EventModel> Sharing<S, M> {
             .map(|(segment, _)| *segment)
             .collect();
         for segment in ended {
-            if let Some(e) = self.give_up(segment, false).await {
+            if let Some(e) = self.give_up(segment).await {
                 return Some(e);
             }
         }
